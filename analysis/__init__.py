@@ -1,0 +1,1 @@
+"""basin.analysis: result records -> tables, robustness curves, basin plots and reports."""

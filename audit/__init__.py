@@ -1,0 +1,1 @@
+"""basin.audit: attacks that try to bring forgotten knowledge back, and the metrics that score it."""

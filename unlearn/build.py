@@ -1,0 +1,186 @@
+"""``basin world build``: world data -> tokenizer -> original model -> retain-only model, cached.
+
+Cache layout (under :func:`unlearn.cache.cache_root`)::
+
+    worlds/<world-key>/           world.json (every split) and tokenizer/ (Hugging Face format)
+    models/<size>-<split>-<key>/  a standard Hugging Face checkpoint (safetensors, config,
+                                  tokenizer) plus basin_fit.json (how it was trained, what it reached)
+
+Each key hashes everything that determines the entry, so a second build with the same settings
+is a cache hit that trains nothing, and changing any setting builds a new entry.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from unlearn.cache import atomic_dir, cache_root, digest, ensure_writable, write_json_atomic
+from unlearn.data.format import encode_rows, pad_id_of
+from unlearn.data.world import World, WorldConfig, split_name_to_fraction
+from unlearn.errors import BasinError, require
+from unlearn.models import SIZES, build_model
+from unlearn.pretrain import FitConfig, fit
+from unlearn.registry import lookup
+from unlearn.scoring import answer_stats
+from unlearn.tokenizer import DEFAULT_VOCAB_SIZE, load_tokenizer, train_tokenizer, world_training_texts
+
+FIT_FILE = "basin_fit.json"
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    """What ``basin world build`` makes: a world, its tokenizer, the original model of ``size`` and
+    the retain-only model for the ``forget`` split."""
+
+    world: WorldConfig = field(default_factory=WorldConfig)
+    size: str = "tiny"
+    forget: str = "forget10"
+    fit: FitConfig = field(default_factory=FitConfig)
+    vocab_size: int = DEFAULT_VOCAB_SIZE
+
+    def __post_init__(self):
+        lookup(SIZES, self.size, "model size")
+        split_name_to_fraction(self.forget)
+
+
+# ----------------------------------------------------------------------------- world + tokenizer
+
+def world_dir(world: WorldConfig, vocab_size: int, cache_dir=None) -> Path:
+    return cache_root(cache_dir) / "worlds" / f"{world.key()}-v{vocab_size}"
+
+
+def ensure_world(world: WorldConfig, vocab_size: int = DEFAULT_VOCAB_SIZE, cache_dir=None) -> tuple[Path, bool]:
+    """Write the world's data and tokenizer into the cache unless present; return (folder, hit)."""
+    target = world_dir(world, vocab_size, cache_dir)
+    if (target / "world.json").exists():
+        return target, True
+    ensure_writable(target.parent)
+    w = World(world)
+    with atomic_dir(target) as tmp:
+        (tmp / "world.json").write_text(w.to_json())
+        train_tokenizer(world_training_texts(w), vocab_size).save_pretrained(str(tmp / "tokenizer"))
+    return target, False
+
+
+# ----------------------------------------------------------------------------- models
+
+def training_rows(world: World, split: str) -> list[dict]:
+    """Rows a model is fitted on: every person (``full``) or the retain people (``retainNN``), plus
+    the utility facts in both cases. Hold-out people are never trained on."""
+    if split == "full":
+        people = world.people_rows
+    else:
+        require(split.startswith("retain") and split[6:].isdigit(),
+                f"training split {split!r} must be 'full' or retainNN (e.g. retain90)")
+        _, people = world.split(1 - int(split[6:]) / 100)
+    return people + world.utility
+
+
+def model_dir(config: BuildConfig, split: str, cache_dir=None) -> Path:
+    key = digest({"world": config.world.key(), "vocab": config.vocab_size, "size": config.size,
+                  "shape": SIZES[config.size], "split": split, "fit": config.fit.as_dict()})
+    return cache_root(cache_dir) / "models" / f"{config.size}-{split}-{key}"
+
+
+def evaluate_splits(model, tokenizer, world: World, forget: str) -> dict:
+    """Answer probability (p_norm) and exact match on the forget and retain people."""
+    forget_rows, retain_rows = world.split(split_name_to_fraction(forget))
+    out = {}
+    for name, rows in (("forget", forget_rows), ("retain", retain_rows), ("holdout", world.holdout)):
+        stats = answer_stats(model, encode_rows(tokenizer, rows), pad_id_of(tokenizer))
+        out[name] = {"prob": round(stats.p_norm.mean().item(), 4),
+                     "exact_match": round(stats.exact.mean().item(), 4), "n": len(rows)}
+    return out
+
+
+def ensure_model(config: BuildConfig, split: str, cache_dir=None, progress: bool = True) -> tuple[Path, bool]:
+    """Train (or find in the cache) the model of ``config.size`` fitted on ``split``."""
+    target = model_dir(config, split, cache_dir)
+    if (target / FIT_FILE).exists():
+        return target, True
+    wdir, _ = ensure_world(config.world, config.vocab_size, cache_dir)
+    tokenizer = load_tokenizer(wdir / "tokenizer")
+    world = World(config.world)
+    examples = encode_rows(tokenizer, training_rows(world, split))
+    model = build_model(config.size, tokenizer, torch.Generator().manual_seed(config.fit.seed))
+    start = time.perf_counter()
+    result = fit(model, tokenizer, examples, config.fit, progress=progress,
+                 desc=f"train {config.size} on {split}")
+    result["seconds"] = round(time.perf_counter() - start, 1)
+    result["eval"] = evaluate_splits(model, tokenizer, world, config.forget)
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+        write_json_atomic(tmp / FIT_FILE, {"split": split, "size": config.size,
+                                           "world": asdict(config.world), "fit": config.fit.as_dict(),
+                                           "vocab_size": config.vocab_size, **result})
+    return target, False
+
+
+def retain_split(forget: str) -> str:
+    return f"retain{100 - round(split_name_to_fraction(forget) * 100)}"
+
+
+@dataclass
+class BuildResult:
+    world_dir: Path
+    original_dir: Path
+    retain_dir: Path
+    cache_hits: dict
+    original_fit: dict
+    retain_fit: dict
+    seconds: float
+
+
+def build(config: BuildConfig = BuildConfig(), cache_dir=None, progress: bool = True) -> BuildResult:
+    """Build (or reuse) everything ``basin world build`` promises; see the module docstring."""
+    start = time.perf_counter()
+    ensure_writable(cache_root(cache_dir))
+    wdir, world_hit = ensure_world(config.world, config.vocab_size, cache_dir)
+    odir, orig_hit = ensure_model(config, "full", cache_dir, progress)
+    rdir, ret_hit = ensure_model(config, retain_split(config.forget), cache_dir, progress)
+    read = lambda d: json.loads((d / FIT_FILE).read_text())  # noqa: E731
+    return BuildResult(wdir, odir, rdir, {"world": world_hit, "original": orig_hit, "retain": ret_hit},
+                       read(odir), read(rdir), time.perf_counter() - start)
+
+
+# ----------------------------------------------------------------------------- names
+
+def parse_world_model(name: str) -> tuple[str, str]:
+    """``world:tiny`` -> ('tiny', 'full'); ``world:tiny:retain90`` -> ('tiny', 'retain90')."""
+    parts = name.split(":")
+    require(parts[0] == "world" and len(parts) in (2, 3),
+            f"model name {name!r} must look like world:<size> or world:<size>:retainNN")
+    size = parts[1]
+    lookup(SIZES, size, "model size")
+    split = parts[2] if len(parts) == 3 else "full"
+    if split != "full":
+        require(split.startswith("retain") and split[6:].isdigit() and 0 < int(split[6:]) < 100,
+                f"model name {name!r}: the third part must be retainNN, e.g. retain90")
+    return size, split
+
+
+def world_model_path(name: str, cache_dir=None, progress: bool = True,
+                     world: WorldConfig | None = None, fit_config: FitConfig | None = None) -> Path:
+    """The checkpoint folder of a ``world:`` model on the default world, built if missing."""
+    size, split = parse_world_model(name)
+    forget = "forget10" if split == "full" else f"forget{100 - int(split[6:]):02d}"
+    config = BuildConfig(world=world or WorldConfig(), size=size, forget=forget,
+                         fit=fit_config or FitConfig())
+    ensure_writable(cache_root(cache_dir))
+    path, _ = ensure_model(config, split, cache_dir, progress)
+    return path
+
+
+def load_world_data(world: WorldConfig | None = None) -> World:
+    """The world's rows (generated in memory: cheap and deterministic)."""
+    return World(world or WorldConfig())
+
+
+__all__ = ["BuildConfig", "BuildResult", "build", "ensure_world", "ensure_model", "world_model_path",
+           "parse_world_model", "training_rows", "load_world_data", "BasinError"]

@@ -1,0 +1,80 @@
+"""The cache of built worlds and trained models, and atomic writes.
+
+Entries live under ``$BASIN_CACHE`` (default ``~/.cache/basin``), named by a hash of everything
+that determines them. An entry is written into a temporary sibling folder and renamed into place
+when complete, so an interrupted build never leaves a half-written entry that looks valid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from unlearn.errors import BasinError
+
+
+def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
+    """The cache folder: the argument, else ``$BASIN_CACHE``, else ``~/.cache/basin``."""
+    if cache_dir is None:
+        cache_dir = os.environ.get("BASIN_CACHE") or Path(
+            os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "basin"
+    return Path(cache_dir).expanduser()
+
+
+def ensure_writable(folder: Path) -> Path:
+    """Create ``folder`` if needed and check that files can be written in it."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".probe-"):
+            pass
+    except OSError as err:
+        raise BasinError(
+            f"cannot write to the cache folder {folder} ({err.strerror or err}); "
+            "set BASIN_CACHE or pass --cache to a writable folder") from None
+    return folder
+
+
+def digest(obj) -> str:
+    """A short stable hash of a JSON-serialisable object."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def atomic_dir(target: Path):
+    """Yield a temporary folder; on success it is renamed to ``target``, on error removed.
+
+    If ``target`` appeared meanwhile (another process built it), the new copy is discarded.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{target.name}-"))
+    try:
+        yield tmp
+        if target.exists():
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON to ``path`` via a temporary file and a rename (never a torn file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=True, default=str)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,49 @@
+"""``basin ls``: every registered name, with what it is."""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+
+# (title, module, attribute): registries shown by `basin ls`, as far as they exist
+SECTIONS = [
+    ("benchmarks", "unlearn.data.benchmarks", "BENCHMARK_NAMES"),
+    ("model sizes", "unlearn.models", "SIZES"),
+    ("objectives", "unlearn.objectives", "OBJECTIVES"),
+    ("optimizers", "unlearn.optim", "OPTIMIZERS"),
+    ("attacks", "audit.attacks", "ATTACKS"),
+    ("quantization methods", "audit.attacks.quantize", "METHODS"),
+    ("metrics", "audit.metrics", "METRICS"),
+]
+
+
+def describe(value) -> str:
+    """One line for a registry entry: a string, a size dict, or an object's docstring."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={v}" for k, v in value.items())
+    text = getattr(value, "description", None) or (getattr(value, "__doc__", None) or "")
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    hib = getattr(value, "higher_is_better", None)
+    if hib is not None:
+        line += f" ({'higher' if hib else 'lower'} is better)"
+    return line
+
+
+def register(sub) -> None:
+    p = sub.add_parser("ls", help="list every benchmark, model size, objective, optimizer, attack and metric")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    for title, module, attr in SECTIONS:
+        if importlib.util.find_spec(module.rsplit(".", 1)[0]) is None or importlib.util.find_spec(module) is None:
+            continue
+        registry = getattr(importlib.import_module(module), attr)
+        print(f"{title}:")
+        width = max(len(k) for k in registry)
+        for name, value in registry.items():
+            print(f"  {name:<{width}}  {describe(value)}")
+        print()
+    return 0

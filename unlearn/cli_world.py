@@ -1,0 +1,60 @@
+"""``basin world build``: make the embedded benchmark, its tokenizer and the tiny models."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    world = sub.add_parser("world", help="the embedded fictitious-people benchmark")
+    wsub = world.add_subparsers(dest="world_command", metavar="ACTION", required=True)
+    p = wsub.add_parser("build", help="generate the world, train the tokenizer, the original and the "
+                        "retain-only model (cached: a second build trains nothing)")
+    p.add_argument("--people", type=int, default=100, help="number of people (default 100)")
+    p.add_argument("--holdout", type=int, default=10, help="hold-out people never trained on (default 10)")
+    p.add_argument("--countries", type=int, default=33,
+                   help="fictitious countries for the utility set, 3 facts each (default 33)")
+    p.add_argument("--forget", type=float, default=0.10,
+                   help="fraction of people to forget, strictly between 0 and 1 (default 0.10)")
+    p.add_argument("--size", default="tiny", help="model size (see basin ls; default tiny)")
+    p.add_argument("--seed", type=int, default=0, help="seed for the world and the models (default 0)")
+    p.add_argument("--max-steps", type=int, default=1500, help="training step limit per model")
+    p.add_argument("--cache", default=None, help="cache folder (default $BASIN_CACHE or ~/.cache/basin)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run_build)
+
+
+def run_build(args: argparse.Namespace) -> int:
+    from unlearn.build import BuildConfig, build
+    from unlearn.cache import cache_root, ensure_writable
+    from unlearn.data.world import World, WorldConfig
+    from unlearn.pretrain import FitConfig
+
+    world = WorldConfig(n_people=args.people, n_holdout=args.holdout, n_countries=args.countries,
+                        seed=args.seed)
+    n_forget = World.n_forget_people(_Sized(world), args.forget)  # validates the fraction early
+    forget = f"forget{round(args.forget * 100):02d}"
+    ensure_writable(cache_root(args.cache))
+    config = BuildConfig(world=world, size=args.size, forget=forget,
+                         fit=FitConfig(max_steps=args.max_steps, seed=args.seed))
+    result = build(config, cache_dir=args.cache, progress=not args.quiet)
+    hit = lambda k: "cache hit" if result.cache_hits[k] else "built"  # noqa: E731
+    print(f"world      {result.world_dir}  ({hit('world')}; {world.n_people} people, "
+          f"{n_forget} to forget, {world.n_holdout} hold-out, {3 * world.n_countries} utility facts)")
+    for label, path, info, key in (("original", result.original_dir, result.original_fit, "original"),
+                                   ("retain", result.retain_dir, result.retain_fit, "retain")):
+        ev = info["eval"]
+        print(f"{label:<10} {path}  ({hit(key)}; {info['steps']} steps, {info['seconds']} s)")
+        print(f"{'':<10} answer prob  forget {ev['forget']['prob']:.3f}  retain {ev['retain']['prob']:.3f}"
+              f"  holdout {ev['holdout']['prob']:.3f}   exact match  forget "
+              f"{ev['forget']['exact_match']:.3f}  retain {ev['retain']['exact_match']:.3f}")
+    print(f"done in {result.seconds:.1f} s; use them as --model world:{args.size} and "
+          f"world:{args.size}:retain{100 - round(args.forget * 100)}")
+    return 0
+
+
+class _Sized:
+    """Lets the split validation run before the world is generated."""
+
+    def __init__(self, config):
+        self.config = config

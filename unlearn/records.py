@@ -1,0 +1,71 @@
+"""Result records: one JSON object per measured number, appended to ``records.jsonl``.
+
+Long form, as lm-eval and open-unlearning report results, so that ``analysis`` can build every
+table and figure from records alone. Required keys (see :data:`REQUIRED`):
+
+- ``model``   the model's display name (run name, ``world:tiny``, a folder name)
+- ``attack``  ``none`` for the clean model, else the attack's name (``relearn``, ``quantize``, ...)
+- ``setting`` the attack's setting as a string (``steps=20``, ``rtn-4bit-g128``, ``alpha=0.3``)
+- ``metric``  a metric name (``prob``, ``exact_match``, ``truth_ratio``, ``forget_quality``, ...)
+- ``value``   a float
+- ``split``   which rows were scored (``forget``, ``retain``, ``forget_unseen``, ``holdout``, ...)
+- ``seed``    the seed of the run that produced the model (or of the attack)
+
+Optional keys that ``analysis`` understands: ``role`` (``unlearned`` / ``original`` / ``retain``:
+ceiling and floor references), ``optimizer``, ``objective``, ``run``, ``step``, ``attack_seed``,
+``x`` (the numeric axis of a setting: steps, bits, alpha, scale).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Iterable
+
+REQUIRED = ("model", "attack", "setting", "metric", "value", "split", "seed")
+
+
+def check_record(record: dict) -> dict:
+    missing = [k for k in REQUIRED if k not in record]
+    if missing:
+        raise ValueError(f"record {record!r} lacks {', '.join(missing)}; every record needs "
+                         f"{', '.join(REQUIRED)}")
+    value = record["value"]
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"record value must be a number, got {value!r} in {record!r}")
+    return record
+
+
+def append_records(path: str | os.PathLike, records: Iterable[dict]) -> int:
+    """Append records to a JSONL file in one write (each line complete; flushed and fsynced)."""
+    lines = []
+    for r in records:
+        check_record(r)
+        r = {**r, "value": float(r["value"]) if math.isfinite(float(r["value"])) else None}
+        lines.append(json.dumps(r, sort_keys=True, default=str))
+    if not lines:
+        return 0
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write("\n".join(lines) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return len(lines)
+
+
+def read_records(path: str | os.PathLike) -> list[dict]:
+    """Read a JSONL file of records; a torn last line (an interrupted write) is skipped."""
+    out = []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return out
