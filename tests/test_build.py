@@ -1,0 +1,82 @@
+"""`basin world build`: cache hits, atomic entries, the CLI's bad-input handling."""
+
+import os
+import time
+
+import pytest
+
+import unlearn.build as build_mod
+from unlearn.build import BuildConfig, build
+from unlearn.cli import main
+from unlearn.data.world import WorldConfig
+from unlearn.pretrain import FitConfig
+
+SMALL = BuildConfig(world=WorldConfig(n_people=10, n_holdout=2, n_countries=2), size="micro",
+                    forget="forget10", fit=FitConfig(max_steps=20, eval_every=10, batch_size=8),
+                    vocab_size=300)
+
+
+def test_second_build_is_a_cache_hit(tmp_path, monkeypatch):
+    first = build(SMALL, cache_dir=tmp_path, progress=False)
+    assert first.cache_hits == {"world": False, "original": False, "retain": False}
+    assert (first.original_dir / "model.safetensors").exists()
+    assert (first.original_dir / "tokenizer.json").exists()
+    assert first.original_fit["steps"] == 20 and "forget" in first.original_fit["eval"]
+
+    def no_training(*a, **k):
+        raise AssertionError("a cache hit must not train")
+
+    monkeypatch.setattr(build_mod, "fit", no_training)
+    start = time.perf_counter()
+    second = build(SMALL, cache_dir=tmp_path, progress=False)
+    assert second.cache_hits == {"world": True, "original": True, "retain": True}
+    assert second.original_dir == first.original_dir and time.perf_counter() - start < 5
+
+
+def test_interrupted_build_leaves_no_entry(tmp_path, monkeypatch):
+    def interrupted(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(build_mod, "fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        build(SMALL, cache_dir=tmp_path, progress=False)
+    models = tmp_path / "models"
+    assert not models.exists() or os.listdir(models) == []
+
+
+def test_cli_build_and_errors(tmp_path, capsys):
+    args = ["world", "build", "--people", "10", "--holdout", "2", "--countries", "2", "--size", "micro",
+            "--max-steps", "10", "--cache", str(tmp_path), "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "original" in out and "retain" in out and "answer prob" in out
+    assert main(args) == 0 and "cache hit" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--people", "0"], "n_people"),
+    (["--forget", "1.5"], "strictly between 0 and 1"),
+    (["--forget", "0"], "strictly between 0 and 1"),
+    (["--size", "tinny"], "did you mean 'tiny'"),
+])
+def test_cli_bad_arguments(tmp_path, capsys, extra, message):
+    assert main(["world", "build", "--cache", str(tmp_path), "--quiet", *extra]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.count("\n") == 1
+    assert not (tmp_path / "models").exists()
+
+
+def test_cli_unwritable_cache(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert main(["world", "build", "--cache", str(blocker / "cache"), "--quiet"]) == 2
+    assert "cannot write to the cache folder" in capsys.readouterr().err
+
+
+def test_cli_ls_and_unknown_command(capsys):
+    assert main(["ls"]) == 0
+    out = capsys.readouterr().out
+    assert "world:forget10" in out and "tiny" in out
+    with pytest.raises(SystemExit) as exc:
+        main(["lss"])
+    assert exc.value.code == 2
