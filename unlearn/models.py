@@ -5,6 +5,7 @@ Every entry point of basin takes a model *name or object* through :func:`load_mo
 - an ``nn.Module`` (a ``PreTrainedModel``), used as it is, with the tokenizer you pass;
 - ``world:<size>`` (the original model trained on the embedded world; trained and cached on first
   use) or ``world:<size>:retainNN`` (the retain-only gold model for forget split ``100-NN``);
+- a ``basin unlearn`` run folder (its ``model/`` checkpoint);
 - a local Hugging Face checkpoint folder (safetensors; pickle files are refused unless
   ``allow_pickle=True``; ``trust_remote_code`` is off unless asked);
 - a hub id, on machines that have network access.
@@ -94,6 +95,8 @@ def load_model(model, tokenizer=None, *, allow_pickle: bool = False, trust_remot
         path = world_model_path(name, cache_dir=cache_dir, progress=progress)
     else:
         path = Path(name).expanduser()
+        if (path / "model" / "config.json").exists():  # a `basin unlearn` run folder
+            path = path / "model"
         if not path.exists() and (name.startswith((".", "/", "~")) or name.count("/") != 1):
             raise BasinError(f"model {name!r} is neither a local folder nor a known name; "
                              "pass a checkpoint folder, a hub id (owner/name) or world:<size>")

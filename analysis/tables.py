@@ -1,0 +1,306 @@
+"""Tables from the tidy record frame: means with 95% confidence intervals over seeds, and recovery.
+
+Definitions used throughout:
+
+- *Per-seed value*: records are first reduced to one number per seed (the mean of the rows that
+  share every grouping key and the seed, at the last recorded training ``step``), so a seed with
+  several rows never counts more than once.
+- *Mean and 95% CI over seeds*: with per-seed values v_1..v_n, mean = sum(v)/n,
+  s = sample standard deviation (ddof = 1), sem = s / sqrt(n), and the two-sided 95% Student-t
+  interval mean +- t_{0.975, n-1} * sem (``scipy.stats.t.ppf``). For n = 1 the CI is NaN: one seed
+  says nothing about seed-to-seed spread.
+- *Recovery* (see :func:`recovery_per_seed`): how much of the forgotten knowledge an attack brings
+  back, measured against the *original* model under the same attack (ceiling) and the
+  *retain-only* gold model under the same attack (floor), as DESIGN section 5 asks.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+GROUP_KEYS = ("objective", "optimizer", "label", "role", "attack", "setting", "x", "metric", "split")
+UNIT_KEYS = ("objective", "optimizer")  # what identifies an unlearning recipe across seeds
+CONFIDENCE = 0.95
+
+# +1: a higher value means more knowledge of the scored answers; -1: a lower value does. Metrics
+# missing here (truth_ratio, forget_quality, mia_auc, privleak, ...) have no single direction
+# ("worst case" then falls back to the mean over settings).
+KNOWLEDGE_SIGN = {"prob": 1, "exact_match": 1, "rouge": 1, "margin": 1, "margin_win_rate": 1,
+                  "mc_accuracy": 1, "accuracy": 1, "nll": -1, "loss": -1}
+
+
+def knowledge_sign(metric: str) -> int | None:
+    """+1 if a higher ``metric`` means more knowledge, -1 if lower does, None if neither holds."""
+    return KNOWLEDGE_SIGN.get(metric)
+
+
+# ---------------------------------------------------------------------------------------------
+# confidence intervals
+
+
+def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> dict:
+    """Mean, Student-t confidence interval and n of the finite values.
+
+    Returns ``{"mean", "std", "sem", "ci_low", "ci_high", "ci_half", "n"}``. With n = 0 everything
+    is NaN (n = 0); with n = 1 the spread and the CI are NaN. Example: values 1, 2, 3 give mean 2,
+    s = 1, sem = 1/sqrt(3) = 0.57735, t_{0.975, 2} = 4.302653, half-width 2.484138, CI
+    [-0.484138, 4.484138].
+    """
+    v = np.asarray([float(x) for x in values], dtype=float)
+    v = v[np.isfinite(v)]
+    n = int(v.size)
+    nan = math.nan
+    if n == 0:
+        return {"mean": nan, "std": nan, "sem": nan, "ci_low": nan, "ci_high": nan, "ci_half": nan, "n": 0}
+    mean = float(v.mean())
+    if n == 1:
+        return {"mean": mean, "std": nan, "sem": nan, "ci_low": nan, "ci_high": nan, "ci_half": nan, "n": 1}
+    std = float(v.std(ddof=1))
+    sem = std / math.sqrt(n)
+    half = float(stats.t.ppf(0.5 + confidence / 2, n - 1)) * sem
+    return {"mean": mean, "std": std, "sem": sem, "ci_low": mean - half, "ci_high": mean + half,
+            "ci_half": half, "n": n}
+
+
+# ---------------------------------------------------------------------------------------------
+# reductions
+
+
+def latest_step(df: pd.DataFrame) -> pd.DataFrame:
+    """Keep, for every measured quantity, only the rows at its last recorded training step.
+
+    A quantity is (run, model, role, attack, setting, metric, split, seed); rows without a
+    ``step`` are kept. Trajectories logged during unlearning thus never inflate a final table.
+    """
+    if "step" not in df.columns or df["step"].isna().all():
+        return df
+    keys = ["run", "model", "role", "attack", "setting", "metric", "split", "seed"]
+    last = df.groupby(keys, dropna=False)["step"].transform("max")
+    keep = df["step"].isna() | last.isna() | (df["step"] == last)
+    return df.loc[keep]
+
+
+def per_seed(df: pd.DataFrame, keys: Sequence[str] = GROUP_KEYS) -> pd.DataFrame:
+    """One row per (keys..., seed): the mean value of the rows sharing them (at the last step)."""
+    keys = [k for k in keys if k in df.columns]
+    df = latest_step(df)
+    return (df.groupby(keys + ["seed"], dropna=False, sort=True)["value"].mean()
+            .reset_index())
+
+
+def summarize(df: pd.DataFrame, keys: Sequence[str] = GROUP_KEYS, value: str = "value",
+              confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """Mean, 95% CI and number of seeds per group of ``keys``.
+
+    ``df`` is the tidy record frame (reduced per seed first, see :func:`per_seed`) or any frame
+    with ``keys``, ``seed`` and ``value`` columns already one row per seed. Columns: keys, then
+    ``mean, std, sem, ci_low, ci_high, ci_half, n`` (n = number of seeds with a finite value).
+    """
+    keys = [k for k in keys if k in df.columns]
+    if value == "value" and {"run", "model"} <= set(df.columns):
+        df = per_seed(df, keys)
+    rows = []
+    for key, group in df.groupby(keys, dropna=False, sort=True):
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append({**dict(zip(keys, key)), **mean_ci(group[value], confidence)})
+    cols = keys + ["mean", "std", "sem", "ci_low", "ci_high", "ci_half", "n"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def format_ci(mean: float, half: float, n: int, digits: int = 3) -> str:
+    """``"0.512 ± 0.031 (n=3)"``; ``"0.512 (n=1)"`` when the CI is undefined; ``""`` when no mean."""
+    if mean is None or not np.isfinite(mean):
+        return ""
+    if half is None or not np.isfinite(half):
+        return f"{mean:.{digits}f} (n={int(n)})"
+    return f"{mean:.{digits}f} ± {half:.{digits}f} (n={int(n)})"
+
+
+def pivot(df: pd.DataFrame, metric: str, split: str, *, rows: Sequence[str] = ("label",),
+          digits: int = 3) -> pd.DataFrame:
+    """A readable wide table for one metric and split: rows = series (optimizer, original,
+    retain-only), columns = (attack, setting), cells = ``mean ± CI half-width (n=seeds)``.
+
+    Columns are ordered: the clean model (``none``) first, then attacks by name, settings by ``x``.
+    """
+    sub = df[(df["metric"] == metric) & (df["split"] == split)]
+    if sub.empty:
+        return pd.DataFrame()
+    summ = summarize(sub)
+    summ["cell"] = [format_ci(m, h, n, digits) for m, h, n in zip(summ["mean"], summ["ci_half"], summ["n"])]
+    summ["_attack_order"] = (summ["attack"] != "none").astype(int)
+    summ = summ.sort_values(["_attack_order", "attack", "x", "setting"], na_position="last")
+    col_order = list(dict.fromkeys(zip(summ["attack"], summ["setting"])))
+    row_order = sorted(dict.fromkeys(tuple(r) for r in summ[list(rows)].itertuples(index=False)),
+                       key=lambda r: _row_rank(r[0]))
+    table = summ.pivot_table(index=list(rows), columns=["attack", "setting"], values="cell",
+                             aggfunc="first")
+    table = table.reindex(columns=pd.MultiIndex.from_tuples(col_order, names=["attack", "setting"]))
+    table = table.reindex(index=pd.MultiIndex.from_tuples(row_order, names=list(rows))
+                          if len(rows) > 1 else [r[0] for r in row_order])
+    return table.fillna("")
+
+
+def _row_rank(label: str):
+    from analysis.plots import optimizer_rank
+
+    if label == "original":
+        return (-2, "")
+    if label == "retain-only":
+        return (-1, "")
+    return (optimizer_rank(label), label)
+
+
+# ---------------------------------------------------------------------------------------------
+# recovery
+
+
+def recovery_per_seed(df: pd.DataFrame, *, unit: Sequence[str] = UNIT_KEYS,
+                      metrics: Iterable[str] | None = None,
+                      splits: Iterable[str] | None = ("forget", "forget_unseen"),
+                      min_gap: float = 1e-6, ill_conditioned: float = 0.1) -> pd.DataFrame:
+    """Recovery of forgotten knowledge per unlearned seed, attack, setting, metric and split.
+
+    For one metric m on one split (any metric where the original scores differently from the gold
+    model; the ratios below do not change if m is replaced by a*m + b, so they work the same for
+    "higher = more knowledge" metrics such as probability and "lower = more knowledge" ones such as
+    NLL), one attack A at one setting s and one unlearned seed:
+
+    - ``u_clean``  = m(unlearned, no attack), same seed (at its last step)
+    - ``u_attack`` = m(unlearned, A at s), same seed
+    - ``o_attack`` = m(original, A at s): the *ceiling*, what the attack leaves of the knowledge
+      when nothing was unlearned (mean over the original's seeds)
+    - ``r_attack`` = m(retain-only, A at s): the *floor*, what the attack produces from a model
+      that never saw the forget data (mean over its seeds)
+    - ``o_clean``, ``r_clean``: the same references without attack
+
+    ``recovery`` = (u_attack - u_clean) / (o_attack - u_clean): the fraction of the gap between the
+    clean unlearned model and the attacked original that the attack closes. 0 = nothing came back,
+    1.0 = the attacked unlearned model knows as much as the attacked original (all knowledge back),
+    negative = the attack erased even more.
+
+    ``recovery_gold`` = (u_attack - r_attack) / (o_attack - r_attack): where the attacked unlearned
+    model sits between the attacked gold model (0) and the attacked original (1). Values at or below
+    0 mean "no more knowledge than a model that never saw the forget data under the same attack".
+    ``residual_gold`` = (u_clean - r_clean) / (o_clean - r_clean) is the same position before the
+    attack, so ``recovery_gold - residual_gold`` is what the attack added on the gold scale.
+
+    Guards: a ratio is NaN when the reference it needs is missing or its denominator is within
+    ``min_gap`` of 0 (the attacked original is no different from the clean unlearned model, or
+    from the attacked gold model: there is no knowledge to recover, so the ratio is undefined); the
+    ``note`` column says which. When the attacked ceiling-floor gap |o_attack - r_attack| is below
+    ``ill_conditioned`` times the clean gap |o_clean - r_clean|, the attack by itself erased most of
+    the original's knowledge; the ratios are then noisy and ``note`` says so.
+
+    Returns one row per (unit..., attack, setting, x, metric, split, seed) with ``u_clean,
+    u_attack, o_attack, r_attack, o_clean, r_clean, delta (= u_attack - u_clean), recovery,
+    recovery_gold, residual_gold, note``.
+    """
+    unit = [k for k in unit if k in df.columns]
+    base = latest_step(df)
+    if metrics is not None:
+        base = base[base["metric"].isin(list(metrics))]
+    if splits is not None:
+        base = base[base["split"].isin(list(splits))]
+    if base.empty:
+        return pd.DataFrame(columns=_RECOVERY_COLUMNS(unit))
+    unl = base[base["role"] == "unlearned"]
+    ref_keys = ["attack", "setting", "metric", "split"]
+    refs = {role: _reference_means(base[base["role"] == role], ref_keys) for role in ("original", "retain")}
+    clean_refs = {role: _reference_means(base[(base["role"] == role) & (base["attack"] == "none")],
+                                         ["metric", "split"]) for role in ("original", "retain")}
+    clean = (unl[unl["attack"] == "none"].groupby(unit + ["metric", "split", "seed"], dropna=False)["value"]
+             .mean().rename("u_clean").reset_index())
+    attacked = (unl[unl["attack"] != "none"]
+                .groupby(unit + ["attack", "setting", "metric", "split", "seed"], dropna=False)
+                .agg(u_attack=("value", "mean"), x=("x", "first")).reset_index())
+    if attacked.empty:
+        return pd.DataFrame(columns=_RECOVERY_COLUMNS(unit))
+    out = attacked.merge(clean, on=unit + ["metric", "split", "seed"], how="left")
+    out = out.merge(refs["original"].rename(columns={"ref": "o_attack"}), on=ref_keys, how="left")
+    out = out.merge(refs["retain"].rename(columns={"ref": "r_attack"}), on=ref_keys, how="left")
+    out = out.merge(clean_refs["original"].rename(columns={"ref": "o_clean"}), on=["metric", "split"], how="left")
+    out = out.merge(clean_refs["retain"].rename(columns={"ref": "r_clean"}), on=["metric", "split"], how="left")
+    out["delta"] = out["u_attack"] - out["u_clean"]
+    results = [_recovery_row(r, min_gap, ill_conditioned) for r in out.itertuples(index=False)]
+    out["recovery"] = [r[0] for r in results]
+    out["recovery_gold"] = [r[1] for r in results]
+    out["residual_gold"] = [r[2] for r in results]
+    out["note"] = [r[3] for r in results]
+    return out[_RECOVERY_COLUMNS(unit)].sort_values(unit + ["attack", "x", "setting", "metric", "split", "seed"],
+                                                    na_position="last").reset_index(drop=True)
+
+
+def _RECOVERY_COLUMNS(unit):  # noqa: N802 - a constant that depends on the unit keys
+    return list(unit) + ["attack", "setting", "x", "metric", "split", "seed", "u_clean", "u_attack",
+                         "o_attack", "r_attack", "o_clean", "r_clean", "delta", "recovery",
+                         "recovery_gold", "residual_gold", "note"]
+
+
+def _reference_means(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Mean of a reference model's per-seed values, per keys."""
+    if df.empty:
+        return pd.DataFrame(columns=keys + ["ref"])
+    seeds = df.groupby(keys + ["seed"], dropna=False)["value"].mean().reset_index()
+    return seeds.groupby(keys, dropna=False)["value"].mean().rename("ref").reset_index()
+
+
+def safe_ratio(num: float, den: float, min_gap: float) -> float:
+    """num / den, or NaN when either is missing or |den| <= min_gap."""
+    if not (np.isfinite(num) and np.isfinite(den)) or abs(den) <= min_gap:
+        return math.nan
+    return float(num / den)
+
+
+def _recovery_row(r, min_gap: float, ill_conditioned: float) -> tuple[float, float, float, str]:
+    notes = []
+    if not np.isfinite(r.u_clean):
+        notes.append("no clean (attack none) record for this unlearned seed")
+    if not np.isfinite(r.o_attack):
+        notes.append("no original-model record under this attack and setting (no ceiling)")
+    if not np.isfinite(r.r_attack):
+        notes.append("no retain-only record under this attack and setting (no gold floor)")
+    rec = safe_ratio(r.u_attack - r.u_clean, r.o_attack - r.u_clean, min_gap)
+    if np.isfinite(r.o_attack) and np.isfinite(r.u_clean) and abs(r.o_attack - r.u_clean) <= min_gap:
+        notes.append("attacked original equals the clean unlearned model: nothing to recover, "
+                     "recovery undefined")
+    gold = safe_ratio(r.u_attack - r.r_attack, r.o_attack - r.r_attack, min_gap)
+    gap = r.o_attack - r.r_attack
+    if np.isfinite(gap) and abs(gap) <= min_gap:
+        notes.append("attacked original equals the attacked gold model: the attack erased the "
+                     "knowledge itself, recovery_gold undefined")
+    residual = safe_ratio(r.u_clean - r.r_clean, r.o_clean - r.r_clean, min_gap)
+    clean_gap = r.o_clean - r.r_clean
+    if (np.isfinite(gap) and np.isfinite(clean_gap) and abs(gap) > min_gap
+            and abs(gap) < ill_conditioned * abs(clean_gap)):
+        notes.append(f"the attack alone erased most of the original's knowledge (ceiling-floor gap "
+                     f"{gap:.3g} vs {clean_gap:.3g} clean): ratios are noisy")
+    return rec, gold, residual, "; ".join(notes)
+
+
+def recovery_table(df: pd.DataFrame, *, unit: Sequence[str] = UNIT_KEYS, **kwargs) -> pd.DataFrame:
+    """Recovery summarised over seeds: per (unit..., attack, setting, x, metric, split) the mean,
+    95% CI and n of ``recovery`` and ``recovery_gold`` (see :func:`recovery_per_seed`), the mean
+    ``delta``, the references, and the notes that apply."""
+    seeds = recovery_per_seed(df, unit=unit, **kwargs)
+    unit = [k for k in unit if k in seeds.columns]
+    keys = unit + ["attack", "setting", "x", "metric", "split"]
+    rows = []
+    for key, g in seeds.groupby(keys, dropna=False, sort=False):
+        rec, gold = mean_ci(g["recovery"]), mean_ci(g["recovery_gold"])
+        rows.append({**dict(zip(keys, key)),
+                     "recovery": rec["mean"], "recovery_ci_low": rec["ci_low"],
+                     "recovery_ci_high": rec["ci_high"], "recovery_n": rec["n"],
+                     "recovery_gold": gold["mean"], "recovery_gold_ci_low": gold["ci_low"],
+                     "recovery_gold_ci_high": gold["ci_high"],
+                     "residual_gold": float(np.nanmean(g["residual_gold"])) if g["residual_gold"].notna().any() else math.nan,
+                     "delta": float(g["delta"].mean()), "u_clean": float(g["u_clean"].mean()),
+                     "u_attack": float(g["u_attack"].mean()), "o_attack": float(g["o_attack"].mean()),
+                     "r_attack": float(g["r_attack"].mean()), "n_seeds": int(g["seed"].nunique()),
+                     "note": "; ".join(dict.fromkeys(n for n in g["note"] if n))})
+    return pd.DataFrame(rows)

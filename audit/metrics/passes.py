@@ -1,0 +1,200 @@
+"""The model passes behind every metric, each text scored once.
+
+:class:`AnswerPool` collects every (question, answer text) pair a set of metrics needs (answers,
+paraphrases, perturbed answers, multiple-choice options), scores each distinct pair once, in
+batches sorted by length (less padding), and hands back per-pair arrays. Pairs whose tokens are
+needed for membership inference go through :func:`token_stats`, the rest through
+:func:`unlearn.scoring.answer_stats`; both score the same tokens (basin's prompt format, answer
+plus EOS, :func:`unlearn.data.format.encode_qa`). :func:`greedy_generate` produces the answers ROUGE
+compares. Everything leaves torch as float32 before it becomes numpy.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from audit.metrics.mia import token_zscores
+from unlearn.data.format import Example, collate, encode_prompt, encode_qa, pad_id_of
+from unlearn.scoring import AnswerStats, answer_stats, token_logprobs
+
+DEFAULT_MAX_LENGTH = 512
+
+
+def model_max_length(model, default: int = DEFAULT_MAX_LENGTH) -> int:
+    """Longest sequence to score: the model's ``max_position_embeddings`` if it has one."""
+    return int(getattr(getattr(model, "config", None), "max_position_embeddings", None) or default)
+
+
+@torch.no_grad()
+def token_stats(model, examples: Sequence[Example], pad_id: int, batch_size: int = 32
+                ) -> tuple[AnswerStats, list[torch.Tensor], list[torch.Tensor]]:
+    """Like :func:`unlearn.scoring.answer_stats` (same numbers) plus, per example, the answer's
+    token log-probs and Min-K%++ z-scores (float32 1-D tensors, EOS included), in one pass."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    sums, logps, zs = [], [], []
+    try:
+        for start in range(0, len(examples), batch_size):
+            batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_id).items()}
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            logp, mask = token_logprobs(logits, batch["labels"])
+            z, _ = token_zscores(logits, batch["labels"])
+            hits = (logits[:, :-1].argmax(-1) == batch["labels"][:, 1:]) | ~mask
+            sums.append((logp.sum(-1).cpu(), mask.sum(-1).float().cpu(), hits.all(-1).float().cpu()))
+            for i in range(logp.shape[0]):
+                logps.append(logp[i][mask[i]].float().cpu())
+                zs.append(z[i][mask[i]].float().cpu())
+    finally:
+        model.train(was_training)
+    logprob, length, exact = (torch.cat(x) for x in zip(*sums))
+    return AnswerStats(logprob, length, exact), logps, zs
+
+
+class AnswerPool:
+    """Distinct (question, answer) pairs to score once; :meth:`add` returns a pair's index."""
+
+    def __init__(self, tokenizer, max_length: int = DEFAULT_MAX_LENGTH):
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.index: dict[tuple[str, str], int] = {}
+        self.want_tokens: set[int] = set()
+        self.scored = 0  # pairs scored so far (the pool can grow and be run again)
+        self.logprob = np.zeros(0, dtype=np.float32)
+        self.length = np.zeros(0, dtype=np.float32)
+        self.exact = np.zeros(0, dtype=np.float32)
+        self.token_logp: dict[int, torch.Tensor] = {}
+        self.token_z: dict[int, torch.Tensor] = {}
+
+    def add(self, question: str, answer: str, tokens: bool = False) -> int:
+        key = (question, answer)
+        i = self.index.setdefault(key, len(self.index))
+        if tokens:
+            if i < self.scored and i not in self.token_logp:
+                raise RuntimeError("token scores requested for a pair already scored without them")
+            self.want_tokens.add(i)
+        return i
+
+    def add_many(self, questions: Sequence[str], answers: Sequence[str], tokens: bool = False) -> np.ndarray:
+        return np.array([self.add(q, a, tokens) for q, a in zip(questions, answers)], dtype=np.int64)
+
+    def run(self, model, batch_size: int = 32) -> "AnswerPool":
+        """Score every pair added since the last run."""
+        pairs = list(self.index)[self.scored:]
+        if not pairs:
+            return self
+        ids = np.arange(self.scored, self.scored + len(pairs))
+        examples = [encode_qa(self.tokenizer, q, a, self.max_length) for q, a in pairs]
+        order = np.argsort([-len(e.input_ids) for e in examples], kind="stable")  # long first: OOM early
+        logprob = np.zeros(len(pairs), dtype=np.float32)
+        length = np.zeros(len(pairs), dtype=np.float32)
+        exact = np.zeros(len(pairs), dtype=np.float32)
+        pad = pad_id_of(self.tokenizer)
+        for with_tokens in (True, False):
+            sel = [j for j in order if (ids[j] in self.want_tokens) == with_tokens]
+            if not sel:
+                continue
+            chosen = [examples[j] for j in sel]
+            if with_tokens:
+                stats, logps, zs = token_stats(model, chosen, pad, batch_size)
+                for j, lp, z in zip(sel, logps, zs):
+                    self.token_logp[int(ids[j])] = lp
+                    self.token_z[int(ids[j])] = z
+            else:
+                stats = answer_stats(model, chosen, pad, batch_size)
+            logprob[sel] = stats.logprob.float().numpy()
+            length[sel] = stats.length.float().numpy()
+            exact[sel] = stats.exact.float().numpy()
+        self.logprob = np.concatenate([self.logprob, logprob])
+        self.length = np.concatenate([self.length, length])
+        self.exact = np.concatenate([self.exact, exact])
+        self.scored += len(pairs)
+        return self
+
+    # -- per-pair views (float64 numpy, NaN where an index is -1) ----------------------------------
+    def _take(self, values: np.ndarray, idx) -> np.ndarray:
+        idx = np.asarray(idx, dtype=np.int64)
+        if (idx >= self.scored).any():
+            raise RuntimeError("AnswerPool.run() must be called after add()")
+        out = values.astype(np.float64)[np.clip(idx, 0, None)]
+        return np.where(idx < 0, np.nan, out)
+
+    def mean_logp(self, idx) -> np.ndarray:
+        """Mean token log-probability log p_norm (answer tokens incl. EOS)."""
+        return self._take(self.logprob / np.maximum(self.length, 1), idx)
+
+    def nll(self, idx) -> np.ndarray:
+        return -self.mean_logp(idx)
+
+    def p_norm(self, idx) -> np.ndarray:
+        return np.exp(self.mean_logp(idx))
+
+    def exact_match(self, idx) -> np.ndarray:
+        return self._take(self.exact, idx)
+
+    def padded_tokens(self, idx, kind: str = "logp") -> tuple[torch.Tensor, torch.Tensor]:
+        """Right-padded per-token scores ``(values [n, L], mask [n, L])`` for pairs scored with
+        ``tokens=True``; ``kind`` is ``"logp"`` (Min-K%) or ``"z"`` (Min-K%++)."""
+        store = self.token_logp if kind == "logp" else self.token_z
+        seqs = [store[int(i)] for i in idx]
+        width = max((len(s) for s in seqs), default=0)
+        values = torch.zeros(len(seqs), max(width, 1), dtype=torch.float32)
+        mask = torch.zeros(len(seqs), max(width, 1), dtype=torch.bool)
+        for r, s in enumerate(seqs):
+            values[r, :len(s)] = s
+            mask[r, :len(s)] = True
+        return values, mask
+
+
+def ragged_index(lists: Sequence[Sequence[int]]) -> np.ndarray:
+    """Stack index lists of unequal length into [n, m_max], -1 for missing entries."""
+    width = max((len(x) for x in lists), default=0)
+    out = np.full((len(lists), width), -1, dtype=np.int64)
+    for r, x in enumerate(lists):
+        out[r, :len(x)] = x
+    return out
+
+
+@torch.no_grad()
+def greedy_generate(model, tokenizer, questions: Sequence[str], max_new_tokens: int = 200,
+                    batch_size: int = 32) -> list[str]:
+    """Greedy answers to ``questions``: the prompt in basin's format, left-padded in batches,
+    at most ``max_new_tokens`` new tokens (and never past the model's ``max_position_embeddings``),
+    cut at the first EOS, decoded without special tokens and stripped."""
+    if not questions:
+        return []
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    pad, eos = pad_id_of(tokenizer), tokenizer.eos_token_id
+    limit = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    prompts = [encode_prompt(tokenizer, q) for q in questions]
+    order = np.argsort([-len(p) for p in prompts], kind="stable")
+    out: list[str] = [""] * len(prompts)
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            width = max(len(prompts[j]) for j in chunk)
+            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(chunk), width), dtype=torch.long)
+            for r, j in enumerate(chunk):
+                p = prompts[j]
+                ids[r, width - len(p):] = torch.tensor(p)
+                mask[r, width - len(p):] = 1
+            new = max_new_tokens if limit is None else max(0, min(max_new_tokens, int(limit) - width))
+            if new == 0:
+                continue
+            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                 max_new_tokens=new, do_sample=False, num_beams=1,
+                                 eos_token_id=eos, pad_token_id=pad)[:, width:].cpu()
+            for r, j in enumerate(chunk):
+                tokens = gen[r].tolist()
+                if eos in tokens:
+                    tokens = tokens[:tokens.index(eos)]
+                out[j] = tokenizer.decode(tokens, skip_special_tokens=True).strip()
+    finally:
+        model.train(was_training)
+    return out

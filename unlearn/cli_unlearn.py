@@ -1,0 +1,77 @@
+"""``basin unlearn``: run one unlearning job into a run folder (resumes if interrupted)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from pathlib import Path
+
+
+def _key_values(items: list[str] | None, flag: str) -> dict:
+    """Parse ``KEY=VALUE`` pairs; values are read as YAML scalars (numbers, booleans, strings)."""
+    import yaml
+
+    from unlearn.errors import BasinError
+
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise BasinError(f"{flag} expects KEY=VALUE, got {item!r} (e.g. {flag} beta=0.1)")
+        key, value = item.split("=", 1)
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
+def register(sub) -> None:
+    p = sub.add_parser("unlearn", help="unlearn a forget set with any objective and optimizer",
+                       description="Unlearn a benchmark's forget set. Writes the unlearned checkpoint "
+                       "(OUT/model), config.json, manifest.json and records.jsonl; rerunning the same "
+                       "command after an interruption resumes from the last checkpoint.")
+    p.add_argument("--config", help="YAML file with UnlearnConfig fields (flags given here override it)")
+    p.add_argument("--model", help="world:<size>, a run folder or a Hugging Face checkpoint folder")
+    p.add_argument("--benchmark", help="e.g. world:forget10 (see basin ls)")
+    p.add_argument("--objective", help="ga, graddiff, npo, simnpo, rmu")
+    p.add_argument("--obj", action="append", metavar="KEY=VALUE", help="objective option, e.g. --obj beta=0.1")
+    p.add_argument("--optimizer", help="see basin ls, e.g. adam, signadam, adazo, hybrid, sophia")
+    p.add_argument("--opt", action="append", metavar="KEY=VALUE", help="optimizer option, e.g. --opt q=4")
+    p.add_argument("--lr", type=float)
+    p.add_argument("--steps", type=int)
+    p.add_argument("--epochs", type=float)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--grad-accum", type=int)
+    p.add_argument("--schedule", help="constant, linear or cosine")
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--eval-every", type=int)
+    p.add_argument("--save-every", type=int)
+    p.add_argument("--seed", type=int)
+    p.add_argument("--out", required=True, help="run folder to write (or resume)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import yaml
+
+    from unlearn.errors import BasinError
+    from unlearn.train import UnlearnConfig, unlearn
+
+    data = {}
+    if args.config:
+        try:
+            data = yaml.safe_load(Path(args.config).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise BasinError(f"cannot read the config file {args.config}: {err}") from None
+    for f in dataclasses.fields(UnlearnConfig):
+        value = getattr(args, f.name, None)
+        if value is not None and f.name not in ("objective_args", "optimizer_args"):
+            data[f.name] = value
+    data.setdefault("objective_args", {}).update(_key_values(args.obj, "--obj"))
+    data.setdefault("optimizer_args", {}).update(_key_values(args.opt, "--opt"))
+    config = UnlearnConfig.from_dict(data)
+    result = unlearn(config, out=args.out, progress=not args.quiet)
+    last = {(r["split"], r["metric"]): r["value"] for r in result.records if r.get("attack") == "training"}
+    summary = "  ".join(f"{s} {m} {v:.3f}" for (s, m), v in sorted(last.items()) if m != "nll")
+    print(f"unlearned model: {Path(args.out) / 'model'}")
+    if summary:
+        print(f"last evaluation: {summary}")
+    return 0

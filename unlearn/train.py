@@ -1,0 +1,338 @@
+"""The unlearning loop: one explicit loop for every objective and every optimizer tier.
+
+Each step draws a forget batch and a retain batch (a seeded, stateless order: the batch of step k
+is a function of (seed, k) alone, so a resumed run sees the same data), lets the objective
+prepare its per-batch constants once (reference log-likelihoods, frozen activations) outside any
+closure, and hands the optimizer a forward-only closure over micro-batches. Backprop optimizers
+call ``backward`` inside ``step``; zeroth-order ones only run forwards. Every ``eval_every``
+steps the loop records forget / retain answer probability and exact match; every
+``save_every`` steps it writes a checkpoint (weights as safetensors, optimizer state, step)
+atomically, and a rerun of the same command resumes from it with bit-identical final weights.
+
+A run folder holds ``config.json``, ``records.jsonl``, ``manifest.json`` and ``model/`` (a
+standard Hugging Face checkpoint with its tokenizer).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import math
+import os
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from unlearn.cache import atomic_dir, write_json_atomic
+from unlearn.data.benchmarks import load_benchmark
+from unlearn.data.format import collate, encode_rows, pad_id_of
+from unlearn.errors import BasinError, require
+from unlearn.models import load_model
+from unlearn.objectives import make_objective
+from unlearn.records import append_records, read_records
+from unlearn.scoring import answer_stats
+
+SCHEDULES = ("constant", "linear", "cosine")
+
+
+@dataclass
+class UnlearnConfig:
+    """Everything that determines an unlearning run (saved as the run's ``config.json``)."""
+
+    model: str = "world:tiny"               # name or folder of the model to unlearn
+    benchmark: str = "world:forget10"
+    objective: str = "npo"
+    objective_args: dict = field(default_factory=dict)
+    optimizer: str = "adam"
+    optimizer_args: dict = field(default_factory=dict)
+    lr: float = 1e-4
+    steps: int = 200                        # total optimizer steps (or set epochs)
+    epochs: float | None = None             # if set: steps = ceil(epochs * |forget| / batch_size)
+    batch_size: int = 8                     # forget examples per step (retain: the same number)
+    grad_accum: int = 1                     # micro-batches per step
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    eval_every: int = 50
+    eval_max_rows: int = 200                # cap on retain rows scored at each evaluation
+    save_every: int = 50
+    seed: int = 0
+    attn_implementation: str | None = None  # "eager" is needed by sophia's double backward
+
+    def __post_init__(self):
+        require(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        require(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
+        require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        require(self.grad_accum >= 1 and self.batch_size % self.grad_accum == 0,
+                f"grad_accum ({self.grad_accum}) must be >= 1 and divide batch_size ({self.batch_size})")
+        require(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        require(self.eval_every >= 0 and self.save_every >= 0, "eval_every and save_every must be >= 0")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "UnlearnConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        require(not unknown, f"unknown config field(s) {', '.join(sorted(unknown))}; "
+                f"known fields: {', '.join(sorted(names))}")
+        return cls(**data)
+
+
+@dataclass
+class UnlearnResult:
+    model: torch.nn.Module
+    tokenizer: object
+    records: list[dict]
+    out: Path | None
+
+
+# ----------------------------------------------------------------------------- pieces
+
+def lr_multiplier(step: int, config: UnlearnConfig, total: int) -> float:
+    """Warm-up (linear) then constant, linear decay to 0, or cosine decay to 0."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = (step - config.warmup_steps) / max(1, total - config.warmup_steps)
+    return {"constant": 1.0, "linear": 1.0 - progress,
+            "cosine": 0.5 * (1 + math.cos(math.pi * progress))}[config.schedule]
+
+
+def batch_indices(step: int, batch_size: int, n: int, seed: int, stream: int) -> list[int]:
+    """Indices of step ``step``'s batch: positions [step*B, (step+1)*B) of an endless sequence of
+    seeded permutations of range(n), one per epoch. Stateless, so resuming needs no sampler state."""
+    out = []
+    for pos in range(step * batch_size, (step + 1) * batch_size):
+        epoch, offset = divmod(pos, n)
+        perm = _permutation(n, seed, stream, epoch)
+        out.append(perm[offset])
+    return out
+
+
+_PERMS: dict = {}
+
+
+def _permutation(n: int, seed: int, stream: int, epoch: int) -> list[int]:
+    key = (n, seed, stream, epoch)
+    if key not in _PERMS:
+        if len(_PERMS) > 256:
+            _PERMS.clear()
+        g = torch.Generator().manual_seed(seed * 1_000_003 + stream * 10_007 + epoch)
+        _PERMS[key] = torch.randperm(n, generator=g).tolist()
+    return _PERMS[key]
+
+
+def total_steps(config: UnlearnConfig, n_forget: int) -> int:
+    if config.epochs is not None:
+        require(config.epochs > 0, f"epochs must be > 0, got {config.epochs}")
+        return max(1, math.ceil(config.epochs * n_forget / config.batch_size))
+    return config.steps
+
+
+def freeze_all_but(model, names: list[str] | None) -> None:
+    """Train only ``names`` (all parameters when None)."""
+    keep = None if names is None else set(names)
+    for name, p in model.named_parameters():
+        p.requires_grad_(keep is None or name in keep)
+
+
+def manifest(start: float, config: UnlearnConfig) -> dict:
+    import transformers
+
+    from unlearn import __version__
+
+    return {"basin": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
+            "python": platform.python_version(), "platform": platform.platform(),
+            "device": "cpu", "threads": torch.get_num_threads(), "git": _git_hash(),
+            "wall_seconds": round(time.time() - start, 2),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(start))}
+
+
+def _git_hash() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
+                              text=True, timeout=5).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def evaluate_progress(model, tokenizer, forget_ex, retain_ex, step: int, base: dict) -> list[dict]:
+    """Forget / retain answer probability and exact match as records."""
+    out = []
+    for split, examples in (("forget", forget_ex), ("retain", retain_ex)):
+        stats = answer_stats(model, examples, pad_id_of(tokenizer))
+        for metric, value in (("prob", stats.p_norm.mean()), ("exact_match", stats.exact.mean()),
+                              ("nll", stats.mean_nll.mean())):
+            out.append({**base, "attack": "training", "setting": f"step={step}", "x": step,
+                        "step": step, "metric": metric, "split": split, "value": float(value)})
+    return out
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+CKPT = "checkpoint"
+
+
+def save_checkpoint(out: Path, model, optimizer, step: int, n_records: int) -> None:
+    from safetensors.torch import save_file
+
+    target = out / CKPT
+    with atomic_dir(out / f"{CKPT}.new") as tmp:
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        write_json_atomic(tmp / "trainer.json", {"step": step, "n_records": n_records})
+    old = out / f"{CKPT}.old"
+    if target.exists():
+        os.replace(target, old)
+    os.replace(out / f"{CKPT}.new", target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(out: Path, model, optimizer) -> tuple[int, int]:
+    from safetensors.torch import load_file
+
+    folder = out / CKPT
+    state = load_file(str(folder / "model.safetensors"))
+    model.load_state_dict(state, strict=True)
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    info = json.loads((folder / "trainer.json").read_text())
+    return info["step"], info["n_records"]
+
+
+# ----------------------------------------------------------------------------- the loop
+
+def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=None, out=None,
+            progress: bool = True, **overrides) -> UnlearnResult:
+    """Unlearn ``config.benchmark``'s forget set from a model; see the module docstring.
+
+    ``model`` may be a model object (with ``tokenizer``) or a name/folder; it defaults to
+    ``config.model``. ``overrides`` set config fields (``unlearn(objective="npo", steps=50)``).
+    With ``out`` the run is written to that folder and resumed from its checkpoint if present.
+    A model object passed in is updated in place (use ``copy.deepcopy`` to keep the original).
+    """
+    from unlearn.optim import make_optimizer
+
+    if isinstance(config, dict):
+        config = UnlearnConfig.from_dict(config)
+    config = dataclasses.replace(config or UnlearnConfig(), **overrides)
+    start = time.time()
+    out = Path(out) if out is not None else None
+    if out is not None:
+        _check_run_folder(out, config)
+        if (out / "model" / "config.json").exists() and (out / "manifest.json").exists():
+            loaded, tok = load_model(str(out / "model"))
+            return UnlearnResult(loaded, tok, read_records(out / "records.jsonl"), out)
+
+    model, tokenizer = load_model(model if model is not None else config.model, tokenizer,
+                                  attn_implementation=config.attn_implementation)
+    bench = load_benchmark(config.benchmark)
+    objective = make_objective(config.objective, **config.objective_args)
+    forget_ex = encode_rows(tokenizer, bench.forget)
+    retain_ex = encode_rows(tokenizer, bench.retain)
+    require(forget_ex and retain_ex, f"benchmark {config.benchmark} has an empty forget or retain set")
+    eval_retain = retain_ex[: config.eval_max_rows]
+    pad = pad_id_of(tokenizer)
+    steps = total_steps(config, len(forget_ex))
+
+    reference = copy.deepcopy(model).eval().requires_grad_(False) if objective.needs_reference else None
+    freeze_all_but(model, objective.trainable(model) if hasattr(objective, "trainable") else None)
+    optimizer = make_optimizer(config.optimizer, model, lr=config.lr, total_steps=steps, seed=config.seed,
+                               **config.optimizer_args)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, config, steps))
+
+    base = {"model": out.name if out is not None else config.model, "seed": config.seed,
+            "optimizer": config.optimizer, "objective": config.objective, "role": "unlearned"}
+    records, first = [], 0
+    if out is not None and (out / CKPT / "trainer.json").exists():
+        first, n_records = load_checkpoint(out, model, optimizer)
+        records = read_records(out / "records.jsonl")[:n_records]
+        _rewrite_records(out, records)
+        for _ in range(first):
+            schedule.step()
+    elif out is not None:
+        (out / "records.jsonl").unlink(missing_ok=True)
+    if first == 0 and config.eval_every:
+        records += _log(out, evaluate_progress(model, tokenizer, forget_ex, eval_retain, 0, base))
+
+    micro = config.batch_size // config.grad_accum
+    model.train()
+    last_good = first
+    bar = tqdm(range(first, steps), desc=f"unlearn {config.objective}/{config.optimizer}",
+               disable=not progress, initial=first, total=steps)
+    for step in bar:
+        f_idx = batch_indices(step, config.batch_size, len(forget_ex), config.seed, 0)
+        r_idx = batch_indices(step, config.batch_size, len(retain_ex), config.seed, 1)
+        micro_batches = [{"forget": collate([forget_ex[i] for i in f_idx[j:j + micro]], pad),
+                          "retain": collate([retain_ex[i] for i in r_idx[j:j + micro]], pad)}
+                         for j in range(0, config.batch_size, micro)]
+        preps = [objective.prepare(reference, mb) for mb in micro_batches]
+
+        def closure(i: int):
+            terms = objective(model, micro_batches[i], preps[i])
+            return {k: v / config.grad_accum for k, v in terms.items()}
+
+        loss = optimizer.step(closure, n_micro=config.grad_accum)
+        if not math.isfinite(loss):
+            where = f"; the last good checkpoint (step {last_good}) is kept in {out / CKPT}" \
+                if out is not None and last_good else ""
+            raise BasinError(f"the loss became {loss} at step {step + 1}{where}; "
+                             "lower the learning rate (--lr) or check the objective's options")
+        schedule.step()
+        bar.set_postfix(loss=f"{loss:.4f}", phase=getattr(optimizer, "phase", ""))
+        done = step + 1
+        if config.eval_every and (done % config.eval_every == 0 or done == steps):
+            records += _log(out, evaluate_progress(model, tokenizer, forget_ex, eval_retain, done, base))
+            model.train()
+        if out is not None and config.save_every and done % config.save_every == 0 and done < steps:
+            save_checkpoint(out, model, optimizer, done, len(records))
+            last_good = done
+    model.eval()
+    freeze_all_but(model, None)
+    if out is not None:
+        _finish(out, model, tokenizer, config, start)
+    return UnlearnResult(model, tokenizer, records, out)
+
+
+def _log(out: Path | None, records: list[dict]) -> list[dict]:
+    if out is not None:
+        append_records(out / "records.jsonl", records)
+    return records
+
+
+def _rewrite_records(out: Path, records: list[dict]) -> None:
+    tmp = out / "records.jsonl.tmp"
+    tmp.unlink(missing_ok=True)
+    append_records(tmp, records)
+    if not records:
+        tmp.write_text("")
+    os.replace(tmp, out / "records.jsonl")
+
+
+def _check_run_folder(out: Path, config: UnlearnConfig) -> None:
+    """Create the run folder, or check that an existing one belongs to the same config."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise BasinError(f"cannot create the run folder {out} ({err.strerror}); pass a writable --out") from None
+    saved = out / "config.json"
+    if saved.exists():
+        previous = json.loads(saved.read_text())
+        if previous != json.loads(json.dumps(asdict(config))):
+            raise BasinError(f"{out} holds a run with a different config; pass another --out "
+                             "(or delete the folder to start over)")
+    else:
+        write_json_atomic(saved, asdict(config))
+
+
+def _finish(out: Path, model, tokenizer, config: UnlearnConfig, start: float) -> None:
+    with atomic_dir(out / "model") as tmp:
+        model.save_pretrained(str(tmp), safe_serialization=True)
+        tokenizer.save_pretrained(str(tmp))
+    write_json_atomic(out / "manifest.json", manifest(start, config))
+    shutil.rmtree(out / CKPT, ignore_errors=True)
