@@ -59,7 +59,6 @@ COLUMNS = ("model", "attack", "setting", "metric", "value", "split", "seed", "ro
            "objective", "run", "step", "attack_seed", "x", "y", "lr", "label", "source")
 CONFIG_FIELDS = ("optimizer", "objective", "seed", "lr", "role")
 
-Source = "str | os.PathLike | Mapping | pd.DataFrame"
 
 
 class RecordError(BasinError):
@@ -149,6 +148,7 @@ def validate_record(record, where: str = "record") -> dict:
 
 _KEY_VALUE = re.compile(r"^\s*[A-Za-z_][\w.-]*\s*=\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)\s*$")
 _BITS = re.compile(r"(\d+)\s*-?bit", re.IGNORECASE)
+_TYPE_BITS = re.compile(r"^(?:nf|fp|int|bf|float)(\d+)\b", re.IGNORECASE)
 _PLANE = re.compile(r"x\s*=\s*([-+\d.eE]+)\s*[,;]\s*y\s*=\s*([-+\d.eE]+)")
 
 
@@ -156,7 +156,8 @@ def parse_setting_x(setting: str) -> float:
     """The numeric axis of a setting string, or NaN when it has none.
 
     ``"steps=20"`` -> 20.0, ``"alpha=0.3"`` -> 0.3, ``"rtn-4bit-g128"`` -> 4.0 (bits), ``"0.5"``
-    -> 0.5, ``"x=0.5,y=0.25"`` -> 0.5 (see :func:`parse_plane`), ``"nf4"`` -> NaN.
+    -> 0.5, ``"x=0.5,y=0.25"`` -> 0.5 (see :func:`parse_plane`), ``"nf4"`` / ``"int8"`` /
+    ``"bf16"`` -> 4 / 8 / 16 (bits of the number type), ``"gptq"`` -> NaN.
     """
     if not isinstance(setting, str) or not setting.strip():
         return math.nan
@@ -171,7 +172,7 @@ def parse_setting_x(setting: str) -> float:
         return float(s)
     except ValueError:
         pass
-    m = _BITS.search(s)
+    m = _BITS.search(s) or _TYPE_BITS.match(s)
     if m:
         return float(m.group(1))
     return math.nan

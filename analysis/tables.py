@@ -23,9 +23,13 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from analysis.names import DESCENDING_ATTACKS, attack_rank, optimizer_rank
+
 GROUP_KEYS = ("objective", "optimizer", "label", "role", "attack", "setting", "x", "metric", "split")
 UNIT_KEYS = ("objective", "optimizer")  # what identifies an unlearning recipe across seeds
 CONFIDENCE = 0.95
+# attacks that walk a path between several models rather than attack one model
+PATH_ATTACKS = ("interpolate", "plane")
 
 # +1: a higher value means more knowledge of the scored answers; -1: a lower value does. Metrics
 # missing here (truth_ratio, forget_quality, mia_auc, privleak, ...) have no single direction
@@ -69,6 +73,11 @@ def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # reductions
+
+
+def model_rows(df: pd.DataFrame) -> pd.DataFrame:
+    """The rows about single models: everything except :data:`PATH_ATTACKS` (paths between models)."""
+    return df[~df["attack"].isin(PATH_ATTACKS)]
 
 
 def latest_step(df: pd.DataFrame) -> pd.DataFrame:
@@ -121,38 +130,82 @@ def format_ci(mean: float, half: float, n: int, digits: int = 3) -> str:
     return f"{mean:.{digits}f} ± {half:.{digits}f} (n={int(n)})"
 
 
-def pivot(df: pd.DataFrame, metric: str, split: str, *, rows: Sequence[str] = ("label",),
-          digits: int = 3) -> pd.DataFrame:
-    """A readable wide table for one metric and split: rows = series (optimizer, original,
-    retain-only), columns = (attack, setting), cells = ``mean ± CI half-width (n=seeds)``.
+def format_interval(mean: float, low: float, high: float, digits: int = 2) -> str:
+    """``"0.45 [0.42, 0.48]"``; ``"0.45 (1 seed)"`` without a CI; ``""`` without a mean."""
+    if mean is None or not np.isfinite(mean):
+        return ""
+    if low is None or not np.isfinite(low):
+        return f"{mean:.{digits}f} (1 seed)"
+    return f"{mean:.{digits}f} [{low:.{digits}f}, {high:.{digits}f}]"
 
-    Columns are ordered: the clean model (``none``) first, then attacks by name, settings by ``x``.
-    """
-    sub = df[(df["metric"] == metric) & (df["split"] == split)]
-    if sub.empty:
+
+def _column_key(attack: str, x: float, setting: str):
+    xs = x if np.isfinite(x) else math.inf
+    return (attack_rank(attack), -xs if attack in DESCENDING_ATTACKS and np.isfinite(x) else xs, setting)
+
+
+def wide(summ: pd.DataFrame, cell: str, rows: Sequence[str] = ("label",)) -> pd.DataFrame:
+    """Spread a long summary (columns ``rows``, attack, setting, x, ``cell``) into a wide table:
+    rows ordered original, retain-only, then optimizers by tier; columns (attack, setting) with the
+    clean model first, attacks in :data:`analysis.names.ATTACK_ORDER`, settings weak to strong."""
+    rows = list(rows)
+    if summ.empty:
         return pd.DataFrame()
-    summ = summarize(sub)
-    summ["cell"] = [format_ci(m, h, n, digits) for m, h, n in zip(summ["mean"], summ["ci_half"], summ["n"])]
-    summ["_attack_order"] = (summ["attack"] != "none").astype(int)
-    summ = summ.sort_values(["_attack_order", "attack", "x", "setting"], na_position="last")
-    col_order = list(dict.fromkeys(zip(summ["attack"], summ["setting"])))
-    row_order = sorted(dict.fromkeys(tuple(r) for r in summ[list(rows)].itertuples(index=False)),
-                       key=lambda r: _row_rank(r[0]))
-    table = summ.pivot_table(index=list(rows), columns=["attack", "setting"], values="cell",
-                             aggfunc="first")
+    cols = sorted(dict.fromkeys(zip(summ["attack"], summ["x"], summ["setting"])),
+                  key=lambda c: _column_key(*c))
+    col_order = list(dict.fromkeys((a, s) for a, _, s in cols))
+    row_order = sorted(dict.fromkeys(tuple(r) for r in summ[rows].itertuples(index=False)),
+                       key=lambda r: _row_rank(r[0]) + tuple(r[1:]))
+    table = summ.pivot_table(index=rows, columns=["attack", "setting"], values=cell, aggfunc="first")
     table = table.reindex(columns=pd.MultiIndex.from_tuples(col_order, names=["attack", "setting"]))
-    table = table.reindex(index=pd.MultiIndex.from_tuples(row_order, names=list(rows))
-                          if len(rows) > 1 else [r[0] for r in row_order])
+    table = table.reindex(index=pd.MultiIndex.from_tuples(row_order, names=rows)
+                          if len(rows) > 1 else pd.Index([r[0] for r in row_order], name=rows[0]))
     return table.fillna("")
 
 
-def _row_rank(label: str):
-    from analysis.plots import optimizer_rank
+def pivot(df: pd.DataFrame, metric: str, split: str, *, rows: Sequence[str] | None = None,
+          digits: int = 3, show_n: str | bool = "auto") -> pd.DataFrame:
+    """A readable wide table for one metric and split: rows = series (original, retain-only, then
+    optimizers by tier; qualified by objective when there are several), columns = (attack,
+    setting) with the clean model first, cells = ``mean ± CI half-width`` with ``(n=seeds)``
+    appended when ``show_n`` is True, or ``"auto"`` and the seed count differs between cells
+    (the table's ``attrs["n"]`` holds the count when it is the same everywhere)."""
+    sub = df[(df["metric"] == metric) & (df["split"] == split)]
+    if sub.empty:
+        return pd.DataFrame()
+    if rows is None:
+        several = sub.loc[sub["role"] == "unlearned", "objective"].nunique() > 1
+        rows = ("label", "objective") if several else ("label",)
+    summ = summarize(sub, keys=tuple(dict.fromkeys(GROUP_KEYS + tuple(rows))))
+    same_n = summ["n"].nunique() == 1
+    with_n = show_n is True or (show_n == "auto" and not same_n)
+    summ["cell"] = [format_ci(m, h, n, digits) if with_n else format_ci(m, h, n, digits).rsplit(" (n=", 1)[0]
+                    for m, h, n in zip(summ["mean"], summ["ci_half"], summ["n"])]
+    table = wide(summ, "cell", rows)
+    table.attrs["n"] = int(summ["n"].iloc[0]) if same_n else None
+    return table
 
+
+def recovery_pivot(rec: pd.DataFrame, metric: str, split: str, *, column: str = "recovery",
+                   digits: int = 2) -> pd.DataFrame:
+    """:func:`recovery_table` spread wide for one metric and split: rows = optimizers by tier,
+    columns = (attack, setting), cells = ``mean [95% CI]`` of ``column`` (``recovery`` or
+    ``recovery_gold``)."""
+    sub = rec[(rec["metric"] == metric) & (rec["split"] == split)]
+    if sub.empty:
+        return pd.DataFrame()
+    sub = sub.assign(label=sub["optimizer"].where(sub["optimizer"] != "", "(no optimizer)"))
+    several = sub["objective"].nunique() > 1
+    sub = sub.assign(cell=[format_interval(m, lo, hi, digits) for m, lo, hi in
+                           zip(sub[column], sub[f"{column}_ci_low"], sub[f"{column}_ci_high"])])
+    return wide(sub, "cell", ("label", "objective") if several else ("label",))
+
+
+def _row_rank(label: str):
     if label == "original":
-        return (-2, "")
+        return ((-2, 0, ""), label)
     if label == "retain-only":
-        return (-1, "")
+        return ((-1, 0, ""), label)
     return (optimizer_rank(label), label)
 
 
@@ -197,12 +250,15 @@ def recovery_per_seed(df: pd.DataFrame, *, unit: Sequence[str] = UNIT_KEYS,
     ``ill_conditioned`` times the clean gap |o_clean - r_clean|, the attack by itself erased most of
     the original's knowledge; the ratios are then noisy and ``note`` says so.
 
+    Interpolation and plane records (:data:`PATH_ATTACKS`) are paths between models, not attacks
+    on one model, and are left out.
+
     Returns one row per (unit..., attack, setting, x, metric, split, seed) with ``u_clean,
     u_attack, o_attack, r_attack, o_clean, r_clean, delta (= u_attack - u_clean), recovery,
     recovery_gold, residual_gold, note``.
     """
     unit = [k for k in unit if k in df.columns]
-    base = latest_step(df)
+    base = latest_step(model_rows(df))
     if metrics is not None:
         base = base[base["metric"].isin(list(metrics))]
     if splits is not None:

@@ -45,7 +45,8 @@ def mc_accuracy(option_scores, labels) -> float:
 def margins(logp_correct, logp_wrong) -> np.ndarray:
     """Per-question latent-knowledge margin: logp_correct [n] - mean over j of logp_wrong [n, m]
     (mean token log-probs; NaN entries of ``logp_wrong`` are ignored)."""
-    return np.asarray(logp_correct, dtype=np.float64) - np.nanmean(np.asarray(logp_wrong, dtype=np.float64), axis=-1)
+    wrong = np.asarray(logp_wrong, dtype=np.float64)
+    return np.asarray(logp_correct, dtype=np.float64) - np.nanmean(wrong, axis=-1)
 
 
 def margin_win_rate(margin_values) -> float:

@@ -32,10 +32,11 @@ DEFAULT_K = 0.4
 
 
 def token_zscores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Min-K%++ per-token scores ``(z [B, L-1], mask [B, L-1])`` for logits aligned with labels as in
-    :func:`unlearn.scoring.token_logprobs`: z_t = (log p(x_t) - mu_t) / sigma_t with
-    mu_t = sum_z p(z) log p(z), sigma_t^2 = sum_z p(z) log p(z)^2 - mu_t^2 (float32; zero where the
-    label is ignored). Only scored positions go through the vocabulary-wide moments."""
+    """Min-K%++ (Zhang et al. 2024, arXiv 2404.02936) per-token scores ``(z [B, L-1], mask [B, L-1])``
+    for logits aligned with labels as in :func:`unlearn.scoring.token_logprobs`:
+    z_t = (log p(x_t) - mu_t) / sigma_t, mu_t = sum_z p(z) log p(z),
+    sigma_t^2 = sum_z p(z) log p(z)^2 - mu_t^2 (float32; zero where the label is ignored).
+    Only scored positions go through the vocabulary-wide moments (memory N x V, N answer tokens)."""
     picked, mask = token_logprobs(logits, labels)
     z = torch.zeros_like(picked)
     rows = logits[:, :-1][mask].float()                      # [N, V]: only the scored positions
@@ -49,8 +50,9 @@ def token_zscores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
 
 
 def min_k(scores: torch.Tensor, mask: torch.Tensor, k: float = DEFAULT_K) -> torch.Tensor:
-    """Min-K% of each row: the mean of its int(k * T) lowest scored values, as Shi et al.'s code
-    selects them (T = scored positions in the row; at least one is kept, so short answers score).
+    """Min-K% (Shi et al. 2024, arXiv 2310.16789) of each row: the mean of its int(k * T) lowest
+    scored values, as Shi et al.'s code selects them (T = scored positions in the row; at least
+    one is kept, so short answers score).
     ``scores`` [B, L] (log-probs for Min-K%, z-scores for Min-K%++), ``mask`` [B, L] bool.
     Returns float32 [B]; rows with no scored position give NaN.
     """
@@ -79,7 +81,7 @@ def auc(members, nonmembers) -> float:
 
 
 def privleak(auc_value: float, auc_reference: float) -> float:
-    """MUSE's PrivLeak in percent: (AUC - AUC_ref) / AUC_ref * 100."""
+    """MUSE's PrivLeak (Shi et al. 2024, arXiv 2407.06460) in percent: (AUC - AUC_ref) / AUC_ref * 100."""
     if auc_reference <= 0:
         raise ValueError(f"reference AUC must be positive, got {auc_reference}")
     return float((auc_value - auc_reference) / auc_reference * 100.0)

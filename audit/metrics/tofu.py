@@ -1,4 +1,5 @@
-"""TOFU's metrics (Maini et al. 2024, arXiv 2401.06121), as its released aggregation code computes them.
+"""TOFU's metrics (Maini et al. 2024, arXiv 2401.06121; cited as [TOFU] below), as its released
+aggregation code computes them.
 
 Every function here takes per-question numbers (numpy arrays or anything ``np.asarray`` accepts)
 and returns a per-question array or one aggregate; nothing here runs a model. With
@@ -30,12 +31,12 @@ def _f64(x) -> np.ndarray:
 
 
 def probability(p_norm) -> float:
-    """Forget / retain Probability: mean over questions of p_norm(answer | question)."""
+    """Forget / retain Probability [TOFU]: mean over questions of p_norm(answer | question)."""
     return float(np.mean(_f64(p_norm)))
 
 
 def normalised_probability(p_answer, p_perturbed) -> np.ndarray:
-    """Per-question utility-set Probability: p_norm(a) / (p_norm(a) + sum_j p_norm(perturbed_j)).
+    """Per-question utility-set Probability [TOFU]: p_norm(a) / (p_norm(a) + sum_j p_norm(perturbed_j)).
 
     ``p_answer`` [n]; ``p_perturbed`` [n, m] (m wrong answers per question). Its mean is TOFU's
     Probability on real authors / world facts: the chance mass the model puts on the truth among
@@ -46,7 +47,7 @@ def normalised_probability(p_answer, p_perturbed) -> np.ndarray:
 
 
 def truth_ratio(nll_correct, nll_perturbed) -> np.ndarray:
-    """Per-question R = P_pert / p_norm(correct), from mean token NLLs.
+    """Per-question truth ratio [TOFU] R = P_pert / p_norm(correct), from mean token NLLs.
 
     ``nll_correct`` [n]: mean token NLL of the paraphrased answer (utility sets: of ``answer``).
     ``nll_perturbed`` [n, m]: mean token NLL of each perturbed answer. The geometric mean of the
@@ -70,7 +71,7 @@ def truth_ratio_score(ratios, forget: bool) -> float:
 
 
 def forget_quality(ratios_unlearned, ratios_retain_model) -> float:
-    """Forget Quality: the p-value of the two-sample Kolmogorov-Smirnov test (``scipy.stats.ks_2samp``,
+    """Forget Quality [TOFU]: the p-value of the two-sample Kolmogorov-Smirnov test (``scipy.stats.ks_2samp``,
     two-sided) between the per-question truth ratios on the forget split of the unlearned model
     and of the retain-only model. High (near 1): indistinguishable from never having trained on
     the forget set. TOFU's code feeds 1/R to the test; the KS statistic (hence the p-value) is the
@@ -83,7 +84,7 @@ def forget_quality(ratios_unlearned, ratios_retain_model) -> float:
 
 
 def model_utility(values: Iterable[float]) -> float:
-    """Model Utility: the harmonic mean (``scipy.stats.hmean``) of the given numbers.
+    """Model Utility [TOFU]: the harmonic mean (``scipy.stats.hmean``) of the given numbers.
 
     TOFU passes 9: {Probability, ROUGE, Truth ratio} x {retain, real authors, world facts}. basin
     passes the same three metrics over retain and *every utility set the benchmark has* (the
@@ -99,7 +100,7 @@ _SCORER = None
 
 
 def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
-    """Per-example ROUGE-L recall of each prediction against its reference, with ``rouge_score``'s
+    """Per-example ROUGE-L recall [TOFU] of each prediction against its reference, with ``rouge_score``'s
     tokenizer and the Porter stemmer on (as TOFU): LCS length / number of reference tokens."""
     global _SCORER
     if _SCORER is None:

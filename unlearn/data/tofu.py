@@ -82,7 +82,8 @@ def _from_hub(split: str) -> dict[str, list[dict]]:
     try:
         import datasets
     except ImportError:
-        raise BasinError(f"no TOFU folder was given and the 'datasets' package is not installed; {hint}") from None
+        raise BasinError("no TOFU folder was given and the 'datasets' package is not installed; "
+                         + hint) from None
     files = {}
     for name in required_files(split):
         config = name[:-len(".json")]

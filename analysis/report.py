@@ -1,0 +1,418 @@
+"""A self-contained report folder: ``index.html`` with every table and figure, readable offline.
+
+Layout of ``DIR`` written by :func:`write_report`::
+
+    index.html            verdicts, audit cards, figures (PNG, with SVG links), tables
+    report.json           what was read (sources, record count) and what was written
+    figures/*.png, *.svg  every figure, both formats
+    tables/*.csv          every table (long form), plus records.csv: the tidy input
+
+The folder is built in a temporary sibling and renamed into place only when complete, so an
+interrupted report never leaves a half-written ``index.html``; a previous report in ``DIR`` is
+replaced (a non-empty folder that is not a basin report is refused, never overwritten).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import os
+import re
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from analysis import card as card_mod
+from analysis import plots
+from analysis.load import load_records, normalise_frame
+from analysis.names import order_optimizers
+from analysis.tables import (model_rows, pivot, recovery_per_seed, recovery_pivot, recovery_table,
+                             summarize)
+from analysis.verdicts import PAPER_CLAIMS, Claim, evaluate_claims, verdict_table
+from unlearn.errors import BasinError
+
+MARKER = "report.json"
+FORGET_METRICS = ("prob", "exact_match", "margin", "rouge", "margin_win_rate", "mc_accuracy",
+                  "truth_ratio", "nll", "loss")
+ROBUSTNESS_ATTACKS = ("relearn", "quantize", "noise", "prune", "precision")
+MAX_METRICS_PER_ATTACK = 3
+
+
+# ---------------------------------------------------------------------------------------------
+# planning what to draw
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "-", str(text)).strip("-").lower() or "x"
+
+
+def plan_figures(df: pd.DataFrame) -> list[tuple[str, str, Callable[[], object]]]:
+    """(file stem, caption, function returning a Figure) for every figure the records support."""
+    out = []
+    forget_rows = df[df["split"].isin(plots.FORGET_SPLITS)]
+    for attack in ROBUSTNESS_ATTACKS:
+        present = set(forget_rows.loc[forget_rows["attack"] == attack, "metric"])
+        metrics = [m for m in FORGET_METRICS if m in present][:MAX_METRICS_PER_ATTACK]
+        for metric in metrics:
+            out.append((f"robustness-{_slug(attack)}-{_slug(metric)}",
+                        f"{plots.METRIC_LABELS.get(metric, metric)} under "
+                        f"{plots.ATTACK_NAMES.get(attack, attack)}: one line per optimizer, mean and 95% CI "
+                        "over seeds; dashed black = original model, dotted grey = retain-only model.",
+                        lambda a=attack, m=metric: plots.robustness_curve(df, a, m)))
+    if (df["attack"] == "interpolate").any():
+        out.append(("basin-1d", "Loss along the straight line between two models (mode connectivity); "
+                    "the bar marks the barrier: the largest rise above the straight chord.",
+                    lambda: plots.basin_1d(df)))
+    for model in sorted(df.loc[df["attack"] == "plane", "model"].unique())[:3]:
+        out.append((f"basin-2d-{_slug(model)}", f"Loss over the plane through three models ({model}).",
+                    lambda mo=model: plots.basin_2d(df, model=mo)))
+    if (df["role"] == "unlearned").any():
+        fmetric = next((m for m in FORGET_METRICS if ((df["metric"] == m) & (df["split"] == "forget")).any()), None)
+        if fmetric:
+            umetric, usplit = ("model_utility", None) if (df["metric"] == "model_utility").any() else (fmetric, "retain")
+            out.append(("tiers", "Forgetting (top) and utility (bottom) per optimizer, ordered by tier, "
+                        "clean and at each attack's worst-case setting.",
+                        lambda: plots.tier_summary(df, fmetric, "forget", umetric, usplit)))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# HTML pieces
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px auto;
+       max-width: 1200px; padding: 0 16px; color: #222; line-height: 1.45; }
+h1 { font-size: 1.7em; } h2 { border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 2em; }
+table.data { border-collapse: collapse; margin: 8px 0 16px; font-size: 0.84em; }
+table.data th, table.data td { border: 1px solid #ccc; padding: 3px 6px; text-align: left;
+       vertical-align: top; }
+table.data th { background: #f3f3f3; }
+.scroll { overflow-x: auto; max-width: 100%; }
+figure { margin: 16px 0 28px; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.9em; color: #444; margin-top: 4px; }
+.verdict { font-weight: bold; padding: 1px 6px; border-radius: 3px; white-space: nowrap; }
+.v-reproduced { background: #d8f0d8; color: #145214; }
+.v-not-reproduced { background: #f7d4d4; color: #7a1212; }
+.v-inconclusive { background: #eeeeee; color: #444; }
+section.card { padding: 0 16px 8px; }
+details { border: 1px solid #ddd; border-radius: 6px; margin: 10px 0; }
+details > summary { cursor: pointer; padding: 8px 16px; font-weight: bold; background: #f7f7f7; }
+td.num, th.num { white-space: nowrap; }
+.meta { color: #555; font-size: 0.9em; }
+nav a { margin-right: 14px; }
+.warn { background: #fff3cd; border: 1px solid #e0c36a; padding: 8px 12px; border-radius: 4px; }
+"""
+
+
+def _e(x) -> str:
+    return html.escape(str(x))
+
+
+def _num(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return ""
+    if isinstance(v, (int, np.integer)):
+        return str(v)
+    return f"{v:.{digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{digits}f}"
+
+
+def _html_table(df: pd.DataFrame, raw_html_cols: Sequence[str] = (), nowrap_cols: Sequence[str] = ()) -> str:
+    """A plain HTML table (cells escaped unless in ``raw_html_cols``; ``nowrap_cols`` never wrap)."""
+    if df.empty:
+        return "<p>(empty)</p>"
+    head = "".join(f"<th>{_e(c)}</th>" for c in df.columns)
+    rows = []
+    for rec in df.itertuples(index=False):
+        cells = []
+        for col, v in zip(df.columns, rec):
+            text = v if col in raw_html_cols else _e(_num(v) if isinstance(v, (float, np.floating)) else v)
+            cls = ' class="num"' if col in nowrap_cols else ""
+            cells.append(f"<td{cls}>{text}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<div class="scroll"><table class="data"><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(rows)}</tbody></table></div>')
+
+
+def _pivot_html(table: pd.DataFrame) -> str:
+    """A wide (attack, setting) table as HTML: a two-row header (attack, then setting), the
+    series names in the first column, cells that never wrap (the table scrolls sideways)."""
+    names = list(table.index.names) if isinstance(table.index, pd.MultiIndex) else [table.index.name or "model"]
+    index_rows = list(table.index) if isinstance(table.index, pd.MultiIndex) else [(i,) for i in table.index]
+    spans: list[list] = []
+    for attack, setting in table.columns:
+        if spans and spans[-1][0] == attack:
+            spans[-1][1] += 1
+        else:
+            spans.append([attack, 1])
+    two_rows = any(s for _, s in table.columns)  # a second header row only when settings exist
+    span = ' rowspan="2"' if two_rows else ""
+    top = "".join(f'<th{span}>{_e(n if n != "label" else "model")}</th>' for n in names)
+    top += "".join(f'<th colspan="{n}">{_e("clean" if a == "none" else plots.ATTACK_NAMES.get(a, a))}</th>'
+                   for a, n in spans)
+    second = ("<tr>" + "".join(f"<th>{_e(s if a != 'none' else '')}</th>" for a, s in table.columns)
+              + "</tr>") if two_rows else ""
+    body = []
+    for idx, row in zip(index_rows, table.itertuples(index=False)):
+        cells = "".join(f'<td class="num">{_e(i)}</td>' for i in idx)
+        cells += "".join(f'<td class="num">{_e(v)}</td>' for v in row)
+        body.append(f"<tr>{cells}</tr>")
+    return (f'<div class="scroll"><table class="data"><thead><tr>{top}</tr>{second}</thead>'
+            f'<tbody>{"".join(body)}</tbody></table></div>')
+
+
+def _verdicts_html(vt: pd.DataFrame) -> str:
+    if vt.empty:
+        return "<p>No claims were evaluated.</p>"
+    rows = pd.DataFrame({
+        "claim": vt["text"],
+        "verdict": [f'<span class="verdict v-{_slug(v)}">{_e(v)}</span>' for v in vt["verdict"]],
+        "A vs B": [f"{a} vs {b}" for a, b in zip(vt["a"], vt["b"])],
+        "compared": [f"{q} of {m} ({_text(s) or 'its only split'}) under "
+                     f"{'no attack' if at == 'none' else at}" + (f" at {st}" if _text(st) else "")
+                     for q, m, s, at, st in zip(vt["quantity"], vt["metric"], vt["split"], vt["attack"], vt["setting"])],
+        "mean A / B (seeds)": [f"{_num(ma)} / {_num(mb)} ({na} / {nb})" for ma, mb, na, nb
+                               in zip(vt["mean_a"], vt["mean_b"], vt["n_a"], vt["n_b"])],
+        "A − B [95% CI]": [f"{_num(d)} [{_num(lo)}, {_num(hi)}]" if np.isfinite(d) else ""
+                           for d, lo, hi in zip(vt["diff"], vt["ci_low"], vt["ci_high"])],
+        "why": vt["reason"],
+    })
+    return _html_table(rows, raw_html_cols=("verdict",), nowrap_cols=("A − B [95% CI]",))
+
+
+def _text(v) -> str:
+    """A cell's text; empty for None / NaN."""
+    if v is None or (isinstance(v, float) and not np.isfinite(v)):
+        return ""
+    return str(v)
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def _save_figure(fig, folder: Path, stem: str, formats: Sequence[str], dpi: int) -> list[str]:
+    names = []
+    for fmt in formats:
+        name = f"{stem}.{fmt}"
+        fig.savefig(folder / name, format=fmt, dpi=dpi)
+        names.append(name)
+    return names
+
+
+def _write_csv(df: pd.DataFrame, folder: Path, name: str, files: list[str]) -> str:
+    df.to_csv(folder / name, index=False)
+    files.append(f"tables/{name}")
+    return f"tables/{name}"
+
+
+def _card_selections(df: pd.DataFrame) -> list[dict]:
+    unl = model_rows(df)
+    unl = unl[unl["role"] == "unlearned"]
+    objectives = sorted(set(unl["objective"]))
+    sels = []
+    for obj in objectives:
+        for opt in order_optimizers(set(unl.loc[unl["objective"] == obj, "optimizer"])):
+            sel = {"optimizer": opt or None, "objective": obj or None}
+            name = " / ".join(x for x in (opt, obj) if x) or "unlearned model"
+            sels.append({"name": name, **sel})
+    return sels
+
+
+def build_report(df: pd.DataFrame, folder: Path, *, claims: Iterable[Claim] | None = None,
+                 title: str = "basin report", formats: Sequence[str] = ("png", "svg"), dpi: int = 110,
+                 sources: Sequence[str] = ()) -> dict:
+    """Write the report's files into ``folder`` (which must exist); returns its metadata.
+    :func:`write_report` calls this on a temporary folder and renames it into place."""
+    (folder / "figures").mkdir()
+    (folder / "tables").mkdir()
+    files: list[str] = []
+    claims = list(PAPER_CLAIMS if claims is None else claims)
+    parts: list[str] = []
+    nav: list[tuple[str, str]] = []
+
+    def section(anchor: str, heading: str, body: str) -> None:
+        nav.append((anchor, heading))
+        parts.append(f'<h2 id="{anchor}">{_e(heading)}</h2>\n{body}')
+
+    # overview
+    unl = model_rows(df)
+    unl = unl[unl["role"] == "unlearned"]
+    overview = [f"{len(df)} records from {len(set(df['source']))} source(s)",
+                f"optimizers: {', '.join(order_optimizers(set(unl['optimizer']) - {''})) or 'none recorded'}",
+                f"objectives: {', '.join(sorted(set(unl['objective']) - {''})) or 'none recorded'}",
+                f"attacks: {', '.join(sorted(set(df['attack'])))}",
+                f"seeds per optimizer: " + (", ".join(f"{k} {v}" for k, v in
+                                                      unl.groupby('label')['seed'].nunique().items()) or "n/a"),
+                "references: " + (", ".join(r for r in ("original", "retain") if (df["role"] == r).any())
+                                  or "none (recovery needs the original and retain-only models)")]
+    link = _write_csv(df, folder / "tables", "records.csv", files)
+    overview.append(f'<a href="{link}">the records this report was built from (CSV)</a>')
+
+    # verdicts
+    verdicts = evaluate_claims(df, claims)
+    vt = verdict_table(verdicts)
+    link = _write_csv(vt, folder / "tables", "verdicts.csv", files)
+    section("verdicts", "Verdicts on the paper's claims",
+            "<p>Each claim is fixed in advance (optimizers, attack, metric, split, quantity); the verdict "
+            "comes from the 95% Welch confidence interval of the difference of per-seed numbers: "
+            "entirely on the claimed side = reproduced, entirely on the other = not reproduced, "
+            f'otherwise inconclusive. <a href="{link}">CSV</a></p>' + _verdicts_html(vt))
+
+    # figures
+    figs_html = []
+    for stem, caption, make in plan_figures(df):
+        fig = make()
+        names = _save_figure(fig, folder / "figures", stem, formats, dpi)
+        del fig
+        files += [f"figures/{n}" for n in names]
+        img = next((n for n in names if n.endswith(".png")), names[0])
+        others = " · ".join(f'<a href="figures/{_e(n)}">{_e(n.rsplit(".", 1)[1].upper())}</a>' for n in names)
+        figs_html.append(f'<figure><img src="figures/{_e(img)}" alt="{_e(caption)}">'
+                         f"<figcaption>{_e(caption)} {others}</figcaption></figure>")
+    section("figures", "Figures", "\n".join(figs_html) or "<p>No figure: the records hold no attack curves.</p>")
+
+    # recovery
+    rec = recovery_table(df, splits=None)
+    rec = rec[rec["metric"].isin(FORGET_METRICS) & rec["split"].str.startswith("forget")] if not rec.empty else rec
+    link = _write_csv(rec, folder / "tables", "recovery.csv", files)
+    link_seed = _write_csv(recovery_per_seed(df), folder / "tables", "recovery_per_seed.csv", files)
+    body = ["<p><b>recovery</b> = (attacked − clean) / (attacked original − clean), per seed, then mean "
+            "[95% CI]: 0 = nothing came back, 1 = as much as the original keeps under the same attack. "
+            "<b>vs gold</b> = (attacked − attacked retain-only) / (attacked original − attacked "
+            "retain-only): at or below 0 = no more than a model that never saw the forget data. "
+            f'<a href="{link}">All numbers (CSV)</a> · <a href="{link_seed}">per seed (CSV)</a></p>']
+    if not rec.empty:
+        for metric, split in _metric_splits(rec):
+            for column, what in (("recovery", "recovery"), ("recovery_gold", "vs gold")):
+                table = recovery_pivot(rec, metric, split, column=column)
+                if not table.empty:
+                    body.append(f"<h3>{_e(what)}: {_e(plots.metric_label(metric, split))}</h3>"
+                                + _pivot_html(table))
+        notes = sorted({n for cell in rec["note"] for n in str(cell).split("; ") if n})
+        if notes:
+            body.append("<p>Caveats:</p><ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
+    else:
+        body.append("<p>No attack on an unlearned model with a clean counterpart in the records.</p>")
+    section("recovery", "Recovery of forgotten knowledge", "\n".join(body))
+
+    # audit cards, one per optimizer (and objective), folded so the page stays scannable
+    cards = []
+    for i, sel in enumerate(_card_selections(df)):
+        name = sel.pop("name")
+        body = card_mod.audit_card(df, fmt="html", name=name, **sel)
+        cards.append(f"<details{' open' if i == 0 else ''}><summary>{_e(name)}</summary>{body}</details>")
+    if cards:
+        section("cards", "Audit cards", "<p>One card per optimizer (click a name to unfold it).</p>"
+                + "\n".join(cards))
+
+    # summary tables
+    summ = summarize(df)
+    link = _write_csv(summ, folder / "tables", "summary.csv", files)
+    blocks = [f'<p>Mean ± 95% CI half-width over seeds per model, attack and setting. '
+              f'<a href="{link}">All numbers with n, sd and CI bounds (CSV)</a></p>']
+    single = model_rows(df)
+    for (metric, split) in _metric_splits(single):
+        table = pivot(single, metric, split)
+        if table.empty:
+            continue
+        name = f"pivot-{_slug(metric)}-{_slug(split)}.csv"
+        flat = table.copy()
+        flat.columns = [f"{a}:{s}" for a, s in flat.columns]
+        plink = _write_csv(flat.reset_index().rename(columns={"label": "model"}), folder / "tables", name, files)
+        n = table.attrs.get("n")
+        seeds = f"{n} seed{'s' if n != 1 else ''} per cell" if n else "seeds per cell as shown"
+        blocks.append(f"<h3>{_e(plots.metric_label(metric, split))} <small>({_e(seeds)}; "
+                      f'<a href="{plink}">CSV</a>)</small></h3>' + _pivot_html(table))
+    section("tables", "Tables", "\n".join(blocks))
+
+    meta = {"title": title, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "sources": list(sources), "records": int(len(df)), "files": sorted(files) + ["index.html"],
+            "verdicts": {v.claim.name: v.verdict for v in verdicts}}
+    if is_synthetic(df):
+        parts.insert(0, '<p class="warn">These records are marked synthetic: made-up numbers for '
+                     "trying the pipeline, not results.</p>")
+    page = _page(title, overview, nav, parts, meta["created"])
+    (folder / "index.html").write_text(page, encoding="utf-8")
+    (folder / MARKER).write_text(json.dumps(meta, indent=2) + "\n")
+    return meta
+
+
+def is_synthetic(df: pd.DataFrame) -> bool:
+    """True when any record carries ``synthetic: true``."""
+    if "synthetic" not in df.columns:
+        return False
+    return bool(df["synthetic"].astype(str).str.lower().isin(["true", "1", "1.0"]).any())
+
+
+def _metric_splits(df: pd.DataFrame) -> list[tuple[str, str]]:
+    pairs = df[["metric", "split"]].drop_duplicates()
+    order = {m: i for i, m in enumerate(FORGET_METRICS + ("model_utility", "forget_quality"))}
+    split_order = {s: i for i, s in enumerate(("forget", "forget_unseen", "retain", "holdout", "world_facts"))}
+    return sorted(map(tuple, pairs.itertuples(index=False)),
+                  key=lambda p: (order.get(p[0], 99), p[0], split_order.get(p[1], 99), p[1]))
+
+
+def _page(title: str, overview: list[str], nav: list[tuple[str, str]], parts: list[str], created: str) -> str:
+    links = "".join(f'<a href="#{a}">{_e(h)}</a>' for a, h in nav)
+    items = "".join(f"<li>{o if o.startswith('<a ') else _e(o)}</li>" for o in overview)
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{_e(title)}</title>"
+            f"<style>{CSS}</style></head><body>\n<h1>{_e(title)}</h1>\n"
+            f'<p class="meta">Generated {_e(created)} from result records only.</p>\n'
+            f"<ul>{items}</ul>\n<nav>{links}</nav>\n" + "\n".join(parts) + "\n</body></html>\n")
+
+
+def _check_target(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise BasinError(f"{out} is a file; choose a folder for the report")
+    if out.is_dir() and any(out.iterdir()) and not (out / MARKER).exists():
+        raise BasinError(f"{out} is a non-empty folder that is not a basin report; choose a new or "
+                         "empty folder (a previous report there would be replaced)")
+
+
+def write_report(data, out_dir: str | os.PathLike, *, claims: Iterable[Claim] | None = None,
+                 title: str = "basin report", formats: Sequence[str] = ("png", "svg"),
+                 dpi: int = 110) -> Path:
+    """Build the report for ``data`` (a record frame, or sources for
+    :func:`analysis.load.load_records`) into ``out_dir`` atomically; returns ``out_dir/index.html``.
+
+    ``claims`` defaults to :data:`analysis.verdicts.PAPER_CLAIMS`. The report is written into a
+    temporary sibling folder, then renamed over ``out_dir`` (an older report there is moved aside
+    and deleted only after the new one is in place).
+    """
+    out = Path(out_dir)
+    _check_target(out)
+    if isinstance(data, pd.DataFrame):
+        df, sources = normalise_frame(data), sorted(set(data.get("source", pd.Series(dtype=str)).astype(str)))
+    else:
+        df = load_records(data)
+        sources = [str(s) for s in (data if isinstance(data, (list, tuple)) else [data])
+                   if isinstance(s, (str, os.PathLike))]
+    if df.empty:
+        raise BasinError("no records to report on; the run folders' records.jsonl files are empty")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
+    try:
+        build_report(df, tmp, claims=claims, title=title, formats=formats, dpi=dpi, sources=sources)
+        os.chmod(tmp, 0o755)
+        _swap_into_place(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out / "index.html"
+
+
+def _swap_into_place(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = out.with_name(f".old-{out.name}-{uuid.uuid4().hex[:8]}")
+        os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, out)
