@@ -122,7 +122,6 @@ def test_every_optimizer_converges_on_a_quadratic(name):
     for _ in range(steps - 1):
         opt.step(closure)
     assert closure().item() < 1e-2, f"{name} stalled at {closure().item():.4f}"
-    assert all(p.grad is None for _, p in params), "optimizers free the grads they make"
 
 
 # ----------------------------------------------------------------------------- AdamW parity
@@ -306,6 +305,15 @@ def test_hybrid_state_policies_separate_and_shared_differ():
             assert keys == {"m", "v", "t"} and opt.state[params[0][1]]["t"] == 12
     assert not torch.equal(results["separate"], results["shared"])
     assert (results["separate"] - results["shared"]).abs().max() > 1e-4
+
+
+def test_grads_live_until_the_next_step_and_zo_steps_start_without_them():
+    params, closure = quadratic()
+    opt = make_optimizer("hybrid", params, lr=0.1, total_steps=2, n_fo=1, n_zo=1)
+    opt.step(closure)                                      # fo: .grad filled, as after backward()
+    assert all(p.grad is not None for _, p in params)
+    opt.step(closure)                                      # zo: the FO grads are gone
+    assert all(p.grad is None for _, p in params)
 
 
 def test_hybrid_zo_phase_moves_only_perturbed_tensors_and_scales_lr():

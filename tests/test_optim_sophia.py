@@ -43,6 +43,7 @@ def test_hutchinson_gaussian_estimate_is_unbiased_for_the_hessian_diagonal():
     n = 2000
     samples = torch.empty(n, 3, dtype=torch.float64)
     for t in range(n):
+        x.grad = None                                          # the optimizer's zero_grad
         (_, _, g, extras), = estimator.estimate(named, lambda i: 0.5 * x @ H @ x, 1, t, seed=0).signals
         samples[t] = extras["hessian"]
     assert torch.allclose(g, H @ x.detach())

@@ -180,11 +180,11 @@ CKPT = "checkpoint"
 
 
 def save_checkpoint(out: Path, model, optimizer, step: int, n_records: int) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save_model
 
     target = out / CKPT
     with atomic_dir(out / f"{CKPT}.new") as tmp:
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+        save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         write_json_atomic(tmp / "trainer.json", {"step": step, "n_records": n_records})
     old = out / f"{CKPT}.old"
@@ -195,11 +195,10 @@ def save_checkpoint(out: Path, model, optimizer, step: int, n_records: int) -> N
 
 
 def load_checkpoint(out: Path, model, optimizer) -> tuple[int, int]:
-    from safetensors.torch import load_file
+    from safetensors.torch import load_model as load_weights
 
     folder = out / CKPT
-    state = load_file(str(folder / "model.safetensors"))
-    model.load_state_dict(state, strict=True)
+    load_weights(model, str(folder / "model.safetensors"), strict=True)
     optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
     info = json.loads((folder / "trainer.json").read_text())
     return info["step"], info["n_records"]
@@ -244,7 +243,6 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
     freeze_all_but(model, objective.trainable(model) if hasattr(objective, "trainable") else None)
     optimizer = make_optimizer(config.optimizer, model, lr=config.lr, total_steps=steps, seed=config.seed,
                                **config.optimizer_args)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(s, config, steps))
 
     base = {"model": out.name if out is not None else config.model, "seed": config.seed,
             "optimizer": config.optimizer, "objective": config.objective, "role": "unlearned"}
@@ -253,8 +251,6 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
         first, n_records = load_checkpoint(out, model, optimizer)
         records = read_records(out / "records.jsonl")[:n_records]
         _rewrite_records(out, records)
-        for _ in range(first):
-            schedule.step()
     elif out is not None:
         (out / "records.jsonl").unlink(missing_ok=True)
     if first == 0 and config.eval_every:
@@ -266,6 +262,8 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
     bar = tqdm(range(first, steps), desc=f"unlearn {config.objective}/{config.optimizer}",
                disable=not progress, initial=first, total=steps)
     for step in bar:
+        for group in optimizer.param_groups:  # the schedule is a function of the step alone
+            group["lr"] = config.lr * lr_multiplier(step, config, steps)
         f_idx = batch_indices(step, config.batch_size, len(forget_ex), config.seed, 0)
         r_idx = batch_indices(step, config.batch_size, len(retain_ex), config.seed, 1)
         micro_batches = [{"forget": collate([forget_ex[i] for i in f_idx[j:j + micro]], pad),
@@ -283,7 +281,6 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
                 if out is not None and last_good else ""
             raise BasinError(f"the loss became {loss} at step {step + 1}{where}; "
                              "lower the learning rate (--lr) or check the objective's options")
-        schedule.step()
         bar.set_postfix(loss=f"{loss:.4f}", phase=getattr(optimizer, "phase", ""))
         done = step + 1
         if config.eval_every and (done % config.eval_every == 0 or done == steps):

@@ -15,7 +15,7 @@ from unlearn.errors import BasinError, require
 from unlearn.optim.estimators import Backprop, Curvature, SharpnessAware
 from unlearn.optim.optimizer import Alternating, BasinOptimizer, Constant, Phase, Plan
 from unlearn.optim.transforms import (DecoupledWeightDecay, Momentum, Quantize, ScaleByAdam, ScaleByAdaZO,
-                                      ScaleByLR, ScaleBySophia, Sign)
+                                      ScaleBySophia, Sign)
 from unlearn.optim.zeroth_order import DIFFERENCES, DIRECTIONS, ZerothOrder
 from unlearn.registry import lookup
 
@@ -46,9 +46,9 @@ def _choice(name, value, choices):
 
 
 def _tail(weight_decay: float) -> list:
-    """Every chain ends the same way: + wd * p (decoupled), then * -lr."""
+    """Every chain ends the same way: + wd * p (decoupled); the optimizer then does p -= lr * d."""
     _number("weight_decay", weight_decay, 0)
-    return [DecoupledWeightDecay(weight_decay), ScaleByLR()]
+    return [DecoupledWeightDecay(weight_decay)]
 
 
 def _adam_link(b1, b2, eps) -> ScaleByAdam:

@@ -12,7 +12,7 @@ One step::
     phase = schedule(t)
     loss, signals = phase.estimator.estimate(params, closure, n_micro, t, seed)
     for each (p, g) in signals:                       # lazily, one tensor at a time
-        p += chain(g)                                 # chain ends with -lr * (...)
+        p -= lr * chain(g)                            # lr read from p's param group now
     return loss
 
 Per-tensor state lives in ``self.state[p]`` under names prefixed by a *state namespace*: ""
@@ -163,6 +163,8 @@ class BasinOptimizer(torch.optim.Optimizer):
                 f"{self.name!r} does not use")
         t = self.steps_taken
         phase = self.plan.phases[self.plan.schedule(t)]
+        if closure is not None:
+            self.zero_grad(set_to_none=True)      # grads of the last step go; this step makes its own
         options = {k: v for k, v in step_options.items() if k in phase.estimator.step_options}
         estimate = phase.estimator.estimate(self._params, closure, n_micro, t, self.seed, **options)
         lr_of = {id(p): group["lr"] for group in self.param_groups for p in group["params"]}
@@ -176,7 +178,7 @@ class BasinOptimizer(torch.optim.Optimizer):
 
     def _apply_chain(self, phase: Phase, prefix: str, t: int, j: int, p: torch.Tensor,
                      g: torch.Tensor, extras: dict, lr: float) -> None:
-        """p += chain(g), with the chain's state buffers for tensor j in this namespace."""
+        """p -= lr * chain(g), with the chain's state buffers for tensor j in this namespace."""
         state = self.state[p]
         count_key = prefix + "t"
         state[count_key] = state.get(count_key, 0) + 1
@@ -189,10 +191,10 @@ class BasinOptimizer(torch.optim.Optimizer):
                 buffers[name] = state[key]
         ctx = UpdateContext(lr=lr, t=state[count_key], extras=extras,
                             rng=lambda tag: generator(derive_seed(self.seed, t, tag, j), p.device))
-        update = g
+        direction = g
         for link in phase.chain:
-            update = link(update, p, buffers, ctx)
-        p.add_(update)
+            direction = link(direction, p, buffers, ctx)
+        p.add_(direction, alpha=-lr)
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _identity(self) -> dict:

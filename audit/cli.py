@@ -1,0 +1,56 @@
+"""``basin audit``: attack a model and score it with the benchmark metrics."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub) -> None:
+    p = sub.add_parser("audit", help="attack a model (relearn, quantize, interpolate, noise, prune, "
+                       "precision) and score every result", description=__doc__)
+    p.add_argument("model", help="world:<size>, a basin unlearn run folder, or a Hugging Face checkpoint folder")
+    p.add_argument("--benchmark", default="world:forget10")
+    p.add_argument("--attacks", default="relearn,quantize,interpolate",
+                   help="comma-separated attack names (see basin ls)")
+    p.add_argument("--original", help="the model before unlearning (ceiling; interpolation endpoint)")
+    p.add_argument("--retain", help="the retain-only model (floor; forget quality)")
+    p.add_argument("--arg", action="append", metavar="ATTACK.KEY=VALUE",
+                   help="attack option, e.g. --arg relearn.lr=1e-3 --arg quantize.methods=[rtn,nf4,gptq]")
+    p.add_argument("--generate", action="store_true", help="also score ROUGE and model utility (greedy generation; slower)")
+    p.add_argument("--max-retain", type=int, default=100, help="retain rows scored (default 100)")
+    p.add_argument("--seed", type=int, default=0, help="attack seed (relearning subset, noise)")
+    p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (*.bin) checkpoints")
+    p.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with a hub model")
+    p.add_argument("--out", required=True, help="folder for records.jsonl, config.json, manifest.json")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=run)
+
+
+def _attack_args(items) -> dict:
+    import yaml
+
+    from unlearn.errors import BasinError
+
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        attack, dot, option = key.partition(".")
+        if not sep or not dot:
+            raise BasinError(f"--arg expects ATTACK.KEY=VALUE, got {item!r} (e.g. --arg relearn.lr=1e-3)")
+        out.setdefault(attack.strip(), {})[option.strip().replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    from audit.runner import AuditConfig, audit
+
+    attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
+    config = AuditConfig(benchmark=args.benchmark, attacks=attacks, attack_args=_attack_args(args.arg),
+                         generate=args.generate, max_retain=args.max_retain, seed=args.seed)
+    df = audit(args.model, original=args.original, retain=args.retain, config=config, out=args.out,
+               progress=not args.quiet, allow_pickle=args.allow_pickle,
+               trust_remote_code=args.trust_remote_code)
+    clean = df[(df.attack == "none") & df.metric.isin(["prob", "exact_match"]) & df.split.isin(["forget", "retain"])]
+    print(clean.pivot_table(index="role", columns=["split", "metric"], values="value").round(3).to_string())
+    print(f"{len(df)} records in {args.out}/records.jsonl")
+    return 0

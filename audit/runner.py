@@ -1,0 +1,220 @@
+"""The audit: every attack x every metric on a model, with ceilings and floors, as records.
+
+For the audited model (role ``unlearned``), and, when given, the original model (role
+``original``: the ceiling, what the attack leaves of knowledge that was never removed) and the
+retain-only model (role ``retain``: the floor, what the attack produces from nothing), the audit
+scores the clean model (attack ``none``) and every setting of every attack with the benchmark
+metrics. ``interpolate`` runs only for the audited model, on the path from the original to it.
+Records are appended to ``OUT/records.jsonl`` after each setting; a rerun of the same audit skips
+what is already there, so an interrupted audit resumes. The audited model is never modified: its
+weight hash is checked before and after every attack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from audit.attacks import get_attack
+from audit.attacks.interpolate import loss_barrier
+from audit.attacks.relearn import relearn_subset
+from audit.metrics import evaluate, reference_stats
+from unlearn.cache import write_json_atomic
+from unlearn.data.benchmarks import Benchmark, load_benchmark
+from unlearn.errors import BasinError, require
+from unlearn.models import load_model, weights_hash
+from unlearn.records import append_records, read_records
+
+DEFAULT_ATTACKS = ("relearn", "quantize", "interpolate")
+# Defaults sized for the tiny models; every key can be overridden per attack.
+DEFAULT_ATTACK_ARGS = {
+    "relearn": {"steps": (5, 10, 20, 40), "size": 0.2, "lr": 1e-3, "batch_size": 4},
+    "quantize": {"methods": ("rtn", "nf4"), "bits": None},
+    "interpolate": {"points": 11},
+    "noise": {},
+    "prune": {},
+    "precision": {},
+}
+NEEDS_RETAIN = ("forget_quality", "privleak", "privleak_pp")
+UNSEEN_METRICS = ("prob", "nll", "exact_match", "truth_ratio", "margin", "margin_win")
+FAST_METRICS = ("prob", "nll", "exact_match", "truth_ratio", "forget_quality", "mc_accuracy",
+                "margin", "margin_win", "mink_auc", "privleak")
+
+
+@dataclass
+class AuditConfig:
+    benchmark: str = "world:forget10"
+    attacks: tuple = DEFAULT_ATTACKS
+    attack_args: dict = field(default_factory=dict)
+    metrics: tuple | None = FAST_METRICS
+    generate: bool = False          # ROUGE and model utility need greedy generation (slower)
+    max_new_tokens: int = 64
+    max_retain: int = 100           # retain rows scored (evenly spaced), to keep attacks affordable
+    seed: int = 0                   # attack seed (relearning subset, noise draws)
+
+
+def _subsample(rows: list[dict], n: int) -> list[dict]:
+    if n <= 0 or len(rows) <= n:
+        return rows
+    step = len(rows) / n
+    return [rows[int(i * step)] for i in range(n)]
+
+
+def _call(attack_name: str, fn, model, context: dict, args: dict):
+    """Call an attack with the context keywords it accepts plus its own arguments."""
+    accepted = set(inspect.signature(fn).parameters)
+    kwargs = {k: v for k, v in context.items() if k in accepted and v is not None}
+    unknown = set(args) - accepted
+    require(not unknown, f"attack {attack_name!r} takes no option(s) {', '.join(sorted(unknown))}; "
+            f"its options: {', '.join(sorted(accepted - {'model'}))}")
+    return fn(model, **{**kwargs, **args})
+
+
+def _run_info(source) -> dict:
+    """Optimizer / objective / seed / original model of a `basin unlearn` run folder."""
+    if isinstance(source, (str, Path)) and (Path(source) / "config.json").exists() \
+            and (Path(source) / "model").exists():
+        cfg = json.loads((Path(source) / "config.json").read_text())
+        return {k: cfg.get(k) for k in ("optimizer", "objective", "seed", "lr", "model")}
+    return {}
+
+
+def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditConfig | None = None,
+          out=None, name: str | None = None, progress: bool = True, allow_pickle: bool = False,
+          trust_remote_code: bool = False, **overrides) -> pd.DataFrame:
+    """Audit a model; return the records as a DataFrame (and append them to ``out``/records.jsonl).
+
+    ``model``, ``original`` and ``retain`` are names, folders or model objects (see
+    :func:`unlearn.models.load_model`). If ``model`` is a ``basin unlearn`` run folder, its
+    original model is taken from the run's config unless ``original`` is given. Checkpoints load
+    from safetensors only and without remote code unless ``allow_pickle`` / ``trust_remote_code``.
+    """
+
+
+    config = dataclasses.replace(config or AuditConfig(), **overrides)
+    for a in config.attacks:
+        get_attack(a)
+    info = _run_info(model)
+    if original is None and info.get("model"):
+        original = info["model"]
+    name = name or (Path(str(model)).name if isinstance(model, (str, Path)) else "model")
+    safety = dict(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, progress=progress)
+    target, tok = load_model(model, tokenizer, **safety)
+    refs = {}
+    for role, source in (("original", original), ("retain", retain)):
+        if source is not None:
+            refs[role] = load_model(source, None if isinstance(source, (str, Path)) else tok, **safety)[0]
+    require("interpolate" not in config.attacks or "original" in refs,
+            "interpolate needs the original model: pass --original (or audit a basin unlearn run folder)")
+
+    bench = load_benchmark(config.benchmark)
+    bench = Benchmark(bench.name, bench.forget, _subsample(bench.retain, config.max_retain), bench.holdout,
+                      bench.utility, bench.description)
+    out = Path(out) if out is not None else None
+    done = set()
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "config.json", {**asdict(config), "model": str(model) if isinstance(
+            model, (str, Path)) else name, "original": str(original) if original is not None else None,
+            "retain": str(retain) if retain is not None else None, "kind": "audit"})
+        if (out / "records.jsonl").exists():
+            done = {(r.get("role"), r["attack"], r["setting"]) for r in read_records(out / "records.jsonl")}
+
+    start = time.time()
+    fingerprint = weights_hash(target)
+    base = {"model": name, "seed": info.get("seed", 0) if info.get("seed") is not None else 0,
+            "attack_seed": config.seed, "optimizer": info.get("optimizer"), "objective": info.get("objective")}
+    records: list[dict] = [r for r in (read_records(out / "records.jsonl") if done else [])]
+
+    # the retain-only model's clean per-question truth ratios feed forget quality for every model
+    retain_stats = None
+    if "retain" in refs:
+        _, per_example = evaluate(refs["retain"], tok, bench, metrics=["truth_ratio", "mink_auc"],
+                                  splits=["forget", "holdout"], generate=False)
+        retain_stats = reference_stats(per_example)
+    elif config.metrics:
+        config = dataclasses.replace(config, metrics=tuple(m for m in config.metrics if m not in NEEDS_RETAIN))
+
+    roles = [("unlearned", target)] + [(r, m) for r, m in refs.items()]
+    plan = [(role, m, "none") for role, m in roles]
+    for attack in config.attacks:
+        for role, m in roles:
+            if attack == "interpolate" and role != "unlearned":
+                continue
+            plan.append((role, m, attack))
+
+    bar = tqdm(plan, desc=f"audit {name}", disable=not progress)
+    for role, m, attack in bar:
+        bar.set_postfix(role=role, attack=attack)
+        row_base = {**base, "role": role}
+        if role != "unlearned":
+            row_base.update({"model": role, "optimizer": None, "objective": None})
+        new = _audit_one(m, tok, bench, attack, role, refs, config, retain_stats, row_base, done)
+        if out is not None and new:
+            append_records(out / "records.jsonl", new)
+        records += new
+        if weights_hash(target) != fingerprint:
+            raise RuntimeError(f"attack {attack} modified the audited model; this is a bug in basin")
+    if out is not None:
+        write_json_atomic(out / "manifest.json", {"wall_seconds": round(time.time() - start, 2),
+                                                  "model_hash": fingerprint, "torch": torch.__version__})
+    return pd.DataFrame(records)
+
+
+def _score(model, tok, bench, config, retain_stats, base, attack, setting, x, splits=None,
+           metrics=None) -> list[dict]:
+    metrics = metrics or (list(config.metrics) if config.metrics else None)
+    recs, _ = evaluate(model, tok, bench, metrics=metrics,
+                       retain_stats=retain_stats, generate=config.generate,
+                       max_new_tokens=config.max_new_tokens, splits=splits)
+    return [{**base, **r, "attack": attack, "setting": setting, "x": x} for r in recs]
+
+
+def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base, done) -> list[dict]:
+    if attack == "none":
+        if (role, "none", "clean") in done:
+            return []
+        return _score(model, tok, bench, config, retain_stats, base, "none", "clean", None)
+
+    args = {**DEFAULT_ATTACK_ARGS.get(attack, {}), **config.attack_args.get(attack, {})}
+    stats: dict = {}
+    context = {"tokenizer": tok, "forget_rows": bench.forget, "seed": config.seed, "stats": stats,
+               "calibration": [f"{r['question']} {r['answer']}" for r in bench.retain],
+               "reference": refs.get("original") if role == "unlearned" else None}
+    fn = get_attack(attack)
+    unseen_bench = None
+    if attack == "relearn":
+        used = set(relearn_subset(len(bench.forget), args.get("size", 0.2), config.seed))
+        unseen = [r for i, r in enumerate(bench.forget) if i not in used]
+        unseen_bench = Benchmark(bench.name + ":unseen", unseen, [], [], {})
+    out = []
+    curve = []
+    for setting, x, attacked in _call(attack, fn, model, context, args):
+        if (role, attack, setting) in done:
+            continue
+        recs = _score(attacked, tok, bench, config, retain_stats, base, attack, setting, x)
+        if unseen_bench is not None:
+            for r in _score(attacked, tok, unseen_bench, config, None, base, attack, setting, x,
+                            splits=["forget"], metrics=UNSEEN_METRICS):
+                out.append({**r, "split": "forget_unseen"})
+        if setting in stats:
+            recs += [{**base, "attack": attack, "setting": setting, "x": x, "metric": k, "split": "weights",
+                      "value": float(v)} for k, v in stats[setting].items()]
+        out += recs
+        if attack == "interpolate":
+            curve.append((x, {(r["split"], r["metric"]): r["value"] for r in recs}))
+    if attack == "interpolate" and curve:
+        for split in ("forget", "retain"):
+            pts = [(a, vals.get((split, "nll"))) for a, vals in curve]
+            if all(v is not None for _, v in pts) and {0.0, 1.0} <= {a for a, _ in pts}:
+                out.append({**base, "attack": attack, "setting": "path", "x": None, "metric": "barrier",
+                            "split": split, "value": loss_barrier(pts)})
+    return out

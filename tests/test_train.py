@@ -1,0 +1,137 @@
+"""The unlearning loop: it forgets, it is deterministic, it resumes bit-identically, it stops on NaN."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from unlearn.cli import main
+from unlearn.data.benchmarks import Benchmark
+from unlearn.data.format import encode_rows
+from unlearn.errors import BasinError
+from unlearn.models import weights_hash
+from unlearn.scoring import answer_stats
+from unlearn.train import UnlearnConfig, batch_indices, unlearn
+
+
+@pytest.fixture()
+def micro_bench(micro_world):
+    forget, retain = micro_world.split(0.1)
+    return Benchmark("micro:forget10", forget, retain, micro_world.holdout, {"world_facts": micro_world.utility})
+
+
+@pytest.fixture()
+def patched_bench(monkeypatch, micro_bench):
+    import unlearn.train as train
+
+    monkeypatch.setattr(train, "load_benchmark", lambda name: micro_bench)
+    return micro_bench
+
+
+def _run(trained_micro, tmp_path=None, **kw):
+    model, tok, _ = trained_micro
+    cfg = dict(objective="npo", optimizer="adam", lr=1e-3, steps=12, batch_size=4, eval_every=6,
+               save_every=4, seed=0)
+    cfg.update(kw)
+    return unlearn(UnlearnConfig(**cfg), model=copy.deepcopy(model), tokenizer=tok,
+                   out=tmp_path, progress=False)
+
+
+def test_npo_adam_forgets_and_keeps_retain(trained_micro, patched_bench):
+    model, tok, _ = trained_micro
+    result = _run(trained_micro, steps=20)
+    pad = tok.pad_token_id
+    before = answer_stats(model, encode_rows(tok, patched_bench.forget), pad).p_norm.mean()
+    after = answer_stats(result.model, encode_rows(tok, patched_bench.forget), pad).p_norm.mean()
+    retain_after = answer_stats(result.model, encode_rows(tok, patched_bench.retain), pad).p_norm.mean()
+    assert before > 0.9 and after < 0.3 and retain_after > 0.6, (before, after, retain_after)
+    steps = sorted({r["step"] for r in result.records})
+    assert steps == [0, 6, 12, 18, 20]
+
+
+def test_same_seed_same_weights_other_seed_other_weights(trained_micro, patched_bench):
+    a, b = _run(trained_micro), _run(trained_micro)
+    c = _run(trained_micro, seed=1)
+    assert weights_hash(a.model) == weights_hash(b.model) != weights_hash(c.model)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "hybrid"])
+def test_resume_after_interruption_is_bit_identical(trained_micro, patched_bench, tmp_path, monkeypatch, optimizer):
+    extra = {"optimizer_args": {"n_fo": 3, "n_zo": 3}} if optimizer == "hybrid" else {}
+    whole = _run(trained_micro, tmp_path / "whole", optimizer=optimizer, **extra)
+
+    import unlearn.train as train
+
+    real = train.evaluate_progress
+    calls = {"n": 0}
+
+    def crash_at_step_12(*a, **k):  # the evaluation at step 12 happens after the step-8 checkpoint
+        if a[4] == 12:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(train, "evaluate_progress", crash_at_step_12)
+    with pytest.raises(KeyboardInterrupt):
+        _run(trained_micro, tmp_path / "resumed", optimizer=optimizer, **extra)
+    assert json.loads((tmp_path / "resumed" / "checkpoint" / "trainer.json").read_text())["step"] == 8
+    monkeypatch.setattr(train, "evaluate_progress", real)
+    resumed = _run(trained_micro, tmp_path / "resumed", optimizer=optimizer, **extra)
+    assert weights_hash(resumed.model) == weights_hash(whole.model)
+    lines = (tmp_path / "resumed" / "records.jsonl").read_text().splitlines()
+    assert lines == (tmp_path / "whole" / "records.jsonl").read_text().replace('"whole"', '"resumed"').splitlines()
+    assert not (tmp_path / "resumed" / "checkpoint").exists()
+
+
+def test_gradient_accumulation_matches_full_batch(trained_micro, patched_bench):
+    # NPO without a retain term is a mean over examples, so two half-batches sum to the full batch
+    npo = {"objective_args": {"gamma": 0.0}}
+    a = _run(trained_micro, optimizer="sgd", lr=1e-2, steps=3, batch_size=4, grad_accum=1, **npo)
+    b = _run(trained_micro, optimizer="sgd", lr=1e-2, steps=3, batch_size=4, grad_accum=2, **npo)
+    for (n, p), (_, q) in zip(a.model.named_parameters(), b.model.named_parameters()):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6, msg=n)
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(trained_micro, patched_bench, tmp_path,
+                                                               monkeypatch):
+    import unlearn.train as train
+    from unlearn.objectives import make_objective
+
+    class NanFromStep6:
+        needs_reference = False
+
+        def __init__(self):
+            self.inner, self.calls = make_objective("ga"), 0
+
+        def prepare(self, ref, batch):
+            return {}
+
+        def __call__(self, model, batch, prep):
+            self.calls += 1
+            terms = self.inner(model, batch, prep)
+            return {"forget": terms["forget"] * (float("nan") if self.calls >= 6 else 1.0)}
+
+    monkeypatch.setattr(train, "make_objective", lambda name, **kw: NanFromStep6())
+    with pytest.raises(BasinError, match=r"became nan at step 6.*last good checkpoint \(step 4\)"):
+        _run(trained_micro, tmp_path / "nan", optimizer="sgd", lr=1e-3, steps=12)
+    assert (tmp_path / "nan" / "checkpoint" / "model.safetensors").exists()
+    assert not (tmp_path / "nan" / "model").exists()
+
+
+def test_batches_are_stateless_and_cover_each_epoch():
+    first_epoch = [i for s in range(5) for i in batch_indices(s, 4, 20, seed=3, stream=0)]
+    assert sorted(first_epoch) == list(range(20))
+    assert batch_indices(7, 4, 20, 3, 0) == batch_indices(7, 4, 20, 3, 0)
+
+
+def test_bad_config_and_cli_errors(tmp_path, capsys):
+    with pytest.raises(BasinError, match="grad_accum"):
+        UnlearnConfig(batch_size=4, grad_accum=3)
+    with pytest.raises(BasinError, match="unknown config field"):
+        UnlearnConfig.from_dict({"lrr": 1})
+    assert main(["unlearn", "--objective", "nop", "--steps", "1", "--out", str(tmp_path / "x"),
+                 "--model", "world:micro", "--quiet"]) == 2
+    assert "did you mean 'npo'" in capsys.readouterr().err
+    assert main(["unlearn", "--optimizer", "adma", "--steps", "1", "--out", str(tmp_path / "y"),
+                 "--model", "world:micro", "--quiet"]) == 2
+    assert "did you mean 'adam'" in capsys.readouterr().err
