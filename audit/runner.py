@@ -24,6 +24,7 @@ import torch
 from tqdm.auto import tqdm
 
 from audit.attacks import get_attack
+from audit.attacks._common import check_same_architecture
 from audit.attacks.interpolate import loss_barrier
 from audit.attacks.relearn import relearn_subset
 from audit.metrics import evaluate, reference_stats
@@ -114,6 +115,8 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
             refs[role] = load_model(source, None if isinstance(source, (str, Path)) else tok, **safety)[0]
     require("interpolate" not in config.attacks or "original" in refs,
             "interpolate needs the original model: pass --original (or audit a basin unlearn run folder)")
+    for role, ref in refs.items():  # fail before anything is written
+        check_same_architecture(ref, target, f"the {role} model and the audited model")
 
     bench = load_benchmark(config.benchmark)
     bench = Benchmark(bench.name, bench.forget, _subsample(bench.retain, config.max_retain), bench.holdout,

@@ -1,0 +1,109 @@
+"""The audit runner: relearning brings knowledge back, the audited model is never modified,
+records carry roles for ceilings and floors, bad inputs fail cleanly."""
+
+import copy
+
+import pytest
+import torch
+
+from audit.attacks.relearn import relearn, relearn_subset
+from audit.runner import AuditConfig, audit
+from unlearn.cli import main
+from unlearn.data.benchmarks import Benchmark
+from unlearn.data.format import encode_rows
+from unlearn.errors import BasinError
+from unlearn.models import build_model, weights_hash
+from unlearn.scoring import answer_stats
+from unlearn.train import UnlearnConfig, unlearn
+
+
+@pytest.fixture(scope="module")
+def micro_bench(micro_world):
+    forget, retain = micro_world.split(0.25)
+    return Benchmark("micro:forget25", forget, retain, micro_world.holdout, {"world_facts": micro_world.utility})
+
+
+@pytest.fixture(scope="module")
+def unlearned_micro(trained_micro, micro_bench):
+    model, tok, _ = trained_micro
+    import unlearn.train as train
+
+    real = train.load_benchmark
+    train.load_benchmark = lambda name: micro_bench
+    try:
+        result = unlearn(UnlearnConfig(objective="npo", optimizer="adam", lr=1e-3, steps=25, batch_size=4,
+                                       eval_every=0, save_every=0),
+                         model=copy.deepcopy(model), tokenizer=tok, progress=False)
+    finally:
+        train.load_benchmark = real
+    return result.model
+
+
+def _forget_prob(model, tok, rows):
+    return answer_stats(model, encode_rows(tok, rows), tok.pad_token_id).p_norm.mean().item()
+
+
+def test_relearning_brings_forgotten_answers_back(trained_micro, unlearned_micro, micro_bench):
+    _, tok, _ = trained_micro
+    before_hash = weights_hash(unlearned_micro)
+    before = _forget_prob(unlearned_micro, tok, micro_bench.forget)
+    subset = set(relearn_subset(len(micro_bench.forget), 0.5, seed=0))
+    unseen = [r for i, r in enumerate(micro_bench.forget) if i not in subset]
+    unseen_before = _forget_prob(unlearned_micro, tok, unseen)
+    probs = {}
+    for setting, x, attacked in relearn(unlearned_micro, tokenizer=tok, forget_rows=micro_bench.forget,
+                                        steps=(0, 10, 30), size=0.5, lr=3e-3, seed=0):
+        probs[setting] = _forget_prob(attacked, tok, micro_bench.forget)
+    assert probs["steps=0"] == pytest.approx(before, abs=1e-6)
+    assert before < 0.2 and probs["steps=30"] > before + 0.3, (before, probs)
+    assert weights_hash(unlearned_micro) == before_hash
+    assert unseen_before < 0.2
+
+
+def test_audit_records_roles_and_leaves_the_model_alone(trained_micro, unlearned_micro, micro_bench, tmp_path):
+    model, tok, _ = trained_micro
+    fingerprint = weights_hash(unlearned_micro)
+    config = AuditConfig(benchmark=micro_bench, attacks=("relearn", "quantize", "interpolate"),
+                         attack_args={"relearn": {"steps": (5,), "size": 0.5},
+                                      "quantize": {"methods": ("rtn",), "bits": (4,)},
+                                      "interpolate": {"points": 3}})
+    df = audit(unlearned_micro, tok, original=model, retain=model, config=config, out=tmp_path / "a",
+               progress=False, name="npo-adam")
+    assert weights_hash(unlearned_micro) == fingerprint
+    assert set(df.role) == {"unlearned", "original", "retain"}
+    assert set(df.attack) == {"none", "relearn", "quantize", "interpolate"}
+    assert {"forget_unseen", "weights"} <= set(df.split)
+    assert set(df[df.attack == "interpolate"].setting) == {"a=0", "a=0.5", "a=1", "path"}
+    clean = df[(df.attack == "none") & (df.metric == "prob") & (df.split == "forget")].set_index("role").value
+    assert clean["original"] > 0.9 and clean["unlearned"] < 0.3
+    lines = (tmp_path / "a" / "records.jsonl").read_text().splitlines()
+    assert len(lines) == len(df)
+    # a rerun resumes: nothing is scored twice
+    again = audit(unlearned_micro, tok, original=model, retain=model, config=config, out=tmp_path / "a",
+                  progress=False, name="npo-adam")
+    assert len((tmp_path / "a" / "records.jsonl").read_text().splitlines()) == len(lines) == len(again)
+
+
+def test_audit_bad_inputs(trained_micro, micro_tokenizer, micro_bench, tmp_path):
+    model, tok, _ = trained_micro
+    with pytest.raises(BasinError, match="did you mean 'relearn'"):
+        audit(model, tok, config=AuditConfig(benchmark=micro_bench, attacks=("relaern",)), progress=False)
+    with pytest.raises(BasinError, match="needs the original"):
+        audit(model, tok, config=AuditConfig(benchmark=micro_bench, attacks=("interpolate",)), progress=False)
+    other = build_model("tiny", micro_tokenizer, torch.Generator().manual_seed(0))
+    with pytest.raises(BasinError):
+        audit(model, tok, original=other, out=tmp_path / "mismatch",
+              config=AuditConfig(benchmark=micro_bench, attacks=("interpolate",)), progress=False)
+    assert not (tmp_path / "mismatch").exists()
+
+
+def test_cli_refuses_pickle_checkpoints(trained_micro, tmp_path, capsys):
+    model, tok, _ = trained_micro
+    folder = tmp_path / "pickled"
+    folder.mkdir()
+    model.config.to_json_file(folder / "config.json")
+    tok.save_pretrained(folder)
+    torch.save(model.state_dict(), folder / "pytorch_model.bin")
+    assert main(["audit", str(folder), "--attacks", "quantize", "--out", str(tmp_path / "out"), "--quiet"]) == 2
+    assert "allow-pickle" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
