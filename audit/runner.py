@@ -60,6 +60,8 @@ class AuditConfig:
     max_new_tokens: int = 64
     max_retain: int = 100           # retain rows scored (evenly spaced), to keep attacks affordable
     seed: int = 0                   # attack seed (relearning subset, noise draws)
+    splits: tuple | None = None     # splits to score (default: all of the benchmark's)
+    score_references: bool = True   # also attack the original / retain-only models (ceiling, floor)
 
 
 def _subsample(rows: list[dict], n: int) -> list[dict]:
@@ -146,7 +148,7 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     elif config.metrics:
         config = dataclasses.replace(config, metrics=tuple(m for m in config.metrics if m not in NEEDS_RETAIN))
 
-    roles = [("unlearned", target)] + [(r, m) for r, m in refs.items()]
+    roles = [("unlearned", target)] + [(r, m) for r, m in refs.items() if config.score_references]
     plan = [(role, m, "none") for role, m in roles]
     for attack in config.attacks:
         for role, m in roles:
@@ -173,12 +175,21 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
 
 
 def _score(model, tok, bench, config, retain_stats, base, attack, setting, x, splits=None,
-           metrics=None) -> list[dict]:
+           metrics=None, unseen=None) -> list[dict]:
+    """Score a model; with ``unseen`` (forget row indices), also report the forget metrics on
+    those rows alone as split ``forget_unseen`` (means of the per-question values)."""
     metrics = metrics or (list(config.metrics) if config.metrics else None)
-    recs, _ = evaluate(model, tok, bench, metrics=metrics,
-                       retain_stats=retain_stats, generate=config.generate,
-                       max_new_tokens=config.max_new_tokens, splits=splits)
-    return [{**base, **r, "attack": attack, "setting": setting, "x": x} for r in recs]
+    recs, per_example = evaluate(model, tok, bench, metrics=metrics, retain_stats=retain_stats,
+                                 generate=config.generate, max_new_tokens=config.max_new_tokens,
+                                 splits=splits or config.splits)
+    out = [{**base, **r, "attack": attack, "setting": setting, "x": x} for r in recs]
+    if unseen is not None:
+        rows = per_example[(per_example["split"] == "forget") & per_example["row"].isin(unseen)]
+        for metric in UNSEEN_METRICS:
+            if metric in rows and rows[metric].notna().any():
+                out.append({**base, "attack": attack, "setting": setting, "x": x, "metric": metric,
+                            "split": "forget_unseen", "value": float(rows[metric].mean())})
+    return out
 
 
 def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base, done) -> list[dict]:
@@ -193,21 +204,21 @@ def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base
                "calibration": [f"{r['question']} {r['answer']}" for r in bench.retain],
                "reference": refs.get("original") if role == "unlearned" else None}
     fn = get_attack(attack)
-    unseen_bench = None
+    unseen = None
     if attack == "relearn":
         used = set(relearn_subset(len(bench.forget), args.get("size", 0.2), config.seed))
-        unseen = [r for i, r in enumerate(bench.forget) if i not in used]
-        unseen_bench = Benchmark(bench.name + ":unseen", unseen, [], [], {})
+        unseen = [i for i in range(len(bench.forget)) if i not in used]
     out = []
+    if unseen is not None and (role, "none", "clean-unseen") not in done:
+        # the clean model on the same unseen items: the baseline recovery is measured from
+        out += [r for r in _score(model, tok, bench, config, None, base, "none", "clean-unseen", None,
+                                  splits=["forget"], metrics=UNSEEN_METRICS, unseen=unseen)
+                if r["split"] == "forget_unseen"]
     curve = []
     for setting, x, attacked in _call(attack, fn, model, context, args):
         if (role, attack, setting) in done:
             continue
-        recs = _score(attacked, tok, bench, config, retain_stats, base, attack, setting, x)
-        if unseen_bench is not None:
-            for r in _score(attacked, tok, unseen_bench, config, None, base, attack, setting, x,
-                            splits=["forget"], metrics=UNSEEN_METRICS):
-                out.append({**r, "split": "forget_unseen"})
+        recs = _score(attacked, tok, bench, config, retain_stats, base, attack, setting, x, unseen=unseen)
         if setting in stats:
             recs += [{**base, "attack": attack, "setting": setting, "x": x, "metric": k, "split": "weights",
                       "value": float(v)} for k, v in stats[setting].items()]

@@ -173,6 +173,9 @@ def test_drop_in_mode_uses_existing_grads():
     ("hybrid", {"total_steps": 10, "zo": "adam"}, ["zeroth-order optimizer", "'adam'"]),
     ("hybrid", {"total_steps": 10, "fo": "adazo"}, ["gradient-based"]),
     ("hybrid", {"total_steps": 10, "state": "merged"}, ["state", "'separate'", "'shared'"]),
+    ("hybrid", {"total_steps": 10, "fo": "hybrid"}, ["single optimizers"]),
+    ("hybrid", {"total_steps": 10, "zo_options": {"q": 0}}, ["q (directions per step)"]),
+    ("hybrid", {"total_steps": 10, "fo_options": {"bits": 3}}, ["'adam' has no option(s) 'bits'"]),
     ("sophia", {"hessian": "gnb"}, ["gnb_scale"]),
     ("sam", {"rho": 0}, ["rho", "> 0"]),
 ])
@@ -239,7 +242,7 @@ def test_state_dict_round_trip_is_bit_identical(name):
     resumed.load_state_dict(saved["model"])
     opt2 = make_optimizer(name, resumed, lr=lr, total_steps=total, seed=3, **options)
     opt2.load_state_dict(saved["optim"])
-    assert opt2.steps_taken == 10 and opt2.phase == opt.phase
+    assert opt2.steps_taken == 10 and opt2.phase == opt.phase and opt2.next_phase == opt.next_phase
     run(resumed, opt2, 10)
     for a, b in zip(straight.parameters(), resumed.parameters()):
         assert torch.equal(a, b), name
@@ -276,9 +279,9 @@ def phases_of(total: int, **options) -> str:
     opt = make_optimizer("hybrid", params, lr=0.01, total_steps=total, **options)
     out = []
     for _ in range(total):
-        out.append(opt.phase)
+        out.append(opt.next_phase)
         opt.step(closure)
-        assert opt.last_phase == out[-1]
+        assert opt.phase == out[-1]                          # the phase of the step just taken
     return "".join("F" if p == "fo" else "Z" for p in out)
 
 

@@ -17,7 +17,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # steady timings when other
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # subcommand modules, in the order `basin --help` lists them; each has register(subparsers)
-COMMANDS = ["unlearn.cli_world", "unlearn.cli_ls", "unlearn.cli_unlearn", "audit.cli", "analysis.cli"]
+COMMANDS = ["unlearn.cli_world", "unlearn.cli_ls", "unlearn.cli_unlearn", "audit.cli", "analysis.cli",
+            "analysis.cli_demo"]
 
 
 def _available(module: str) -> bool:

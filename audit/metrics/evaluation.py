@@ -322,6 +322,34 @@ FAST_METRICS = tuple(name for name, m in METRICS.items()
                      if not any(n.split(":")[0] == "generate" for n in m.needs))
 
 
+# MUSE's metrics (audit/metrics/muse.py) run their own passes (raw-text prompts, whole-text
+# membership scores) in audit.metrics.muse.evaluate_muse, which hands these computes its numbers;
+# on any other benchmark they return nothing. Registered after FAST_METRICS: not part of it.
+def _muse_metric(name: str):
+    def compute(scored):
+        from audit.metrics import muse
+
+        return muse.COMPUTE[name](scored)
+    return compute
+
+
+_MUSE = "it runs on muse:news / muse:books through audit.metrics.muse.evaluate_muse"
+METRICS.update({m.name: m for m in [
+    Metric("verbmem", "MUSE VerbMem: mean ROUGE-L F1 of the 128-token greedy continuation of a forget "
+           "excerpt vs its true continuation (first 128 tokens) [MUSE, arXiv 2407.06460]", True,
+           _muse_metric("verbmem"), frozenset({"generate:muse"}), _MUSE),
+    Metric("knowmem", "MUSE KnowMem: mean ROUGE-L F1 of the 32-token greedy answer after few-shot QA "
+           "prompts, forget and retain [MUSE]", True, _muse_metric("knowmem"),
+           frozenset({"generate:muse"}), _MUSE),
+    Metric("muse_auc", "AUC of Min-K% (K=40%) on whole texts, forget labelled 0 and holdout 1 "
+           "(memorised: near 0; retrained: about 0.5) [MUSE]", None, _muse_metric("muse_auc"),
+           frozenset({"muse"}), _MUSE),
+    Metric("muse_privleak", "MUSE PrivLeak: (muse_auc - AUC_retrain) / AUC_retrain * 100 (0 ideal; "
+           "negative: under-unlearned, positive: over-unlearned) [MUSE]", None,
+           _muse_metric("muse_privleak"), frozenset({"muse"}), f"{_MUSE}, with the retain-only model's AUC"),
+]})
+
+
 # ----------------------------------------------------------------------------- planning the passes
 
 def _benchmark_splits(benchmark) -> dict[str, tuple[str, list[dict]]]:

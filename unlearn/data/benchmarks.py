@@ -48,10 +48,81 @@ def _tofu(split: str, **kwargs) -> Benchmark:
     return tofu_benchmark(split, **kwargs)
 
 
+def _muse(split: str, **kwargs) -> Benchmark:
+    from unlearn.data.muse import muse_benchmark
+
+    return muse_benchmark(split, **kwargs)
+
+
+# ----------------------------------------------------------------------------- plain-text corpora
+
+TEXT_FIELD = "text"
+
+
+def is_text_row(row: dict) -> bool:
+    """A plain-text row (``{"text": ...}``, no question): a corpus passage, not a QA pair."""
+    return TEXT_FIELD in row and "question" not in row
+
+
+def text_benchmark(name: str, forget, retain, holdout=(), *, max_rows: int | None = None,
+                   min_chars: int = 0, description: str = "") -> Benchmark:
+    """A :class:`Benchmark` whose forget / retain / holdout rows are plain text (``{"text": ...}``),
+    as RMU's WMDP corpora and MUSE's raw corpora are. Each of ``forget``, ``retain``, ``holdout``
+    is a list of strings or of ``{"text": ...}`` rows; passages shorter than ``min_chars`` are
+    dropped and at most ``max_rows`` kept per set (the first ones, so the choice is stable).
+
+    Text rows are for training objectives that read the whole sequence (RMU's activations, GA /
+    NPO on the passage's tokens); the TOFU-style metrics need question-answer rows."""
+    def rows(items, which: str) -> list[dict]:
+        out = []
+        for i, item in enumerate(items):
+            text = item.get(TEXT_FIELD) if isinstance(item, dict) else item
+            require(isinstance(text, str), f"{name} {which} row {i} is neither a string nor "
+                                           '{"text": ...}')
+            if len(text) >= min_chars:
+                out.append({TEXT_FIELD: text})
+            if max_rows is not None and len(out) >= max_rows:
+                break
+        return out
+
+    return Benchmark(name, rows(forget, "forget"), rows(retain, "retain"), rows(holdout, "holdout"),
+                     {}, description=description)
+
+
+WMDP_CORPORA = ("bio", "cyber")
+
+
+def wmdp_corpus_benchmark(split: str, path=None, max_rows: int | None = None,
+                          min_chars: int = 50) -> Benchmark:
+    """RMU's WMDP unlearning corpora (Li et al. 2024, arXiv 2403.03218; ``cais/wmdp-corpora``) as a
+    text :class:`Benchmark`: ``<split>-forget-corpus.jsonl`` and ``<split>-retain-corpus.jsonl``
+    (rows with ``text``) from ``path`` or ``$WMDP_CORPORA_DIR``. The bio forget corpus is gated:
+    request it from the WMDP authors. Passages under 50 characters are dropped (as RMU's code does)."""
+    import os
+    from pathlib import Path
+
+    from unlearn.data.muse import read_json_rows
+
+    require(split in WMDP_CORPORA, f"WMDP corpus {split!r} is not one of {', '.join(WMDP_CORPORA)}")
+    folder = path if path is not None else os.environ.get("WMDP_CORPORA_DIR") or None
+    require(folder is not None, "the WMDP corpora are read from a local folder: download "
+                                f"{split}-forget-corpus.jsonl and {split}-retain-corpus.jsonl (cais/wmdp-corpora; "
+                                "the bio forget corpus on request) and pass path=<folder> or set WMDP_CORPORA_DIR")
+    folder = Path(folder).expanduser()
+    names = [f"{split}-forget-corpus.jsonl", f"{split}-retain-corpus.jsonl"]
+    missing = [n for n in names if not (folder / n).is_file()]
+    require(not missing, f"WMDP corpora folder {folder} lacks {', '.join(missing)}")
+    forget, retain = (read_json_rows(folder / n) for n in names)
+    return text_benchmark(f"wmdp-corpus:{split}", forget, retain, max_rows=max_rows, min_chars=min_chars,
+                          description=f"WMDP {split} unlearning corpora (RMU), from {folder}")
+
+
 # family -> loader(split, **kwargs)
 BENCHMARKS: dict[str, Callable[..., Benchmark]] = {
     "world": world_benchmark,
     "tofu": _tofu,
+    "muse": _muse,
+    "wmdp-corpus": wmdp_corpus_benchmark,
 }
 
 # What `basin ls` prints: every concrete name users can pass.
@@ -62,6 +133,9 @@ BENCHMARK_NAMES = {
     "tofu:forget01": "TOFU (locuslab/TOFU or a local folder via TOFU_DIR), forget 1%",
     "tofu:forget05": "TOFU, forget 5%",
     "tofu:forget10": "TOFU, forget 10%",
+    "muse:news": "MUSE-News (muse-bench/MUSE-News or a local folder via MUSE_DIR): KnowMem QA as "
+                 "forget/retain rows; VerbMem, KnowMem, PrivLeak via audit.metrics.muse",
+    "muse:books": "MUSE-Books (muse-bench/MUSE-Books or MUSE_DIR), as muse:news",
 }
 
 

@@ -58,8 +58,9 @@ def _adam_link(b1, b2, eps) -> ScaleByAdam:
     return ScaleByAdam(b1, b2, eps)
 
 
-def _single(kind: str, estimator, chain: list) -> Plan:
-    return Plan({kind: Phase(kind, estimator, chain)}, Constant(kind))
+def _single(estimator, chain: list) -> Plan:
+    """A one-phase plan, the phase named by the estimator's kind ("fo", "so", "sam", "zo")."""
+    return Plan({estimator.kind: Phase(estimator.kind, estimator, chain)}, Constant(estimator.kind))
 
 
 # probe options shared by every zeroth-order optimizer (MeZO defaults: Malladi et al. 2023)
@@ -100,7 +101,7 @@ def sgd(momentum: float = 0.0, weight_decay: float = 0.0) -> Plan:
     ``weight_decay`` is decoupled (p -= lr * wd * p), as in every basin optimizer.
     """
     _beta("momentum", momentum)
-    return _single("fo", Backprop(), ([Momentum(momentum)] if momentum else []) + _tail(weight_decay))
+    return _single(Backprop(), ([Momentum(momentum)] if momentum else []) + _tail(weight_decay))
 
 
 def adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0) -> Plan:
@@ -108,17 +109,17 @@ def adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: fl
 
     Matches ``torch.optim.AdamW(betas=(b1, b2), eps=eps, weight_decay=wd)`` to rounding.
     """
-    return _single("fo", Backprop(), [_adam_link(b1, b2, eps)] + _tail(weight_decay))
+    return _single(Backprop(), [_adam_link(b1, b2, eps)] + _tail(weight_decay))
 
 
 def signsgd(weight_decay: float = 0.0) -> Plan:
     """signSGD: p -= lr * sign(g) (Bernstein et al. 2018); the paper's 1-bit SGD."""
-    return _single("fo", Backprop(), [Sign()] + _tail(weight_decay))
+    return _single(Backprop(), [Sign()] + _tail(weight_decay))
 
 
 def signadam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0) -> Plan:
     """signAdam: p -= lr * sign(m^/(sqrt(v^)+eps)) = lr * sign(m); the paper's 1-bit Adam."""
-    return _single("fo", Backprop(), [_adam_link(b1, b2, eps), Sign()] + _tail(weight_decay))
+    return _single(Backprop(), [_adam_link(b1, b2, eps), Sign()] + _tail(weight_decay))
 
 
 def qsgd(bits: int = 4, rounding: str = "nearest", scale: str = "unit", weight_decay: float = 0.0) -> Plan:
@@ -128,7 +129,7 @@ def qsgd(bits: int = 4, rounding: str = "nearest", scale: str = "unit", weight_d
     seeded); ``scale`` "unit" (Q in [-1, 1], the reading where N = 1 is sign) or "absmax" (Q
     rescaled by max|g|). See :func:`unlearn.optim.transforms.quantize` for the exact levels.
     """
-    return _single("fo", Backprop(), [_quantize_link(bits, rounding, scale)] + _tail(weight_decay))
+    return _single(Backprop(), [_quantize_link(bits, rounding, scale)] + _tail(weight_decay))
 
 
 def qadam(bits: int = 4, rounding: str = "nearest", scale: str = "unit", b1: float = 0.9,
@@ -138,7 +139,7 @@ def qadam(bits: int = 4, rounding: str = "nearest", scale: str = "unit", b1: flo
     Options as ``qsgd`` plus Adam's ``b1``, ``b2``, ``eps``.
     """
     chain = [_adam_link(b1, b2, eps), _quantize_link(bits, rounding, scale)] + _tail(weight_decay)
-    return _single("fo", Backprop(), chain)
+    return _single(Backprop(), chain)
 
 
 def sophia(b1: float = 0.965, b2: float = 0.99, gamma: float = 0.01, eps: float = 1e-12, k: int = 10,
@@ -166,7 +167,7 @@ def sophia(b1: float = 0.965, b2: float = 0.99, gamma: float = 0.01, eps: float 
         require(gnb_scale is not None, "sophia with hessian='gnb' needs gnb_scale=B, the number of terms "
                 "(examples or label tokens) its sampled-label loss averages")
         _number("gnb_scale", gnb_scale, 0, low_open=True)
-    return _single("so", Curvature(k, hessian, distribution, gnb_scale),
+    return _single(Curvature(k, hessian, distribution, gnb_scale),
                    [ScaleBySophia(b1, b2, gamma, eps)] + _tail(weight_decay))
 
 
@@ -181,7 +182,7 @@ def zo_sgd(momentum: float = 0.0, weight_decay: float = 0.0, **probe) -> Plan:
     ``.grad``; memory stays near inference memory (without ``momentum``).
     """
     _beta("momentum", momentum)
-    return _single("zo", _zeroth_order(**probe), ([Momentum(momentum)] if momentum else []) + _tail(weight_decay))
+    return _single(_zeroth_order(**probe), ([Momentum(momentum)] if momentum else []) + _tail(weight_decay))
 
 
 def zo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: float = 0.0, **probe) -> Plan:
@@ -189,7 +190,7 @@ def zo_adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay:
 
     Adam options as ``adam``; probe options as ``zo-sgd``. Extra memory: m and v.
     """
-    return _single("zo", _zeroth_order(**probe), [_adam_link(b1, b2, eps)] + _tail(weight_decay))
+    return _single(_zeroth_order(**probe), [_adam_link(b1, b2, eps)] + _tail(weight_decay))
 
 
 def adazo(b1: float = 0.9, b2: float = 0.999, zeta: float = 1e-8, weight_decay: float = 0.0, **probe) -> Plan:
@@ -201,7 +202,7 @@ def adazo(b1: float = 0.9, b2: float = 0.999, zeta: float = 1e-8, weight_decay: 
     _beta("b1", b1)
     _beta("b2", b2)
     _number("zeta", zeta, 0)
-    return _single("zo", _zeroth_order(**probe), [ScaleByAdaZO(b1, b2, zeta)] + _tail(weight_decay))
+    return _single(_zeroth_order(**probe), [ScaleByAdaZO(b1, b2, zeta)] + _tail(weight_decay))
 
 
 def sam(rho: float = 0.01, base: str = "adam", base_options: dict | None = None) -> Plan:
@@ -214,7 +215,7 @@ def sam(rho: float = 0.01, base: str = "adam", base_options: dict | None = None)
     _number("rho", rho, 0, low_open=True)
     _choice("base", base, ("adam", "sgd"))
     chain = build_plan(base, base_options or {}).phases["fo"].chain
-    return _single("sam", SharpnessAware(rho), chain)
+    return _single(SharpnessAware(rho), chain)
 
 
 def hybrid(total_steps: int | None = None, fo: str = "adam", zo: str = "adazo", n_fo: int = 20, n_zo: int = 20,
@@ -243,6 +244,7 @@ def hybrid(total_steps: int | None = None, fo: str = "adam", zo: str = "adazo", 
     _number("n_zo", n_zo, 1, integer=True)
     _choice("state", state, ("separate", "shared"))
     _number("zo_lr_scale", zo_lr_scale, 0)
+    require("hybrid" not in (fo, zo), "hybrid's fo and zo must be single optimizers, not 'hybrid'")
     fo_plan, zo_plan = build_plan(fo, fo_options or {}), build_plan(zo, zo_options or {})
     (fo_phase,), (zo_phase,) = fo_plan.phases.values(), zo_plan.phases.values()
     require(fo_phase.name != "zo", f"hybrid's fo must be a gradient-based optimizer, not {fo!r}")

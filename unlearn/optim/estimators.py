@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 
@@ -131,7 +131,7 @@ DOUBLE_BACKWARD_HINT = (
 def hutchinson_diagonal(grads: list[torch.Tensor], params: list[torch.Tensor],
                         probes: list[torch.Tensor]) -> list[torch.Tensor]:
     """Hutchinson's diagonal estimate h_est = u * (H u) (Hutchinson 1989; Sophia-H, Liu et al.
-    2023, arXiv 2305.14342, Algorithm 2), with ``grads`` built with ``create_graph=True`` and
+    2023, arXiv 2305.14342), with ``grads`` built with ``create_graph=True`` and
     ``probes`` u ~ N(0, I) (or Rademacher). E[u * (H u)] = diag(H). Returns H u per tensor
     (zeros where a gradient does not depend on the parameters)."""
     live = [k for k, g in enumerate(grads) if g.requires_grad]
@@ -155,7 +155,7 @@ class Curvature(Estimator):
       product needs ``create_graph`` double backward: models must use
       ``attn_implementation="eager"`` (SDPA attention on CPU has no double backward; a clear
       error says so).
-    - ``hessian="gnb"`` (Gauss-Newton-Bartlett, Algorithm 2 of the paper): h_est = B * g^ * g^,
+    - ``hessian="gnb"`` (Gauss-Newton-Bartlett, Sophia-G): h_est = B * g^ * g^,
       where g^ is the gradient of the loss on labels *sampled from the model's own softmax*.
       The caller supplies it: ``step(closure, n_micro, gnb_closure=fn)`` where ``fn(i)`` returns
       micro-batch i's share of the mean sampled-label loss (like ``closure``), and ``gnb_scale``
@@ -227,7 +227,7 @@ class Curvature(Estimator):
                 for acc, part in zip(ghat, parts):
                     if part is not None:
                         acc.add_(part)
-        # Sophia-G: h_est = B * g^ (.) g^  (Liu et al. 2023, Algorithm 2)
+        # Sophia-G: h_est = B * g^ (.) g^  (Liu et al. 2023)
         return [g.mul_(g).mul_(self.gnb_scale) for g in ghat]
 
 
@@ -300,6 +300,3 @@ class SharpnessAware(Estimator):
                 if g is not None:
                     p.grad = g if p.grad is None else p.grad.add_(g)
         return Estimate(loss, _grad_signals(params))
-
-
-Factory = Callable[..., Estimator]

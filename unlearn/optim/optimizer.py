@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable
 
 import torch
 
@@ -51,10 +51,10 @@ class Constant:
     """The same phase at every step."""
 
     def __init__(self, phase: str):
-        self.phases = (phase,)
+        self.phase = phase
 
     def __call__(self, t: int) -> str:
-        return self.phases[0]
+        return self.phase
 
 
 class Alternating:
@@ -70,7 +70,6 @@ class Alternating:
 
     def __init__(self, n_fo: int, n_zo: int, total: int):
         self.n_fo, self.n_zo, self.total = n_fo, n_zo, total
-        self.phases = ("fo", "zo")
 
     def __call__(self, t: int) -> str:
         if t >= self.total:
@@ -122,8 +121,9 @@ class BasinOptimizer(torch.optim.Optimizer):
 
     Build one with :func:`unlearn.optim.make_optimizer`. ``step(closure, n_micro=1)`` returns the
     loss as a float; ``closure(i)`` returns micro-batch i's loss (a tensor, or a dict of terms
-    summing to it), already divided by ``n_micro``. ``phase`` is the phase the next step will run
-    ("fo", "zo", "so", "sam"); ``last_phase`` the one the last step ran.
+    summing to it), already divided by ``n_micro``. ``phase`` is the phase the last step ran
+    ("fo", "zo", "so", "sam"; before the first step: the phase it will run), for logging after
+    ``step``; ``next_phase`` is the phase the next step will run.
     """
 
     def __init__(self, params, plan: Plan, lr: float = 1e-3, seed: int = 0,
@@ -136,7 +136,7 @@ class BasinOptimizer(torch.optim.Optimizer):
         super().__init__(pairs, {"lr": float(lr)})
         self.plan, self.seed, self.total_steps, self.name = plan, seed, total_steps, name
         self.steps_taken = 0
-        self.last_phase: str | None = None
+        self._last_phase: str | None = None
         self._params = [(j, n, p) for j, (n, p) in enumerate(pairs)]
         for phase in plan.phases.values():
             phase.estimator.bind(self._params)
@@ -144,7 +144,12 @@ class BasinOptimizer(torch.optim.Optimizer):
     # -- schedule --------------------------------------------------------------------------------
     @property
     def phase(self) -> str:
-        """The phase of the next step (after the last step of a hybrid: its last phase)."""
+        """The phase of the last step (before the first step: the phase it will run)."""
+        return self._last_phase if self._last_phase is not None else self.next_phase
+
+    @property
+    def next_phase(self) -> str:
+        """The phase the next step will run (after a hybrid's last step: its last phase)."""
         t = self.steps_taken
         if self.total_steps is not None and t >= self.total_steps:
             t = self.total_steps - 1
@@ -173,7 +178,7 @@ class BasinOptimizer(torch.optim.Optimizer):
             for j, p, g, extras in estimate.signals:
                 self._apply_chain(phase, prefix, t, j, p, g, extras, lr_of[id(p)] * phase.lr_scale)
         self.steps_taken += 1
-        self.last_phase = phase.name
+        self._last_phase = phase.name
         return estimate.loss
 
     def _apply_chain(self, phase: Phase, prefix: str, t: int, j: int, p: torch.Tensor,
@@ -210,7 +215,7 @@ class BasinOptimizer(torch.optim.Optimizer):
         ``torch.load(..., weights_only=True)`` reads it."""
         out = super().state_dict()
         out["basin"] = {"steps_taken": self.steps_taken, "seed": self.seed,
-                        "last_phase": self.last_phase, **self._identity()}
+                        "last_phase": self._last_phase, **self._identity()}
         return out
 
     def load_state_dict(self, state_dict: dict) -> None:
@@ -228,11 +233,8 @@ class BasinOptimizer(torch.optim.Optimizer):
         super().load_state_dict(state_dict)
         self.steps_taken = int(extra["steps_taken"])
         self.seed = int(extra["seed"])
-        self.last_phase = extra.get("last_phase")
+        self._last_phase = extra.get("last_phase")
 
     def __repr__(self) -> str:
         phases = "; ".join(f"{name}: {ph.estimator!r} -> {ph.chain!r}" for name, ph in self.plan.phases.items())
         return f"BasinOptimizer({self.name!r}, lr={self.param_groups[0]['lr']}, {phases})"
-
-
-ParamsLike = torch.nn.Module | Iterable

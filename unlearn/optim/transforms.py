@@ -52,13 +52,15 @@ def adam_direction(g: torch.Tensor, m: torch.Tensor, v: torch.Tensor, t: int,
 
 def adazo_direction(g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
                     b1: float, b2: float, zeta: float) -> torch.Tensor:
-    """R-AdaZO's direction (Shu et al., ICML 2025, arXiv 2502.01014, Algorithm 1); updates
+    """R-AdaZO's direction (Shu et al., "Refining Adaptive Zeroth-Order Optimization at Ease",
+    ICML 2025, arXiv 2502.01014); updates
     ``m`` and ``v`` in place. The second moment tracks the *first moment*, not the raw estimate:
 
         m = b1 m + (1 - b1) g          v = b2 v + (1 - b2) m^2
         return m / sqrt(v + zeta)
 
-    (no bias correction, as in the paper).
+    No bias correction, as in the paper: the first step is m / sqrt((1 - b2) m^2), i.e.
+    lr / sqrt(1 - b2) (about 32 lr for b2 = 0.999) per coordinate, shrinking as v accumulates.
     """
     m.lerp_(g, 1 - b1)
     v.mul_(b2).addcmul_(m, m, value=1 - b2)
@@ -67,7 +69,7 @@ def adazo_direction(g: torch.Tensor, m: torch.Tensor, v: torch.Tensor,
 
 def sophia_direction(g: torch.Tensor, m: torch.Tensor, h: torch.Tensor, h_est: torch.Tensor | None,
                      b1: float, b2: float, gamma: float, eps: float) -> torch.Tensor:
-    """Sophia's clipped direction (Liu et al. 2023, "Sophia", arXiv 2305.14342, Algorithm 1/3);
+    """Sophia's clipped direction (Liu et al. 2023, "Sophia", arXiv 2305.14342);
     updates ``m`` (every step) and ``h`` (only when a fresh curvature estimate ``h_est`` is given,
     i.e. every k steps) in place:
 
@@ -113,8 +115,8 @@ def quantize(d: torch.Tensor, bits: int, stochastic: bool = False,
 
     Computed in units of the level spacing, y = x (L-1)/2, where the levels are the
     half-integers +-1/2, ..., +-(L-1)/2 (L is even): nearest = floor(y) + 1/2, stochastic =
-    floor(y - 1/2 + U) + 1/2 with U ~ U[0, 1). Rounding relative to 0 rather than to -1 keeps
-    the sign of tiny entries exact.
+    floor(y - 1/2 + U) + 1/2 with U ~ U[0, 1). Working around 0 rather than from -1 keeps
+    round-to-nearest sign-exact for tiny entries (1 + x would round them away).
     """
     levels = 2 ** bits
     absmax = d.abs().amax()
@@ -127,8 +129,7 @@ def quantize(d: torch.Tensor, bits: int, stochastic: bool = False,
         y = torch.floor(y.sub_(0.5).add_(noise)).add_(0.5)
     else:
         y = torch.floor(y).add_(0.5)
-    q = y.clamp_(-half_range, half_range).div_(half_range)
-    q = torch.where(d == 0, torch.zeros_like(q), q)
+    q = y.clamp_(-half_range, half_range).div_(half_range).masked_fill_(d == 0, 0.0)
     return q * absmax if scale == "absmax" else q
 
 
@@ -246,6 +247,3 @@ class DecoupledWeightDecay(Link):
 
     def __call__(self, d, p, state, ctx):
         return d.add(p, alpha=self.weight_decay) if self.weight_decay else d
-
-
-Chain = list  # a chain is a plain list of links, applied in order

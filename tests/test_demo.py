@@ -1,0 +1,47 @@
+"""End to end: `basin demo --quick` and the quick-start notebook, on the tiny default.
+
+Both build the tiny original and retain-only models on the default world once per test session
+(about two minutes on two cores; the session's private cache is shared), so they are marked slow.
+"""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from unlearn.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_demo_quick_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    index = out / "report" / "index.html"
+    assert index.exists() and f"report: {index}" in printed
+    for verdict_line in [ln for ln in printed.splitlines() if ln.strip().startswith("[")]:
+        assert verdict_line.strip().split("]")[0][1:] in {"reproduced", "not reproduced", "inconclusive"}
+    assert printed.count("recovers less forgotten knowledge") >= 3
+    html = index.read_text()
+    assert "hybrid" in html and "adam" in html
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert runs == sorted(f"{o}-s{s}" for o in ("adam", "signadam", "adazo", "hybrid", "sophia") for s in (0, 1))
+    # a second run resumes: every stage is reused
+    assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0
+
+
+@pytest.mark.slow
+def test_quickstart_notebook_runs():
+    nbformat = pytest.importorskip("nbformat")
+    nbclient = pytest.importorskip("nbclient")
+    nb = nbformat.read(ROOT / "examples" / "quickstart.ipynb", as_version=4)
+    nb.cells[1].source = 'SIZE = "tiny"\nSTEPS = 20\nSEED = 0'
+    client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
+                                     resources={"metadata": {"path": str(ROOT)}})
+    client.execute(env=dict(os.environ))
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    assert len(images) >= 2
