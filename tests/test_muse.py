@@ -260,3 +260,15 @@ def test_evaluate_muse_errors(micro_model, micro_tokenizer, micro_world):
         mm.evaluate_muse(micro_model, micro_tokenizer, "world:forget10", metrics=["muse_auc"])
     with pytest.raises(BasinError, match="does not fit"):                     # micro window: 128
         mm.evaluate_muse(micro_model, micro_tokenizer, data, metrics=["verbmem"])
+
+
+def test_muse_qa_rows_drive_the_unlearning_loop(micro_model, micro_tokenizer, monkeypatch):
+    from unlearn.train import unlearn as run_unlearn
+
+    monkeypatch.setenv("MUSE_DIR", str(FIXTURES))
+    before = {k: v.clone() for k, v in micro_model.state_dict().items()}
+    result = run_unlearn(model=micro_model, tokenizer=micro_tokenizer, benchmark="muse:news", objective="ga",
+                         optimizer="adam", lr=1e-3, steps=2, batch_size=2, eval_every=1, save_every=0,
+                         progress=False)
+    assert any(not torch.equal(v, before[k]) for k, v in result.model.state_dict().items())
+    assert {r["split"] for r in result.records} >= {"forget", "retain"}

@@ -118,7 +118,7 @@ def test_every_optimizer_converges_on_a_quadratic(name):
     params, closure = quadratic()
     opt = make_optimizer(name, params, lr=lr, total_steps=steps, seed=0, **options)
     first = opt.step(closure)
-    assert first == pytest.approx(2.875, rel=1e-3) or name.startswith(("zo", "adazo", "hybrid"))
+    assert first == pytest.approx(2.875, rel=1e-3)        # ZO: mean of f(p +- mu u) = f(p) + O(mu^2)
     for _ in range(steps - 1):
         opt.step(closure)
     assert closure().item() < 1e-2, f"{name} stalled at {closure().item():.4f}"
@@ -198,7 +198,8 @@ def test_bad_step_arguments():
     with pytest.raises(BasinError, match="no trainable parameters"):
         make_optimizer("adam", torch.nn.Linear(2, 2).requires_grad_(False))
     hybrid = make_optimizer("hybrid", params, total_steps=2, n_fo=1, n_zo=1)
-    hybrid.step(closure), hybrid.step(closure)
+    hybrid.step(closure)
+    hybrid.step(closure)
     with pytest.raises(BasinError, match="total_steps=2"):
         hybrid.step(closure)
 

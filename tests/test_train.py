@@ -135,3 +135,25 @@ def test_bad_config_and_cli_errors(tmp_path, capsys):
     assert main(["unlearn", "--optimizer", "adma", "--steps", "1", "--out", str(tmp_path / "y"),
                  "--model", "world:micro", "--quiet"]) == 2
     assert "did you mean 'adam'" in capsys.readouterr().err
+
+
+def test_cli_unlearn_with_yaml_config_writes_a_run_folder(trained_micro, tmp_path, capsys):
+    model, tok, _ = trained_micro
+    ckpt = tmp_path / "ckpt"
+    model.save_pretrained(ckpt)
+    tok.save_pretrained(ckpt)
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"model: {ckpt}\nbenchmark: world:forget10\nobjective: npo\noptimizer: signadam\n"
+                   "lr: 1.0e-4\nsteps: 2\nbatch_size: 2\neval_every: 2\nsave_every: 0\n")
+    out = tmp_path / "run"
+    assert main(["unlearn", "--config", str(cfg), "--obj", "beta=0.2", "--seed", "3", "--out", str(out),
+                 "--quiet"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["optimizer"] == "signadam" and saved["seed"] == 3 and saved["objective_args"] == {"beta": 0.2}
+    assert (out / "model" / "model.safetensors").exists() and (out / "manifest.json").exists()
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {"torch", "transformers", "git", "wall_seconds", "device"} <= manifest.keys()
+    assert "unlearned model:" in capsys.readouterr().out
+    # the same folder with another config is refused, not overwritten
+    assert main(["unlearn", "--config", str(cfg), "--seed", "4", "--out", str(out), "--quiet"]) == 2
+    assert "different config" in capsys.readouterr().err

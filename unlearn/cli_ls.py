@@ -17,7 +17,11 @@ SECTIONS = [
 ]
 
 
-def describe(value) -> str:
+# Metrics that measure knowledge: on the forget split a *lower* knowledge score is the goal.
+KNOWLEDGE_METRICS = {"prob", "nll", "exact_match", "rouge", "margin", "margin_win", "verbmem", "knowmem"}
+
+
+def describe(value, name: str = "") -> str:
     """One line for a registry entry: a string, a size dict, or an object's docstring."""
     if isinstance(value, str):
         return value
@@ -26,7 +30,10 @@ def describe(value) -> str:
     text = getattr(value, "description", None) or (getattr(value, "__doc__", None) or "")
     line = text.strip().splitlines()[0] if text.strip() else ""
     hib = getattr(value, "higher_is_better", None)
-    if hib is not None:
+    if hib is not None and name in KNOWLEDGE_METRICS:
+        good, bad = ("higher", "lower") if hib else ("lower", "higher")
+        line += f" ({good} is better on retain and utility sets, {bad} on the forget set)"
+    elif hib is not None:
         line += f" ({'higher' if hib else 'lower'} is better)"
     return line
 
@@ -44,6 +51,6 @@ def run(args) -> int:
         print(f"{title}:")
         width = max(len(k) for k in registry)
         for name, value in registry.items():
-            print(f"  {name:<{width}}  {describe(value)}")
+            print(f"  {name:<{width}}  {describe(value, name)}")
         print()
     return 0

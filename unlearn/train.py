@@ -37,6 +37,7 @@ from unlearn.errors import BasinError, require
 from unlearn.models import load_model
 from unlearn.objectives import make_objective
 from unlearn.records import append_records, read_records
+from unlearn.registry import lookup
 from unlearn.scoring import answer_stats
 
 SCHEDULES = ("constant", "linear", "cosine")
@@ -215,7 +216,7 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
     With ``out`` the run is written to that folder and resumed from its checkpoint if present.
     A model object passed in is updated in place (use ``copy.deepcopy`` to keep the original).
     """
-    from unlearn.optim import make_optimizer
+    from unlearn.optim import OPTIMIZERS, make_optimizer
 
     if isinstance(config, dict):
         config = UnlearnConfig.from_dict(config)
@@ -228,10 +229,15 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
             loaded, tok = load_model(str(out / "model"))
             return UnlearnResult(loaded, tok, read_records(out / "records.jsonl"), out)
 
+    objective = make_objective(config.objective, **config.objective_args)  # bad names fail first
+    lookup(OPTIMIZERS, config.optimizer, "optimizer")
+    # Sophia's Hutchinson curvature needs a double backward, which SDPA attention lacks on CPU
+    attn = config.attn_implementation or ("eager" if config.optimizer == "sophia" else None)
     model, tokenizer = load_model(model if model is not None else config.model, tokenizer,
-                                  attn_implementation=config.attn_implementation)
+                                  attn_implementation=attn)
+    if attn and getattr(model.config, "_attn_implementation", attn) != attn:
+        model.set_attn_implementation(attn)
     bench = load_benchmark(config.benchmark)
-    objective = make_objective(config.objective, **config.objective_args)
     forget_ex = encode_rows(tokenizer, bench.forget)
     retain_ex = encode_rows(tokenizer, bench.retain)
     require(forget_ex and retain_ex, f"benchmark {config.benchmark} has an empty forget or retain set")

@@ -38,11 +38,12 @@ def relearn_subset(n_forget: int, size: int | float, seed: int) -> list[int]:
 def relearn(model, *, tokenizer, forget_rows: list[dict], steps=(5, 10, 20, 40), size: int | float = 0.2,
             optimizer: str = "adam", lr: float = 1e-3, batch_size: int = 4, seed: int = 0,
             optimizer_args: dict | None = None) -> Iterator[tuple[str, float, torch.nn.Module]]:
-    """Yield ``("steps=k", k, model after k relearning steps)`` for each k in ``steps``.
+    """Relearning: fine-tune on a seeded subset of the forget set; yield the model after each step count.
+
+    Yields ``("steps=k", k, model after k relearning steps)`` for each k in ``steps``.
 
     The yielded model is one buffer, trained further between yields: score it before asking for
-    the next one. Rows used for relearning are in ``relearn.subset`` of the returned generator's
-    caller; get them with :func:`relearn_subset` and the same ``size`` and ``seed``.
+    the next one. The rows used for relearning are ``relearn_subset(len(forget_rows), size, seed)``.
     """
     from unlearn.optim import make_optimizer
 
