@@ -30,6 +30,7 @@ UNIT_KEYS = ("objective", "optimizer")  # what identifies an unlearning recipe a
 CONFIDENCE = 0.95
 # attacks that walk a path between several models rather than attack one model
 PATH_ATTACKS = ("interpolate", "plane")
+TRAJECTORY = ("training",)  # evaluations logged during unlearning: not an attack on a finished model
 
 # +1: a higher value means more knowledge of the scored answers; -1: a lower value does. Metrics
 # missing here (truth_ratio, forget_quality, mia_auc, privleak, ...) have no single direction
@@ -76,8 +77,9 @@ def mean_ci(values: Iterable[float], confidence: float = CONFIDENCE) -> dict:
 
 
 def model_rows(df: pd.DataFrame) -> pd.DataFrame:
-    """The rows about single models: everything except :data:`PATH_ATTACKS` (paths between models)."""
-    return df[~df["attack"].isin(PATH_ATTACKS)]
+    """The rows about single finished models: everything except :data:`PATH_ATTACKS` (paths between
+    models) and :data:`TRAJECTORY` (evaluations during unlearning)."""
+    return df[~df["attack"].isin(PATH_ATTACKS + TRAJECTORY)]
 
 
 def latest_step(df: pd.DataFrame) -> pd.DataFrame:

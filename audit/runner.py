@@ -222,6 +222,8 @@ def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base
         if setting in stats:
             recs += [{**base, "attack": attack, "setting": setting, "x": x, "metric": k, "split": "weights",
                       "value": float(v)} for k, v in stats[setting].items()]
+        if attack == "interpolate":  # a path between two models: name the pair
+            recs = [{**r, "model": f"original->{base.get('optimizer') or base['model']}"} for r in recs]
         out += recs
         if attack == "interpolate":
             curve.append((x, {(r["split"], r["metric"]): r["value"] for r in recs}))
@@ -229,6 +231,7 @@ def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base
         for split in ("forget", "retain"):
             pts = [(a, vals.get((split, "nll"))) for a, vals in curve]
             if all(v is not None for _, v in pts) and {0.0, 1.0} <= {a for a, _ in pts}:
-                out.append({**base, "attack": attack, "setting": "path", "x": None, "metric": "barrier",
+                out.append({**base, "model": f"original->{base.get('optimizer') or base['model']}",
+                            "attack": attack, "setting": "path", "x": None, "metric": "barrier",
                             "split": split, "value": loss_barrier(pts)})
     return out

@@ -82,6 +82,42 @@ def test_the_name_routes_through_load_model(micro_model, micro_tokenizer, tmp_pa
     assert torch.equal(model.model.embed_tokens.weight, micro_model.model.embed_tokens.weight)
 
 
+def test_conversion_saves_a_plain_checkpoint(micro_model, micro_tokenizer, tmp_path, monkeypatch):
+    """convert_gguf on a stand-in for transformers' GGUF loading (a micro model whose config says
+    "quantized with gguf", as the real one does): the result must load, re-save and match."""
+    import json
+
+    import transformers
+
+    from unlearn.models import load_model
+
+    gguf_file = tmp_path / "src" / "tiny.gguf"
+    gguf_file.parent.mkdir()
+    gguf_file.write_bytes(b"GGUF stand-in")
+    micro_model.config.quantization_config = {"quant_method": "gguf", "gguf_file": "tiny.gguf"}
+    calls = []
+
+    def fake_model(folder, gguf_file=None, **kwargs):
+        calls.append((folder, gguf_file))
+        return micro_model
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", fake_model)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: micro_tokenizer)
+    target = hub.convert_gguf(gguf_file, tmp_path / "out", {"name": "stand-in"})
+    monkeypatch.undo()
+    del micro_model.config.quantization_config
+    assert calls == [(str(gguf_file.parent), "tiny.gguf")]
+    config = json.loads((target / "config.json").read_text())
+    assert "quantization_config" not in config
+    info = json.loads((target / hub.PROVENANCE).read_text())
+    assert info["gguf_sha256"] == hub.sha256_file(gguf_file) and info["name"] == "stand-in"
+    model, tok = load_model(str(target))
+    for name, tensor in micro_model.state_dict().items():
+        assert torch.equal(model.state_dict()[name], tensor), name
+    model.save_pretrained(tmp_path / "again")                  # an ordinary checkpoint from now on
+    assert not list((tmp_path / "out").parent.glob(".tmp-*"))   # written atomically
+
+
 def _converted() -> Path | None:
     folder = USER_CACHE / "models" / hub.SMOLLM2
     return folder if hub._is_complete(folder) else None
@@ -110,3 +146,5 @@ def test_smollm2_converts_loads_and_generates(tmp_path):
     ids = tok("The capital of France is", return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=8, do_sample=False, pad_token_id=tok.pad_token_id)
     assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
+    model.save_pretrained(tmp_path / "resaved")               # a plain checkpoint, not a GGUF-quantized one
+    assert "quantization_config" not in (tmp_path / "resaved" / "config.json").read_text()

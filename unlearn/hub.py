@@ -23,6 +23,7 @@ are the *4-bit* quantised ones, dequantised: close to, but not the same as, the 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -141,8 +142,12 @@ def convert_gguf(gguf_file: str | os.PathLike, target: str | os.PathLike,
             tokenizer = AutoTokenizer.from_pretrained(str(gguf_file.parent), **kwargs)
         except Exception as err:  # gguf / transformers raise many types for a bad file
             raise BasinError(f"could not read the GGUF file {gguf_file} ({type(err).__name__}: {err})") from None
-        # The GGUF-loaded model refuses save_pretrained: copy its weights into a plain model.
-        fresh = type(loaded)(loaded.config)
+        # The GGUF-loaded model refuses save_pretrained (its config says "quantized with gguf"):
+        # copy its weights into a plain model built from the config without that entry.
+        config = copy.deepcopy(loaded.config)
+        if getattr(config, "quantization_config", None) is not None:
+            delattr(config, "quantization_config")
+        fresh = type(loaded)(config)
         missing, unexpected = fresh.load_state_dict(loaded.state_dict(), strict=False)
         missing = [k for k in missing if not (k == "lm_head.weight" and loaded.config.tie_word_embeddings)]
         if missing or unexpected:
