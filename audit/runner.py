@@ -181,7 +181,7 @@ def _score(model, tok, bench, config, retain_stats, base, attack, setting, x, sp
     metrics = metrics or (list(config.metrics) if config.metrics else None)
     recs, per_example = evaluate(model, tok, bench, metrics=metrics, retain_stats=retain_stats,
                                  generate=config.generate, max_new_tokens=config.max_new_tokens,
-                                 splits=splits or config.splits)
+                                 splits=splits or config.splits, strict=False)
     out = [{**base, **r, "attack": attack, "setting": setting, "x": x} for r in recs]
     if unseen is not None:
         rows = per_example[(per_example["split"] == "forget") & per_example["row"].isin(unseen)]

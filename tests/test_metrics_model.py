@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from audit.metrics.muse import MUSE_METRICS
 from audit.metrics import (FAST_METRICS, METRICS, AnswerPool, evaluate, greedy_generate, reference_stats,
                            save_reference, token_stats)
 from audit.metrics.evaluation import plan
@@ -102,7 +103,7 @@ def test_trained_model_knows_its_people_and_not_the_holdout(trained_eval):
     assert _value(records, "forget_quality", "forget") == pytest.approx(1.0)
     assert _value(records, "privleak", "forget") == pytest.approx(0.0)
     # every metric applies on this benchmark
-    assert {r["metric"] for r in records} == set(METRICS)
+    assert {r["metric"] for r in records} == set(METRICS) - set(MUSE_METRICS)  # MUSE metrics need MUSE data
 
 
 def test_records_equal_means_of_per_example_columns(trained_eval, bench):
@@ -157,7 +158,7 @@ def test_forget_quality_against_a_model_that_never_saw_the_forget_set(trained_mi
     assert _value(by_table, "forget_quality", "forget") < 1e-3
     fq = _value(by_table, "forget_quality", "forget")
     assert _value(by_list, "forget_quality", "forget") == pytest.approx(fq)
-    assert _value(by_table, "privleak", "forget") > 0
+    assert _value(by_table, "privleak", "forget") < 0  # MUSE sign: the memorised forget set leaks
     assert json.loads(path.read_text())["truth_ratio"] == ref["truth_ratio"]
 
 

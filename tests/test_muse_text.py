@@ -1,8 +1,7 @@
 """Plain-text corpora (MUSE's raw texts, RMU's WMDP corpora) as benchmarks, and RMU trained on them.
 
-basin's loop encodes question-answer rows; a text row needs one more branch in
-``unlearn.data.format.encode_rows`` (tokens of the passage, every one a label). The test below
-supplies that branch itself (``_encode_rows``) to show it is the only piece missing."""
+basin's loop encodes text rows with ``unlearn.data.format.encode_text`` (tokens of the passage,
+every one a label)."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ import pytest
 import torch
 
 from unlearn.data.benchmarks import is_text_row, load_benchmark, text_benchmark
-from unlearn.data.format import Example, encode_rows
+from unlearn.data.format import encode_rows
 from unlearn.data.muse import load_muse
 from unlearn.errors import BasinError
 
@@ -47,26 +46,16 @@ def test_wmdp_corpus_family_reads_local_jsonl(tmp_path, monkeypatch):
         load_benchmark("wmdp-corpus:chem", path=tmp_path)
 
 
-def _encode_rows(tokenizer, rows, *args, max_length: int = 128, **kwargs):
-    """encode_rows plus the text-row branch basin's loop needs (see the module docstring)."""
-    rows = list(rows)
-    if rows and all(is_text_row(r) for r in rows):
-        ids = [tokenizer(r["text"], add_special_tokens=True)["input_ids"][:max_length] for r in rows]
-        return [Example(x, list(x)) for x in ids]
-    return encode_rows(tokenizer, rows, *args, max_length=max_length, **kwargs)
-
-
-def test_rmu_unlearns_a_text_corpus(micro_model, micro_tokenizer, monkeypatch):
+def test_rmu_unlearns_a_text_corpus(micro_model, micro_tokenizer):
     import unlearn.train as loop
     from unlearn.data.format import collate
     from unlearn.objectives.rmu import RMU, hidden_after_layer
 
     data = load_muse("news", path=FIXTURES)
     bench = text_benchmark("muse-text:news", data.raw["forget"], data.raw["retain1"])
-    monkeypatch.setattr(loop, "encode_rows", _encode_rows)
     before = {k: v.clone() for k, v in micro_model.state_dict().items()}
     layer, c = 1, 20.0
-    forget = collate(_encode_rows(micro_tokenizer, bench.forget), micro_tokenizer.pad_token_id)
+    forget = collate(encode_rows(micro_tokenizer, bench.forget), micro_tokenizer.pad_token_id)
     control = RMU(layer=layer, c=c)._control(micro_model.config.hidden_size)
 
     def forget_error(model):

@@ -27,12 +27,12 @@ def register(sub) -> None:
 def run_build(args: argparse.Namespace) -> int:
     from unlearn.build import BuildConfig, build
     from unlearn.cache import cache_root, ensure_writable
-    from unlearn.data.world import World, WorldConfig
+    from unlearn.data.world import WorldConfig, forget_count
     from unlearn.pretrain import FitConfig
 
     world = WorldConfig(n_people=args.people, n_holdout=args.holdout, n_countries=args.countries,
                         seed=args.seed)
-    n_forget = World.n_forget_people(_Sized(world), args.forget)  # validates the fraction early
+    n_forget = forget_count(world.n_people, args.forget)  # validates the fraction early
     forget = f"forget{round(args.forget * 100):02d}"
     ensure_writable(cache_root(args.cache))
     config = BuildConfig(world=world, size=args.size, forget=forget,
@@ -51,10 +51,3 @@ def run_build(args: argparse.Namespace) -> int:
     print(f"done in {result.seconds:.1f} s; use them as --model world:{args.size} and "
           f"world:{args.size}:retain{100 - round(args.forget * 100)}")
     return 0
-
-
-class _Sized:
-    """Lets the split validation run before the world is generated."""
-
-    def __init__(self, config):
-        self.config = config

@@ -229,7 +229,8 @@ def _privleak_metric(kind: str):
         got = _mia_columns(scored, kind)
         if got is None or ref is None:
             return []
-        return [Result("forget", mia.privleak(mia.auc(*got), ref))]
+        # MUSE's AUC labels forget 0 and holdout 1: the complement of P(forget > holdout)
+        return [Result("forget", mia.privleak(1.0 - mia.auc(*got), 1.0 - ref))]
     return compute
 
 
@@ -294,8 +295,9 @@ METRICS: dict[str, Metric] = {m.name: m for m in [
     Metric("minkpp_auc", "AUC of the Min-K%++ score, forget vs holdout (ideal about 0.5) "
            "[Min-K%++, arXiv 2404.02936]", None, _auc_metric("minkpp"), frozenset({"tokens"}),
            _HOLDOUT),
-    Metric("privleak", "MUSE PrivLeak: (AUC - AUC_retain) / AUC_retain * 100 with Min-K% "
-           "(0 is ideal) [MUSE, arXiv 2407.06460]", None, _privleak_metric("mink"),
+    Metric("privleak", "MUSE PrivLeak: (AUC - AUC_retain) / AUC_retain * 100 with Min-K%, MUSE's AUC "
+           "convention (forget 0, holdout 1): 0 is ideal, -100 = forget set fully recognised "
+           "[MUSE, arXiv 2407.06460]", None, _privleak_metric("mink"),
            frozenset({"tokens"}), f"{_HOLDOUT}; {_REF}"),
     Metric("privleak_pp", "PrivLeak with the Min-K%++ score (0 is ideal) [MUSE; Min-K%++]", None,
            _privleak_metric("minkpp"), frozenset({"tokens"}), f"{_HOLDOUT}; {_REF}"),
@@ -459,7 +461,8 @@ def _as_reference(source, model_kwargs: dict) -> Reference:
 def evaluate(model, tokenizer, benchmark, metrics: Iterable[str] | None = None,
              retain_stats=None, batch_size: int = 32, max_new_tokens: int = 200,
              splits: Iterable[str] | None = None, k: float = mia.DEFAULT_K,
-             max_length: int | None = None, generate: bool = True) -> tuple[list[dict], pd.DataFrame]:
+             max_length: int | None = None, generate: bool = True,
+             strict: bool = True) -> tuple[list[dict], pd.DataFrame]:
     """Score ``model`` on ``benchmark``; return ``(records, per_example)``.
 
     - ``model``, ``tokenizer``: a model object and its tokenizer, or a name/folder (then
@@ -475,6 +478,8 @@ def evaluate(model, tokenizer, benchmark, metrics: Iterable[str] | None = None,
       per-question forget truth ratios. Needed by ``forget_quality`` and ``privleak*``.
     - ``splits``: which of ``forget``, ``retain``, ``holdout`` and the utility sets to score
       (default every non-empty one).
+    - ``strict=False``: metrics asked for by name that do not apply to this benchmark or these
+      splits are skipped quietly, as with ``metrics=None`` (the audit runner uses this).
     - ``max_new_tokens``: generation length for ROUGE (TOFU: 200); ``k``: the Min-K% fraction;
       ``max_length``: token limit of prompt + answer (default the model's position limit).
 
@@ -491,7 +496,7 @@ def evaluate(model, tokenizer, benchmark, metrics: Iterable[str] | None = None,
     require(isinstance(max_new_tokens, int) and max_new_tokens >= 1,
             f"max_new_tokens must be a positive whole number, got {max_new_tokens!r}")
     require(isinstance(k, (int, float)) and 0 < k <= 1, f"k must be in (0, 1], got {k!r}")
-    explicit = metrics is not None
+    explicit = metrics is not None and strict
     names = list(METRICS) if metrics is None else [m for m in dict.fromkeys(metrics)]
     for m in names:
         lookup(METRICS, m, "metric")

@@ -8,11 +8,13 @@
   variance of log p(z | x_<t) for z drawn from the model's own next-token distribution.
 - AUC: the area under the ROC curve of a score that separates two sets, computed as the
   Mann-Whitney probability P(score(forget) > score(holdout)) + 0.5 P(tie) (average ranks).
-  MUSE (Shi et al. 2024, arXiv 2407.06460) labels forget 0 and holdout 1 and scores with the
-  *negated* Min-K% log-likelihood; that gives the same number as this ordering.
-- PrivLeak (MUSE): (AUC - AUC_ref) / AUC_ref * 100 with AUC_ref the AUC of the retain-only model;
-  0 is ideal, large positive values mean the forget set is still recognisably a member, negative
-  ones that it looks *less* familiar than unseen text (over-unlearning).
+  ``mink_auc`` reports this number (1 = the forget set is fully recognised, 0.5 = chance).
+- PrivLeak (MUSE, Shi et al. 2024, arXiv 2407.06460): (AUC - AUC_ref) / AUC_ref * 100 with
+  AUC_ref the retain-only model's. MUSE's AUC labels forget 0 and holdout 1, which is the
+  complement 1 - P(forget > holdout); basin's ``privleak`` uses MUSE's convention so its numbers
+  compare with MUSE's tables: 0 is ideal, about -100 means the forget set is still fully
+  recognised (under-unlearning), positive values that it looks *less* familiar than unseen text
+  (over-unlearning).
 
 For TOFU-shaped rows basin scores the answer tokens (EOS included) given the question prompt,
 the tokens every other metric scores. K = 40% by default, MUSE's setting, for both scores.
@@ -82,6 +84,8 @@ def auc(members, nonmembers) -> float:
 
 def privleak(auc_value: float, auc_reference: float) -> float:
     """MUSE's PrivLeak (Shi et al. 2024, arXiv 2407.06460) in percent: (AUC - AUC_ref) / AUC_ref * 100."""
-    if auc_reference <= 0:
-        raise ValueError(f"reference AUC must be positive, got {auc_reference}")
+    if auc_reference < 0:
+        raise ValueError(f"reference AUC must be in [0, 1], got {auc_reference}")
+    if auc_reference == 0:  # degenerate reference: only "the same AUC" has a defined leak (none)
+        return 0.0 if auc_value == 0 else math.nan
     return float((auc_value - auc_reference) / auc_reference * 100.0)

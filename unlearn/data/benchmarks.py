@@ -136,6 +136,8 @@ BENCHMARK_NAMES = {
     "muse:news": "MUSE-News (muse-bench/MUSE-News or a local folder via MUSE_DIR): KnowMem QA as "
                  "forget/retain rows; VerbMem, KnowMem, PrivLeak via audit.metrics.muse",
     "muse:books": "MUSE-Books (muse-bench/MUSE-Books or MUSE_DIR), as muse:news",
+    "wmdp-corpus:bio": "RMU's WMDP bio forget/retain text corpora (a local folder via WMDP_CORPORA_DIR)",
+    "wmdp-corpus:cyber": "RMU's WMDP cyber forget/retain text corpora (WMDP_CORPORA_DIR)",
 }
 
 

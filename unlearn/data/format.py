@@ -61,9 +61,18 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict[str, torch.Tensor]
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def encode_text(tokenizer, text: str, max_length: int = 128) -> Example:
+    """Encode a plain passage (WMDP / MUSE corpora): every token is a label."""
+    ids = tokenizer(text, add_special_tokens=True)["input_ids"][:max_length]
+    return Example(ids, list(ids))
+
+
 def encode_rows(tokenizer, rows: Iterable[dict], answer_field: str = "answer",
                 question_field: str = "question", max_length: int = 128) -> list[Example]:
-    return [encode_qa(tokenizer, r[question_field], r[answer_field], max_length) for r in rows]
+    """Encode question / answer rows with :func:`encode_qa`, and plain-text rows (a ``text``
+    field and no question) with :func:`encode_text`."""
+    return [encode_text(tokenizer, r["text"], max_length) if "text" in r and question_field not in r
+            else encode_qa(tokenizer, r[question_field], r[answer_field], max_length) for r in rows]
 
 
 def pad_id_of(tokenizer) -> int:

@@ -233,14 +233,7 @@ class World:
 
     # -- splits --------------------------------------------------------------------------------
     def n_forget_people(self, fraction: float) -> int:
-        require(isinstance(fraction, (int, float)) and 0 < fraction < 1,
-                f"forget fraction must be strictly between 0 and 1, got {fraction!r}; "
-                "e.g. 0.1 for forget10")
-        n = round(fraction * self.config.n_people)
-        require(1 <= n < self.config.n_people,
-                f"forget fraction {fraction} of {self.config.n_people} people selects {n} people; "
-                "choose a fraction that selects at least one person and leaves one to retain")
-        return n
+        return forget_count(self.config.n_people, fraction)
 
     def split(self, fraction: float) -> tuple[list[dict], list[dict]]:
         """Return ``(forget, retain)`` rows: the last ``fraction`` of people, and the rest."""
@@ -266,6 +259,18 @@ class World:
     def to_json(self) -> str:
         return json.dumps({"config": asdict(self.config), "version": GENERATOR_VERSION,
                            "files": self.files}, sort_keys=True, indent=1, ensure_ascii=True)
+
+
+def forget_count(n_people: int, fraction: float) -> int:
+    """How many people a forget fraction selects; a clear error unless it is at least one and
+    leaves at least one person to retain."""
+    require(isinstance(fraction, (int, float)) and 0 < fraction < 1,
+            f"forget fraction must be strictly between 0 and 1, got {fraction!r}; e.g. 0.1 for forget10")
+    n = round(fraction * n_people)
+    require(1 <= n < n_people,
+            f"forget fraction {fraction} of {n_people} people selects {n} people; "
+            "choose a fraction that selects at least one person and leaves one to retain")
+    return n
 
 
 def split_name_to_fraction(name: str) -> float:
