@@ -8,7 +8,8 @@ records to the (record-only) analysis library. Stages:
 2. unlearn the forget set with NPO + retain NLL and each optimizer tier (adam, signadam,
    adazo, hybrid, sophia) for several seeds, into ``OUT/runs/<optimizer>-s<seed>``;
 3. audit every unlearned model with relearning, 4-bit RTN, NF4 and interpolation from the
-   original; the original and retain-only models are attacked once (ceiling and floor);
+   original; the original and retain-only models are attacked once (ceiling and floor); score
+   the plane through the original, Adam's and the hybrid's model (the basin picture);
 4. write the report (tables, figures, verdicts) to ``OUT`` and print a verdict for each claim.
 
 Every stage resumes: run folders and audit folders that are complete are reused, so an
@@ -74,12 +75,13 @@ class DemoConfig:
     relearn_steps: tuple = (10, 30)
     interpolation_points: int = 5
     max_retain: int = 60
+    plane_grid: tuple = (-0.5, 0.5, 1.5)  # plus 0 and 1: a 5 x 5 grid through three models
 
     @classmethod
     def quick(cls, **overrides) -> "DemoConfig":
         """Two seeds, fewer steps and settings: the CI-sized demo."""
         return cls(**{"seeds": (0, 1), "steps": 40, "relearn_steps": (20,), "interpolation_points": 3,
-                      "max_retain": 40, **overrides})
+                      "max_retain": 40, "plane_grid": (0.5,), **overrides})
 
 
 AUDIT_METRICS = ("prob", "nll", "exact_match", "truth_ratio", "forget_quality", "mc_accuracy", "margin",
@@ -135,6 +137,18 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
         if not (folder / "manifest.json").exists():
             audit(str(run), original=original, retain=retain, config=acfg, out=folder, progress=progress)
         audits.append(folder)
+    # the basin picture: the plane through the original, Adam's and the hybrid's first seed
+    corners = [n for n in ("adam", "hybrid") if n in config.optimizers]
+    plane_dir = out / "audits" / "plane"
+    if len(corners) == 2 and not (plane_dir / "records.jsonl").exists():
+        from audit.runner import audit_plane
+
+        s0 = config.seeds[0]
+        audit_plane(original, str(out / "runs" / f"adam-s{s0}"), str(out / "runs" / f"hybrid-s{s0}"),
+                    names=("original", f"adam-s{s0}", f"hybrid-s{s0}"), benchmark=config.benchmark,
+                    grid=config.plane_grid, max_retain=config.max_retain, out=plane_dir, progress=progress)
+    if (plane_dir / "records.jsonl").exists():
+        audits.append(plane_dir)
     seconds["audit"] = time.perf_counter() - t
     log(f"[3/4] {len(audits)} audits done in {seconds['audit']:.0f} s")
 

@@ -235,3 +235,34 @@ def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base
                             "attack": attack, "setting": "path", "x": None, "metric": "barrier",
                             "split": split, "value": loss_barrier(pts)})
     return out
+
+
+def audit_plane(first, second, third, tokenizer=None, *, names=("original", "second", "third"),
+                benchmark="world:forget10", grid=(-0.25, 0.25, 0.75, 1.25), max_retain: int = 100,
+                seed: int = 0, out=None, progress: bool = True) -> pd.DataFrame:
+    """The basin picture: forget and retain NLL on the plane through three models.
+
+    theta(x, y) = (1 - x - y) theta_1 + x theta_2 + y theta_3 on ``grid`` x ``grid`` plus the three
+    models' own corners, so the models sit at (0, 0), (1, 0) and (0, 1). Records have attack
+    ``plane``, setting ``x=..,y=..``, model ``"name1 | name2 | name3"``. No model is modified.
+    """
+    from audit.attacks.interpolate import plane
+
+    a, tok = load_model(first, tokenizer, progress=progress)
+    b = load_model(second, None if isinstance(second, (str, Path)) else tok, progress=progress)[0]
+    c = load_model(third, None if isinstance(third, (str, Path)) else tok, progress=progress)[0]
+    bench = load_benchmark(benchmark)
+    bench = Benchmark(bench.name, bench.forget, _subsample(bench.retain, max_retain), [], {})
+    axis = sorted(set(grid) | {0.0, 1.0})
+    label = " | ".join(names)
+    records = []
+    points = [(x, y) for x in axis for y in axis]
+    it = plane(a, second=b, third=c, xs=axis, ys=axis)
+    for x, y, model in tqdm(it, total=len(points), desc="plane", disable=not progress):
+        recs, _ = evaluate(model, tok, bench, metrics=["nll", "prob"], splits=["forget", "retain"],
+                           generate=False)
+        records += [{**r, "model": label, "attack": "plane", "setting": f"x={x:g},y={y:g}", "x": x, "y": y,
+                     "seed": seed, "role": "unlearned"} for r in recs]
+    if out is not None:
+        append_records(Path(out) / "records.jsonl", records)
+    return pd.DataFrame(records)
