@@ -39,7 +39,8 @@ def test_quickstart_notebook_runs():
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(ROOT / "examples" / "quickstart.ipynb", as_version=4)
-    nb.cells[1].source = 'SIZE = "tiny"\nSTEPS = 20\nSEED = 0'
+    params = next(c for c in nb.cells if c.source.startswith("# Parameters"))
+    params.source = "SIZE = \"tiny\"\nSTEPS = 20\nSEED = 0"
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(ROOT)}})
     client.execute(env=dict(os.environ))
