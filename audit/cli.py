@@ -19,6 +19,10 @@ def register(sub) -> None:
     p.add_argument("--generate", action="store_true", help="also score ROUGE and model utility (greedy generation; slower)")
     p.add_argument("--max-retain", type=int, default=100, help="retain rows scored (default 100)")
     p.add_argument("--seed", type=int, default=0, help="attack seed (relearning subset, noise)")
+    p.add_argument("--device", default="auto", help="auto (default: cuda if available, else cpu), cpu, "
+                   "cuda, cuda:N, mps, or auto-map (layers spread over every visible GPU)")
+    p.add_argument("--dtype", default="float32", help="dtype of the audited models' weights: float32 "
+                   "(default), bfloat16 or float16")
     p.add_argument("--allow-pickle", action="store_true", help="allow loading pickle (*.bin) checkpoints")
     p.add_argument("--trust-remote-code", action="store_true", help="allow code shipped with a hub model")
     p.add_argument("--out", required=True, help="folder for records.jsonl, config.json, manifest.json")
@@ -46,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
 
     attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
     config = AuditConfig(benchmark=args.benchmark, attacks=attacks, attack_args=_attack_args(args.arg),
-                         generate=args.generate, max_retain=args.max_retain, seed=args.seed)
+                         generate=args.generate, max_retain=args.max_retain, seed=args.seed,
+                         device=args.device, dtype=args.dtype)
     df = audit(args.model, original=args.original, retain=args.retain, config=config, out=args.out,
                progress=not args.quiet, allow_pickle=args.allow_pickle,
                trust_remote_code=args.trust_remote_code)

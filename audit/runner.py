@@ -31,7 +31,7 @@ from audit.metrics import evaluate, reference_stats
 from unlearn.cache import write_json_atomic
 from unlearn.data.benchmarks import Benchmark, load_benchmark
 from unlearn.errors import BasinError, require
-from unlearn.models import load_model, weights_hash
+from unlearn.models import DTYPES, canonical_dtype, check_device_name, load_model, resolve_device, weights_hash
 from unlearn.records import append_records, read_records
 
 DEFAULT_ATTACKS = ("relearn", "quantize", "interpolate")
@@ -62,6 +62,12 @@ class AuditConfig:
     seed: int = 0                   # attack seed (relearning subset, noise draws)
     splits: tuple | None = None     # splits to score (default: all of the benchmark's)
     score_references: bool = True   # also attack the original / retain-only models (ceiling, floor)
+    device: str = "auto"            # auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps, auto-map
+    dtype: str = "float32"          # the audited models' weights: float32, bfloat16 or float16
+
+    def __post_init__(self):
+        self.device = check_device_name(self.device)
+        self.dtype = canonical_dtype(self.dtype, tuple(DTYPES))
 
 
 def _subsample(rows: list[dict], n: int) -> list[dict]:
@@ -99,6 +105,8 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     :func:`unlearn.models.load_model`). If ``model`` is a ``basin unlearn`` run folder, its
     original model is taken from the run's config unless ``original`` is given. Checkpoints load
     from safetensors only and without remote code unless ``allow_pickle`` / ``trust_remote_code``.
+    ``config.device`` / ``config.dtype`` place every model (names and folders load there; model
+    objects are moved and cast in place).
     """
 
 
@@ -109,7 +117,8 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     if original is None and info.get("model"):
         original = info["model"]
     name = name or (Path(str(model)).name if isinstance(model, (str, Path)) else "model")
-    safety = dict(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, progress=progress)
+    safety = dict(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, progress=progress,
+                  device=resolve_device(config.device), dtype=config.dtype)
     target, tok = load_model(model, tokenizer, **safety)
     refs = {}
     for role, source in (("original", original), ("retain", retain)):
@@ -123,6 +132,9 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     bench = load_benchmark(config.benchmark)
     bench = Benchmark(bench.name, bench.forget, _subsample(bench.retain, config.max_retain), bench.holdout,
                       bench.utility, bench.description)
+    for attack in config.attacks:  # bad attack options fail here, before anything is written
+        _call(attack, get_attack(attack), target, _context(tok, bench, config, {}, refs.get("original")),
+              {**DEFAULT_ATTACK_ARGS.get(attack, {}), **config.attack_args.get(attack, {})}).close()
     out = Path(out) if out is not None else None
     done = set()
     if out is not None:
@@ -192,6 +204,12 @@ def _score(model, tok, bench, config, retain_stats, base, attack, setting, x, sp
     return out
 
 
+def _context(tok, bench, config, stats, reference) -> dict:
+    """What an attack may ask for by keyword (each takes the ones in its signature)."""
+    return {"tokenizer": tok, "forget_rows": bench.forget, "seed": config.seed, "stats": stats,
+            "calibration": [f"{r['question']} {r['answer']}" for r in bench.retain], "reference": reference}
+
+
 def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base, done) -> list[dict]:
     if attack == "none":
         if (role, "none", "clean") in done:
@@ -200,9 +218,7 @@ def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base
 
     args = {**DEFAULT_ATTACK_ARGS.get(attack, {}), **config.attack_args.get(attack, {})}
     stats: dict = {}
-    context = {"tokenizer": tok, "forget_rows": bench.forget, "seed": config.seed, "stats": stats,
-               "calibration": [f"{r['question']} {r['answer']}" for r in bench.retain],
-               "reference": refs.get("original") if role == "unlearned" else None}
+    context = _context(tok, bench, config, stats, refs.get("original") if role == "unlearned" else None)
     fn = get_attack(attack)
     unseen = None
     if attack == "relearn":
@@ -239,18 +255,22 @@ def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base
 
 def audit_plane(first, second, third, tokenizer=None, *, names=("original", "second", "third"),
                 benchmark="world:forget10", grid=(-0.25, 0.25, 0.75, 1.25), max_retain: int = 100,
-                seed: int = 0, out=None, progress: bool = True) -> pd.DataFrame:
+                seed: int = 0, out=None, progress: bool = True, device: str = "auto",
+                dtype: str = "float32") -> pd.DataFrame:
     """The basin picture: forget and retain NLL on the plane through three models.
 
     theta(x, y) = (1 - x - y) theta_1 + x theta_2 + y theta_3 on ``grid`` x ``grid`` plus the three
     models' own corners, so the models sit at (0, 0), (1, 0) and (0, 1). Records have attack
     ``plane``, setting ``x=..,y=..``, model ``"name1 | name2 | name3"``. No model is modified.
+    ``device`` and ``dtype`` place the three models as in :class:`AuditConfig`.
     """
     from audit.attacks.interpolate import plane
 
-    a, tok = load_model(first, tokenizer, progress=progress)
-    b = load_model(second, None if isinstance(second, (str, Path)) else tok, progress=progress)[0]
-    c = load_model(third, None if isinstance(third, (str, Path)) else tok, progress=progress)[0]
+    place = dict(progress=progress, device=resolve_device(check_device_name(device)),
+                 dtype=canonical_dtype(dtype, tuple(DTYPES)))
+    a, tok = load_model(first, tokenizer, **place)
+    b = load_model(second, None if isinstance(second, (str, Path)) else tok, **place)[0]
+    c = load_model(third, None if isinstance(third, (str, Path)) else tok, **place)[0]
     bench = load_benchmark(benchmark)
     bench = Benchmark(bench.name, bench.forget, _subsample(bench.retain, max_retain), [], {})
     axis = sorted(set(grid) | {0.0, 1.0})

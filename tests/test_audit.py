@@ -95,6 +95,12 @@ def test_audit_bad_inputs(trained_micro, micro_tokenizer, micro_bench, tmp_path)
         audit(model, tok, original=other, out=tmp_path / "mismatch",
               config=AuditConfig(benchmark=micro_bench, attacks=("interpolate",)), progress=False)
     assert not (tmp_path / "mismatch").exists()
+    for attack, args in (("quantize", {"methods": ("nf4",), "bits": (3,)}), ("relearn", {"size": 10_000}),
+                         ("relearn", {"optimizer": "adma"}), ("noise", {"scales": (0.1,), "colour": "pink"})):
+        with pytest.raises(BasinError):
+            audit(model, tok, out=tmp_path / "bad", progress=False,
+                  config=AuditConfig(benchmark=micro_bench, attacks=(attack,), attack_args={attack: args}))
+        assert not (tmp_path / "bad").exists(), attack
 
 
 def test_cli_refuses_pickle_checkpoints(trained_micro, tmp_path, capsys):

@@ -44,6 +44,10 @@ def register(sub) -> None:
     p.add_argument("--eval-every", type=int)
     p.add_argument("--save-every", type=int)
     p.add_argument("--seed", type=int)
+    p.add_argument("--device", help="auto (default: cuda if available, else cpu), cpu, cuda, cuda:N, mps, "
+                   "or auto-map (layers spread over every visible GPU, for a model larger than one)")
+    p.add_argument("--dtype", help="float32 (default), bfloat16 (half the memory; small updates round "
+                   "away) or bf16-mixed (float32 weights, bfloat16 autocast); see docs/real_world.md")
     p.add_argument("--out", required=True, help="run folder to write (or resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

@@ -63,11 +63,13 @@ def fit(model, tokenizer, examples: list[Example], config: FitConfig = FitConfig
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: warmup_cosine(s, config.warmup_steps, config.max_steps))
     order = epoch_order(len(examples), generator)
+    device = next(model.parameters()).device
     history, stats = [], None
     model.train()
     bar = tqdm(range(config.max_steps), desc=desc, disable=not progress, leave=False)
     for step in bar:
         batch = collate([examples[next(order)] for _ in range(config.batch_size)], pad)
+        batch = {k: v.to(device) for k, v in batch.items()}
         loss = model(**batch).loss
         loss.backward()
         optimizer.step()

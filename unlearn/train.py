@@ -11,10 +11,26 @@ atomically, and a rerun of the same command resumes from it with bit-identical f
 
 A run folder holds ``config.json``, ``records.jsonl``, ``manifest.json`` and ``model/`` (a
 standard Hugging Face checkpoint with its tokenizer).
+
+Device and precision. ``device`` places the model, the NPO / RMU reference model and every batch
+(``"auto"``: CUDA when torch sees a GPU, else the CPU; ``"auto-map"``: the layers spread over all
+visible GPUs with ``device_map="auto"``, inputs on the first layer's device). ``dtype`` is
+``"float32"`` (the default, and the bit-exact reference), ``"bfloat16"`` (weights, gradients and
+optimizer state in bfloat16: half the memory; the usual setting on a GPU) or ``"bf16-mixed"``
+(float32 master weights and optimizer state, forwards and backwards under bfloat16 autocast).
+In pure bfloat16 an update smaller than half a unit in the last place of a weight (about 0.2%
+of the weight's size) is rounded away; Adam at lr 1e-5 on weights of size 0.02 leaves most
+entries untouched. Use ``"bf16-mixed"`` when small updates matter (the small-learning-rate
+regime of the quantization attack). Zeroth-order probes run under ``torch.no_grad`` (no autograd
+graph) and restore the weights bit for bit in any dtype (``exact_restore``); in ``"bf16-mixed"``
+the perturbation itself is made in the float32 master weights. The reference model is a copy
+of the model on the same device and in the same dtype; its per-batch constants are computed
+under the same autocast as the model's forwards, so the NPO log-ratio starts at exactly 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import json
@@ -34,13 +50,18 @@ from unlearn.cache import atomic_dir, write_json_atomic
 from unlearn.data.benchmarks import load_benchmark
 from unlearn.data.format import collate, encode_rows, pad_id_of
 from unlearn.errors import BasinError, require
-from unlearn.models import load_model
+from unlearn.models import (MIXED, canonical_dtype, check_device_name, dtype_key, input_device, load_model,
+                            resolve_device, resolve_dtype)
 from unlearn.objectives import make_objective
 from unlearn.records import append_records, read_records
 from unlearn.registry import lookup
 from unlearn.scoring import answer_stats
 
 SCHEDULES = ("constant", "linear", "cosine")
+# dtypes the loop trains in; float16 would need loss scaling, which the loop does not do
+TRAIN_DTYPES = ("float32", "bfloat16") + tuple(MIXED)
+# config fields a resumed run may change (where it runs, not what it computes)
+RESUME_NEUTRAL = ("device",)
 
 
 @dataclass
@@ -65,6 +86,8 @@ class UnlearnConfig:
     save_every: int = 50
     seed: int = 0
     attn_implementation: str | None = None  # "eager" is needed by sophia's double backward
+    device: str = "auto"                    # auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps, auto-map
+    dtype: str = "float32"                  # float32, bfloat16 (recommended on a GPU), bf16-mixed
 
     def __post_init__(self):
         require(self.lr > 0, f"lr must be > 0, got {self.lr}")
@@ -74,6 +97,11 @@ class UnlearnConfig:
                 f"grad_accum ({self.grad_accum}) must be >= 1 and divide batch_size ({self.batch_size})")
         require(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
         require(self.eval_every >= 0 and self.save_every >= 0, "eval_every and save_every must be >= 0")
+        self.device = check_device_name(self.device)
+        if dtype_key(self.dtype) == "float16":
+            raise BasinError("dtype float16 is not supported for training (it needs loss scaling, which "
+                             "basin's loop does not do); use bfloat16 or bf16-mixed")
+        self.dtype = canonical_dtype(self.dtype, TRAIN_DTYPES)
 
     @classmethod
     def from_dict(cls, data: dict) -> "UnlearnConfig":
@@ -141,14 +169,18 @@ def freeze_all_but(model, names: list[str] | None) -> None:
         p.requires_grad_(keep is None or name in keep)
 
 
-def manifest(start: float, config: UnlearnConfig) -> dict:
+def manifest(start: float, config: UnlearnConfig, device: str = "cpu") -> dict:
     import transformers
 
     from unlearn import __version__
 
+    gpu = {}
+    if device != "cpu" and torch.cuda.is_available():
+        gpu = {"gpu": torch.cuda.get_device_name(), "gpu_count": torch.cuda.device_count(),
+               "cuda": torch.version.cuda}
     return {"basin": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
-            "device": "cpu", "threads": torch.get_num_threads(), "git": _git_hash(),
+            "device": device, "dtype": config.dtype, **gpu, "threads": torch.get_num_threads(), "git": _git_hash(),
             "wall_seconds": round(time.time() - start, 2),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(start))}
 
@@ -200,7 +232,9 @@ def load_checkpoint(out: Path, model, optimizer) -> tuple[int, int]:
 
     folder = out / CKPT
     load_weights(model, str(folder / "model.safetensors"), strict=True)
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
+    # on the CPU first: the optimizer moves each state tensor to its parameter's device and dtype,
+    # so a run saved on a GPU resumes on another device
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu"))
     info = json.loads((folder / "trainer.json").read_text())
     return info["step"], info["n_records"]
 
@@ -222,11 +256,13 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
         config = UnlearnConfig.from_dict(config)
     config = dataclasses.replace(config or UnlearnConfig(), **overrides)
     start = time.time()
+    device = resolve_device(config.device)            # a missing GPU fails before anything is written
+    weight_dtype, autocast_dtype = resolve_dtype(config.dtype, TRAIN_DTYPES)
     out = Path(out) if out is not None else None
     if out is not None:
         _check_run_folder(out, config)
         if (out / "model" / "config.json").exists() and (out / "manifest.json").exists():
-            loaded, tok = load_model(str(out / "model"))
+            loaded, tok = load_model(str(out / "model"), device=device, dtype=weight_dtype)
             return UnlearnResult(loaded, tok, read_records(out / "records.jsonl"), out)
 
     objective = make_objective(config.objective, **config.objective_args)  # bad names fail first
@@ -234,7 +270,7 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
     # Sophia's Hutchinson curvature needs a double backward, which SDPA attention lacks on CPU
     attn = config.attn_implementation or ("eager" if config.optimizer == "sophia" else None)
     model, tokenizer = load_model(model if model is not None else config.model, tokenizer,
-                                  attn_implementation=attn)
+                                  attn_implementation=attn, device=device, dtype=weight_dtype)
     if attn and getattr(model.config, "_attn_implementation", attn) != attn:
         model.set_attn_implementation(attn)
     bench = load_benchmark(config.benchmark)
@@ -245,6 +281,8 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
     pad = pad_id_of(tokenizer)
     steps = total_steps(config, len(forget_ex))
 
+    where = input_device(model)                        # batches go where the first layer is
+    amp = _autocast(where, autocast_dtype)
     reference = copy.deepcopy(model).eval().requires_grad_(False) if objective.needs_reference else None
     freeze_all_but(model, objective.trainable(model) if hasattr(objective, "trainable") else None)
     optimizer = make_optimizer(config.optimizer, model, lr=config.lr, total_steps=steps, seed=config.seed,
@@ -272,13 +310,15 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
             group["lr"] = config.lr * lr_multiplier(step, config, steps)
         f_idx = batch_indices(step, config.batch_size, len(forget_ex), config.seed, 0)
         r_idx = batch_indices(step, config.batch_size, len(retain_ex), config.seed, 1)
-        micro_batches = [{"forget": collate([forget_ex[i] for i in f_idx[j:j + micro]], pad),
-                          "retain": collate([retain_ex[i] for i in r_idx[j:j + micro]], pad)}
+        micro_batches = [{"forget": _to(collate([forget_ex[i] for i in f_idx[j:j + micro]], pad), where),
+                          "retain": _to(collate([retain_ex[i] for i in r_idx[j:j + micro]], pad), where)}
                          for j in range(0, config.batch_size, micro)]
-        preps = [objective.prepare(reference, mb) for mb in micro_batches]
+        with amp():
+            preps = [objective.prepare(reference, mb) for mb in micro_batches]
 
         def closure(i: int):
-            terms = objective(model, micro_batches[i], preps[i])
+            with amp():
+                terms = objective(model, micro_batches[i], preps[i])
             return {k: v / config.grad_accum for k, v in terms.items()}
 
         loss = optimizer.step(closure, n_micro=config.grad_accum)
@@ -298,8 +338,20 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
     model.eval()
     freeze_all_but(model, None)
     if out is not None:
-        _finish(out, model, tokenizer, config, start)
+        _finish(out, model, tokenizer, config, start, device)
     return UnlearnResult(model, tokenizer, records, out)
+
+
+def _to(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """A collated batch on ``device`` (the same tensors when they are already there)."""
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    """A context factory: ``torch.autocast`` in ``dtype`` on the device's type, or nothing."""
+    if dtype is None:
+        return contextlib.nullcontext
+    return lambda: torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _log(out: Path | None, records: list[dict]) -> list[dict]:
@@ -326,16 +378,21 @@ def _check_run_folder(out: Path, config: UnlearnConfig) -> None:
     saved = out / "config.json"
     if saved.exists():
         previous = json.loads(saved.read_text())
-        if previous != json.loads(json.dumps(asdict(config))):
+        current = json.loads(json.dumps(asdict(config)))
+        previous.setdefault("dtype", "float32")  # folders written before the field existed
+        for key in RESUME_NEUTRAL:
+            previous.pop(key, None)
+            current.pop(key, None)
+        if previous != current:
             raise BasinError(f"{out} holds a run with a different config; pass another --out "
                              "(or delete the folder to start over)")
     else:
         write_json_atomic(saved, asdict(config))
 
 
-def _finish(out: Path, model, tokenizer, config: UnlearnConfig, start: float) -> None:
+def _finish(out: Path, model, tokenizer, config: UnlearnConfig, start: float, device: str = "cpu") -> None:
     with atomic_dir(out / "model") as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-    write_json_atomic(out / "manifest.json", manifest(start, config))
+    write_json_atomic(out / "manifest.json", manifest(start, config, device))
     shutil.rmtree(out / CKPT, ignore_errors=True)

@@ -23,6 +23,8 @@ import torch
 
 from unlearn.data.format import collate, encode_rows, pad_id_of
 from unlearn.errors import require
+from unlearn.models import input_device
+from unlearn.registry import lookup
 from unlearn.objectives.common import answer_nll
 
 
@@ -44,18 +46,28 @@ def relearn(model, *, tokenizer, forget_rows: list[dict], steps=(5, 10, 20, 40),
 
     The yielded model is one buffer, trained further between yields: score it before asking for
     the next one. The rows used for relearning are ``relearn_subset(len(forget_rows), size, seed)``.
+    Arguments are checked when it is called, before anything runs.
     """
-    from unlearn.optim import make_optimizer
+    from unlearn.optim import OPTIMIZERS
 
     steps = sorted({int(s) for s in steps})
     require(steps and steps[0] >= 0, f"relearn steps must be non-negative integers, got {steps}")
     subset = relearn_subset(len(forget_rows), size, seed)
-    examples = encode_rows(tokenizer, [forget_rows[i] for i in subset])
+    lookup(OPTIMIZERS, optimizer, "optimizer")
+    require(lr > 0 and batch_size >= 1, f"relearn needs lr > 0 and batch_size >= 1, got {lr}, {batch_size}")
+    return _relearn(model, tokenizer, [forget_rows[i] for i in subset], steps, optimizer, lr, batch_size,
+                    seed, optimizer_args or {})
+
+
+def _relearn(model, tokenizer, rows, steps, optimizer, lr, batch_size, seed, optimizer_args):
+    from unlearn.optim import make_optimizer
+
+    examples = encode_rows(tokenizer, rows)
     pad = pad_id_of(tokenizer)
     buffer = copy.deepcopy(model)
+    device = input_device(buffer)
     buffer.requires_grad_(True)
-    opt = make_optimizer(optimizer, buffer, lr=lr, total_steps=max(steps) or 1, seed=seed,
-                         **(optimizer_args or {}))
+    opt = make_optimizer(optimizer, buffer, lr=lr, total_steps=max(steps) or 1, seed=seed, **optimizer_args)
     g = torch.Generator().manual_seed(seed + 1)
     order: list[int] = []
     done = 0
@@ -65,6 +77,7 @@ def relearn(model, *, tokenizer, forget_rows: list[dict], steps=(5, 10, 20, 40),
             if len(order) < batch_size:
                 order += torch.randperm(len(examples), generator=g).tolist()
             batch = collate([examples[order.pop(0)] for _ in range(min(batch_size, len(examples)))], pad)
+            batch = {k: v.to(device) for k, v in batch.items()}
             opt.step(lambda i: answer_nll(buffer, batch))
             done += 1
         buffer.eval()
