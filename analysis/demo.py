@@ -117,7 +117,8 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
                                  objective_args=dict(config.objective_args), optimizer=name,
                                  optimizer_args=dict(recipe.get("optimizer_args", {})), lr=recipe["lr"],
                                  steps=config.steps, batch_size=config.batch_size,
-                                 eval_every=config.steps // 2, save_every=config.steps // 2, seed=seed)
+                                 eval_every=config.steps, eval_max_rows=config.max_retain,
+                                 save_every=config.steps // 2, seed=seed)
             unlearn(ucfg, out=run, progress=progress)
             runs.append(run)
     seconds["unlearn"] = time.perf_counter() - t
