@@ -280,8 +280,13 @@ def recovery_per_seed(df: pd.DataFrame, *, unit: Sequence[str] = UNIT_KEYS,
     if attacked.empty:
         return pd.DataFrame(columns=_RECOVERY_COLUMNS(unit))
     out = attacked.merge(clean, on=unit + ["metric", "split", "seed"], how="left")
-    out = out.merge(refs["original"].rename(columns={"ref": "o_attack"}), on=ref_keys, how="left")
-    out = out.merge(refs["retain"].rename(columns={"ref": "r_attack"}), on=ref_keys, how="left")
+    # The snap-back control Q(W_o) + (W_u - W_o) of a reference model is Q(W_o) itself, so a
+    # "<setting>-snapback" row is measured against the references under "<setting>".
+    out["ref_setting"] = out["setting"].astype(str).str.replace(r"-snapback$", "", regex=True)
+    for role, col in (("original", "o_attack"), ("retain", "r_attack")):
+        ref = refs[role].rename(columns={"ref": col, "setting": "ref_setting"})
+        out = out.merge(ref, on=["attack", "ref_setting", "metric", "split"], how="left")
+    out = out.drop(columns="ref_setting")
     out = out.merge(clean_refs["original"].rename(columns={"ref": "o_clean"}), on=["metric", "split"], how="left")
     out = out.merge(clean_refs["retain"].rename(columns={"ref": "r_clean"}), on=["metric", "split"], how="left")
     out["delta"] = out["u_attack"] - out["u_clean"]
