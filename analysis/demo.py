@@ -8,7 +8,8 @@ records to the (record-only) analysis library. Stages:
 2. unlearn the forget set with NPO + retain NLL and each optimizer tier (adam, signadam,
    adazo, hybrid, sophia) for several seeds, into ``OUT/runs/<optimizer>-s<seed>``;
 3. audit every unlearned model with relearning, 4-bit RTN, NF4 and interpolation from the
-   original; the original and retain-only models are attacked once (ceiling and floor); score
+   original (forget and retain sets under every attack; the world-facts utility set on the clean
+   models); the original and retain-only models are attacked once (ceiling and floor); score
    the plane through the original, Adam's and the hybrid's model (the basin picture);
 4. write the report (tables, figures, verdicts) to ``OUT`` and print a verdict for each claim.
 
@@ -132,7 +133,8 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
     for i, run in enumerate(runs):
         acfg = AuditConfig(benchmark=config.benchmark, attacks=("relearn", "quantize", "interpolate"),
                            attack_args=attack_args, metrics=AUDIT_METRICS,
-                           max_retain=config.max_retain, splits=("forget", "retain", "world_facts"),
+                           max_retain=config.max_retain, splits=("forget", "retain"),
+                           clean_splits=("forget", "retain", "world_facts"),
                            score_references=(i == 0))
         folder = out / "audits" / run.name
         if not (folder / "manifest.json").exists():

@@ -61,6 +61,7 @@ class AuditConfig:
     max_retain: int = 100           # retain rows scored (evenly spaced), to keep attacks affordable
     seed: int = 0                   # attack seed (relearning subset, noise draws)
     splits: tuple | None = None     # splits to score (default: all of the benchmark's)
+    clean_splits: tuple | None = None  # splits for the clean (unattacked) models (default: splits)
     score_references: bool = True   # also attack the original / retain-only models (ceiling, floor)
     device: str = "auto"            # auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps, auto-map
     dtype: str = "float32"          # the audited models' weights: float32, bfloat16 or float16
@@ -214,7 +215,8 @@ def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base
     if attack == "none":
         if (role, "none", "clean") in done:
             return []
-        return _score(model, tok, bench, config, retain_stats, base, "none", "clean", None)
+        return _score(model, tok, bench, config, retain_stats, base, "none", "clean", None,
+                      splits=config.clean_splits)
 
     args = {**DEFAULT_ATTACK_ARGS.get(attack, {}), **config.attack_args.get(attack, {})}
     stats: dict = {}
