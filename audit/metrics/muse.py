@@ -48,6 +48,7 @@ import pandas as pd
 import torch
 
 from audit.metrics import mia
+from audit.metrics.tofu import rouge_l
 from audit.metrics.evaluation import Result, Scored
 from unlearn.data.format import Example, collate
 from unlearn.errors import BasinError, require
@@ -66,22 +67,12 @@ PRIVLEAK_TOKENS_PER_BATCH = 4096  # long texts: bound the [tokens, vocab] log-so
 
 # ----------------------------------------------------------------------------- pure functions
 
-_SCORER = None
-
 
 def rouge_l_f1(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
     """Per-example ROUGE-L F1 [MUSE] (``rouge_score``, default tokenizer, no stemmer): with L the
     longest common subsequence of the token lists, P = L / |prediction|, R = L / |reference|,
     F1 = 2PR / (P + R) (0 when either side is empty)."""
-    global _SCORER
-    if _SCORER is None:
-        from rouge_score import rouge_scorer
-
-        _SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=False)
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
-    return np.array([_SCORER.score(ref, pred)["rougeL"].fmeasure
-                     for pred, ref in zip(predictions, references)], dtype=np.float64)
+    return rouge_l(predictions, references, "fmeasure", stemmer=False)
 
 
 def truncate_reference(tokenizer, text: str, max_tokens: int = VERBMEM_TOKENS) -> str:

@@ -96,18 +96,24 @@ def model_utility(values: Iterable[float]) -> float:
     return float(stats.hmean(v))
 
 
-_SCORER = None
+_SCORERS: dict = {}  # rouge_score scorers by stemmer flag, built once
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str], part: str = "recall",
+            stemmer: bool = True) -> np.ndarray:
+    """Per-example ROUGE-L ``part`` ("recall", "precision" or "fmeasure") of each prediction
+    against its reference, with ``rouge_score``'s tokenizer (Porter stemmer if ``stemmer``)."""
+    if stemmer not in _SCORERS:
+        from rouge_score import rouge_scorer
+
+        _SCORERS[stemmer] = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=stemmer)
+    if len(predictions) != len(references):
+        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
+    return np.array([getattr(_SCORERS[stemmer].score(ref, pred)["rougeL"], part)
+                     for pred, ref in zip(predictions, references)], dtype=np.float64)
 
 
 def rouge_l_recall(predictions: Sequence[str], references: Sequence[str]) -> np.ndarray:
     """Per-example ROUGE-L recall [TOFU] of each prediction against its reference, with ``rouge_score``'s
     tokenizer and the Porter stemmer on (as TOFU): LCS length / number of reference tokens."""
-    global _SCORER
-    if _SCORER is None:
-        from rouge_score import rouge_scorer
-
-        _SCORER = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
-    if len(predictions) != len(references):
-        raise ValueError(f"{len(predictions)} predictions for {len(references)} references")
-    return np.array([_SCORER.score(ref, pred)["rougeL"].recall
-                     for pred, ref in zip(predictions, references)], dtype=np.float64)
+    return rouge_l(predictions, references, "recall", stemmer=True)
