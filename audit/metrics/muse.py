@@ -50,6 +50,7 @@ import torch
 from audit.metrics import mia
 from audit.metrics.tofu import rouge_l
 from audit.metrics.evaluation import Result, Scored
+from audit.metrics.passes import greedy_generate_ids
 from unlearn.data.format import Example, collate
 from unlearn.errors import BasinError, require
 from unlearn.registry import lookup
@@ -120,39 +121,13 @@ def generate_text(model, tokenizer, prompts: Sequence[str], max_new_tokens: int,
     as MUSE does): left-padded batches, at most ``max_new_tokens`` new tokens, prompts cut from
     the left to fit the model's window, output cut at the first EOS and decoded without special
     tokens."""
-    if not prompts:
-        return []
     limit = max_length or _window(model)
     require(max_new_tokens < limit, f"max_new_tokens={max_new_tokens} does not fit the model's {limit} positions")
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     encoded = [tokenizer(p, add_special_tokens=True)["input_ids"][-(limit - max_new_tokens):] for p in prompts]
-    order = np.argsort([-len(e) for e in encoded], kind="stable")
-    device = next(model.parameters()).device
-    out = [""] * len(prompts)
-    was_training = model.training
-    model.eval()
-    try:
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            width = max(len(encoded[j]) for j in chunk)
-            ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-            mask = torch.zeros((len(chunk), width), dtype=torch.long)
-            for r, j in enumerate(chunk):
-                e = encoded[j]
-                ids[r, width - len(e):] = torch.tensor(e, dtype=torch.long)
-                mask[r, width - len(e):] = 1
-            gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                 max_new_tokens=max_new_tokens, do_sample=False, num_beams=1,
-                                 eos_token_id=eos, pad_token_id=pad)[:, width:].cpu()
-            for r, j in enumerate(chunk):
-                tokens = gen[r].tolist()
-                if eos in tokens:
-                    tokens = tokens[:tokens.index(eos)]
-                out[j] = tokenizer.decode(tokens, skip_special_tokens=True)
-    finally:
-        model.train(was_training)
-    return out
+    ids = greedy_generate_ids(model, encoded, max_new_tokens, pad=pad, eos=eos, batch_size=batch_size)
+    return [tokenizer.decode(t, skip_special_tokens=True) for t in ids]
 
 
 @torch.no_grad()
