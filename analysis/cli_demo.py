@@ -11,6 +11,12 @@ def register(sub) -> None:
     p.add_argument("--out", default="reports/demo", help="output folder (default reports/demo)")
     p.add_argument("--quick", action="store_true", help="2 seeds and fewer settings (about half the time)")
     p.add_argument("--seeds", type=int, help="number of seeds per optimizer (default 3; --quick 2)")
+    p.add_argument("--base", default=None, metavar="MODEL",
+                   help="run the TOFU recipe on a pretrained model instead of the tiny one trained from "
+                   "scratch: fine-tune MODEL (a name such as smollm2-135m, or a folder) on a 10-person world, "
+                   "then unlearn with adam and the hybrid (see docs/real_world.md)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N, auto-map")
+    p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, bf16-mixed")
     p.add_argument("--cache", default=None, help="cache folder (default $BASIN_CACHE or ~/.cache/basin)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -23,7 +29,13 @@ def run(args: argparse.Namespace) -> int:
     from unlearn.errors import require
 
     start = time.perf_counter()
-    config = DemoConfig.quick(out=args.out) if args.quick else DemoConfig(out=args.out)
+    place = {"out": args.out, "device": args.device, "dtype": args.dtype}
+    if args.base:
+        config = DemoConfig.pretrained(args.base, **place)
+        if args.quick:
+            config.seeds, config.steps = (0, 1), max(10, config.steps // 2)
+    else:
+        config = DemoConfig.quick(**place) if args.quick else DemoConfig(**place)
     if args.seeds is not None:
         require(args.seeds >= 1, f"--seeds must be >= 1, got {args.seeds}")
         config.seeds = tuple(range(args.seeds))

@@ -62,10 +62,25 @@ DEMO_CLAIMS = [
 ]
 
 
+# The TOFU recipe on a real pretrained model (``basin demo --base smollm2-135m``): SmolLM2-135M
+# is fine-tuned on a 10-person world, then unlearned. Learning rates from a short probe on seed 0
+# (docs/real_world.md): Adam at 2e-5 for 20 NPO steps forgets most of the two forget people.
+SMOLLM2_OPTIMIZERS: dict[str, dict] = {
+    "adam": {"lr": 2e-5},
+    "hybrid": {"lr": 2e-5, "optimizer_args": {"n_fo": 5, "n_zo": 5}},
+}
+
+
 @dataclass
 class DemoConfig:
     out: str = "reports/demo"
     size: str = "tiny"
+    base: str | None = None         # a pretrained model fine-tuned on the world instead of `size` from scratch
+    world: dict = field(default_factory=dict)   # WorldConfig fields (default: the default world)
+    fit: dict = field(default_factory=dict)     # FitConfig overrides for the original / retain-only models
+    device: str = "auto"
+    dtype: str = "float32"
+    relearn_lr: float = 1e-3
     benchmark: str = "world:forget10"
     optimizers: dict = field(default_factory=lambda: dict(DEMO_OPTIMIZERS))
     seeds: tuple = (0, 1, 2)
@@ -84,6 +99,20 @@ class DemoConfig:
         return cls(**{"seeds": (0, 1), "steps": 40, "relearn_steps": (20,), "interpolation_points": 3,
                       "max_retain": 40, "plane_grid": (0.5,), **overrides})
 
+    @classmethod
+    def pretrained(cls, base: str = "smollm2-135m", **overrides) -> "DemoConfig":
+        """The TOFU recipe in miniature on a pretrained model: fine-tune ``base`` on a 10-person
+        world (and a retain-only copy on 8 of them), unlearn 2 people with Adam and the hybrid,
+        audit (relearning, 4-bit quantization, interpolation) over 3 seeds."""
+        return cls(**{"base": base, "world": {"n_people": 10, "n_holdout": 2, "n_countries": 3},
+                      "benchmark": "world:forget20", "optimizers": dict(SMOLLM2_OPTIMIZERS),
+                      "steps": 20, "batch_size": 4, "relearn_steps": (10,), "relearn_lr": 1e-4,
+                      "interpolation_points": 3, "max_retain": 30, "plane_grid": (0.5,), **overrides})
+
+    def claims(self) -> list:
+        """The claims this configuration can test: both optimizers of a claim must be run."""
+        return [c for c in DEMO_CLAIMS if c.a in self.optimizers and c.b in self.optimizers]
+
 
 AUDIT_METRICS = ("prob", "nll", "exact_match", "truth_ratio", "forget_quality", "mc_accuracy", "margin",
                  "margin_win")
@@ -95,15 +124,23 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
     from analysis.report import write_report
     from analysis.verdicts import evaluate_claims, verdict_table
     from audit.runner import AuditConfig, audit
-    from unlearn.build import BuildConfig, build, retain_split
+    from unlearn.build import BuildConfig, build, finetune_fit, retain_split
+    from unlearn.data.world import WorldConfig
+    from unlearn.pretrain import FitConfig
     from unlearn.train import UnlearnConfig, unlearn
 
     out = Path(config.out)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
     forget = config.benchmark.split(":", 1)[1]
-    built = build(BuildConfig(size=config.size, forget=forget), cache_dir=cache_dir, progress=progress)
-    original, retain = f"world:{config.size}", f"world:{config.size}:{retain_split(forget)}"
+    fit = finetune_fit(**config.fit) if config.base else FitConfig(**config.fit)
+    built = build(BuildConfig(world=WorldConfig(**config.world), size=config.size, forget=forget, fit=fit,
+                              base=config.base, device=config.device), cache_dir=cache_dir, progress=progress)
+    if config.base is None and not config.world and not config.fit:  # the default world: short names
+        original, retain = f"world:{config.size}", f"world:{config.size}:{retain_split(forget)}"
+    else:
+        original, retain = str(built.original_dir), str(built.retain_dir)
+    place = {"device": config.device, "dtype": config.dtype}
     seconds["build"] = time.perf_counter() - t
     log(f"[1/4] world and models ready in {seconds['build']:.0f} s "
         f"(original forget prob {built.original_fit['eval']['forget']['prob']:.3f}, "
@@ -114,7 +151,8 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
     for name, recipe in config.optimizers.items():
         for seed in config.seeds:
             run = out / "runs" / f"{name}-s{seed}"
-            ucfg = UnlearnConfig(model=original, benchmark=config.benchmark, objective=config.objective,
+            ucfg = UnlearnConfig(model=original, benchmark=config.benchmark, benchmark_args=dict(config.world),
+                                 objective=config.objective, **place,
                                  objective_args=dict(config.objective_args), optimizer=name,
                                  optimizer_args=dict(recipe.get("optimizer_args", {})), lr=recipe["lr"],
                                  steps=config.steps, batch_size=config.batch_size,
@@ -127,11 +165,12 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
 
     t = time.perf_counter()
     audits = []
-    attack_args = {"relearn": {"steps": tuple(config.relearn_steps), "size": 0.2},
+    attack_args = {"relearn": {"steps": tuple(config.relearn_steps), "size": 0.2, "lr": config.relearn_lr},
                    "quantize": {"methods": ("rtn", "nf4"), "bits": (4,)},  # 4-bit RTN (g128), NF4
                    "interpolate": {"points": config.interpolation_points}}
     for i, run in enumerate(runs):
-        acfg = AuditConfig(benchmark=config.benchmark, attacks=("relearn", "quantize", "interpolate"),
+        acfg = AuditConfig(benchmark=config.benchmark, benchmark_args=dict(config.world), **place,
+                           attacks=("relearn", "quantize", "interpolate"),
                            attack_args=attack_args, metrics=AUDIT_METRICS,
                            max_retain=config.max_retain, splits=("forget", "retain"),
                            clean_splits=("forget", "retain", "world_facts"),
@@ -149,7 +188,7 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
         s0 = config.seeds[0]
         audit_plane(original, str(out / "runs" / f"adam-s{s0}"), str(out / "runs" / f"hybrid-s{s0}"),
                     names=("original", f"adam-s{s0}", f"hybrid-s{s0}"), benchmark=config.benchmark,
-                    grid=config.plane_grid, max_retain=config.max_retain, out=plane_dir, progress=progress)
+                    benchmark_args=dict(config.world), **place, grid=config.plane_grid, max_retain=config.max_retain, out=plane_dir, progress=progress)
     if (plane_dir / "records.jsonl").exists():
         audits.append(plane_dir)
     seconds["audit"] = time.perf_counter() - t
@@ -159,9 +198,11 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
     from analysis.load import load_records
 
     df = load_records(runs + audits)
-    verdicts = verdict_table(evaluate_claims(df, DEMO_CLAIMS))
-    report = write_report(df, out / "report", claims=DEMO_CLAIMS,
-                          title="basin demo: optimizer tiers vs. relearning and quantization (tiny model)")
+    claims = config.claims()
+    verdicts = verdict_table(evaluate_claims(df, claims))
+    model_label = config.base or f"{config.size} model"
+    report = write_report(df, out / "report", claims=claims,
+                          title=f"basin demo: optimizer tiers vs. relearning and quantization ({model_label})")
     seconds["report"] = time.perf_counter() - t
     log(f"[4/4] report written in {seconds['report']:.0f} s")
     return {"report": report, "verdicts": verdicts, "seconds": seconds}

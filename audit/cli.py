@@ -9,14 +9,24 @@ def register(sub) -> None:
     p = sub.add_parser("audit", help="attack a model (relearn, quantize, interpolate, noise, prune, "
                        "precision) and score every result", description=__doc__)
     p.add_argument("model", help="world:<size>, a basin unlearn run folder, or a Hugging Face checkpoint folder")
-    p.add_argument("--benchmark", default="world:forget10")
+    p.add_argument("--benchmark", default=None,
+                   help="e.g. world:forget10, tofu:forget10, muse:news (default: the benchmark of the audited "
+                   "basin unlearn run, else world:forget10)")
+    p.add_argument("--benchmark-arg", action="append", metavar="KEY=VALUE",
+                   help="benchmark loader option, e.g. --benchmark-arg n_people=10 or --benchmark-arg path=DIR")
     p.add_argument("--attacks", default="relearn,quantize,interpolate",
                    help="comma-separated attack names (see basin ls)")
     p.add_argument("--original", help="the model before unlearning (ceiling; interpolation endpoint)")
     p.add_argument("--retain", help="the retain-only model (floor; forget quality)")
     p.add_argument("--arg", action="append", metavar="ATTACK.KEY=VALUE",
                    help="attack option, e.g. --arg relearn.lr=1e-3 --arg quantize.methods=[rtn,nf4,gptq]")
-    p.add_argument("--generate", action="store_true", help="also score ROUGE and model utility (greedy generation; slower)")
+    p.add_argument("--generate", action="store_true", help="also score the metrics that decode greedily: ROUGE, "
+                   "model utility, MUSE VerbMem and KnowMem (slower)")
+    p.add_argument("--metrics", default=None, help="comma-separated metric names (see basin ls; default: "
+                   "every forward-only metric that applies, and with --generate every metric)")
+    p.add_argument("--muse-arg", action="append", metavar="KEY=VALUE",
+                   help="MUSE pass option: limit=N (only the first N rows of each MUSE set: quick looks on a "
+                   "CPU), verbmem_tokens, knowmem_tokens, score=mink|minkpp, batch_size")
     p.add_argument("--max-retain", type=int, default=100, help="retain rows scored (default 100)")
     p.add_argument("--seed", type=int, default=0, help="attack seed (relearning subset, noise)")
     p.add_argument("--device", default="auto", help="auto (default: cuda if available, else cpu), cpu, "
@@ -46,10 +56,26 @@ def _attack_args(items) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from audit.runner import AuditConfig, audit
+    import json
+    from pathlib import Path
 
+    from audit.runner import FAST_METRICS, AuditConfig, audit
+    from unlearn.cli_unlearn import _key_values
+
+    benchmark, bench_args = args.benchmark, {}
+    run_config = Path(args.model) / "config.json"
+    if benchmark is None and (Path(args.model) / "model").is_dir() and run_config.exists():
+        saved = json.loads(run_config.read_text())  # a basin unlearn run: audit what it unlearned
+        benchmark, bench_args = saved.get("benchmark"), dict(saved.get("benchmark_args") or {})
+    bench_args.update(_key_values(args.benchmark_arg, "--benchmark-arg"))
     attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
-    config = AuditConfig(benchmark=args.benchmark, attacks=attacks, attack_args=_attack_args(args.arg),
+    if args.metrics:
+        metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+    else:
+        metrics = None if args.generate else FAST_METRICS
+    muse = _key_values(args.muse_arg, "--muse-arg")
+    config = AuditConfig(benchmark=benchmark or "world:forget10", benchmark_args=bench_args, attacks=attacks,
+                         metrics=metrics, muse_options=muse, attack_args=_attack_args(args.arg),
                          generate=args.generate, max_retain=args.max_retain, seed=args.seed,
                          device=args.device, dtype=args.dtype)
     df = audit(args.model, original=args.original, retain=args.retain, config=config, out=args.out,

@@ -27,12 +27,13 @@ from audit.attacks import get_attack
 from audit.attacks._common import check_same_architecture
 from audit.attacks.interpolate import loss_barrier
 from audit.attacks.relearn import relearn_subset
-from audit.metrics import evaluate, reference_stats
+from audit.metrics import METRICS, evaluate, reference_stats
 from unlearn.cache import write_json_atomic
 from unlearn.data.benchmarks import Benchmark, load_benchmark
 from unlearn.errors import BasinError, require
 from unlearn.models import DTYPES, canonical_dtype, check_device_name, load_model, resolve_device, weights_hash
 from unlearn.records import append_records, read_records
+from unlearn.registry import lookup
 
 DEFAULT_ATTACKS = ("relearn", "quantize", "interpolate")
 # Defaults sized for the tiny models; every key can be overridden per attack.
@@ -44,19 +45,22 @@ DEFAULT_ATTACK_ARGS = {
     "prune": {},
     "precision": {},
 }
-NEEDS_RETAIN = ("forget_quality", "privleak", "privleak_pp")
+MUSE_OPTIONS = {k: k for k in ("limit", "verbmem_tokens", "knowmem_tokens", "score", "batch_size")}
+NEEDS_RETAIN = ("forget_quality", "privleak", "privleak_pp", "muse_privleak")
 UNSEEN_METRICS = ("prob", "nll", "exact_match", "truth_ratio", "margin", "margin_win")
 FAST_METRICS = ("prob", "nll", "exact_match", "truth_ratio", "forget_quality", "mc_accuracy",
-                "margin", "margin_win", "mink_auc", "privleak")
+                "margin", "margin_win", "mink_auc", "privleak", "muse_auc", "muse_privleak")
 
 
 @dataclass
 class AuditConfig:
     benchmark: str = "world:forget10"
+    benchmark_args: dict = field(default_factory=dict)  # loader options, e.g. {"n_people": 10} for world:
     attacks: tuple = DEFAULT_ATTACKS
     attack_args: dict = field(default_factory=dict)
     metrics: tuple | None = FAST_METRICS
-    generate: bool = False          # ROUGE and model utility need greedy generation (slower)
+    generate: bool = False          # ROUGE, model utility, MUSE VerbMem / KnowMem need greedy generation (slower)
+    muse_options: dict = field(default_factory=dict)  # MUSE passes: limit, verbmem_tokens, knowmem_tokens
     max_new_tokens: int = 64
     max_retain: int = 100           # retain rows scored (evenly spaced), to keep attacks affordable
     seed: int = 0                   # attack seed (relearning subset, noise draws)
@@ -69,6 +73,10 @@ class AuditConfig:
     def __post_init__(self):
         self.device = check_device_name(self.device)
         self.dtype = canonical_dtype(self.dtype, tuple(DTYPES))
+        for metric in self.metrics or ():
+            lookup(METRICS, metric, "metric")
+        for key in self.muse_options:
+            lookup(MUSE_OPTIONS, key, "MUSE option")
 
 
 def _subsample(rows: list[dict], n: int) -> list[dict]:
@@ -130,9 +138,8 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     for role, ref in refs.items():  # fail before anything is written
         check_same_architecture(ref, target, f"the {role} model and the audited model")
 
-    bench = load_benchmark(config.benchmark)
-    bench = Benchmark(bench.name, bench.forget, _subsample(bench.retain, config.max_retain), bench.holdout,
-                      bench.utility, bench.description)
+    bench = load_benchmark(config.benchmark, **config.benchmark_args)
+    bench = dataclasses.replace(bench, retain=_subsample(bench.retain, config.max_retain))  # keeps MUSE data
     for attack in config.attacks:  # bad attack options fail here, before anything is written
         _call(attack, get_attack(attack), target, _context(tok, bench, config, {}, refs.get("original")),
               {**DEFAULT_ATTACK_ARGS.get(attack, {}), **config.attack_args.get(attack, {})}).close()
@@ -155,8 +162,10 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     # the retain-only model's clean per-question truth ratios feed forget quality for every model
     retain_stats = None
     if "retain" in refs:
-        _, per_example = evaluate(refs["retain"], tok, bench, metrics=["truth_ratio", "mink_auc"],
-                                  splits=["forget", "holdout"], generate=False)
+        _, per_example = evaluate(refs["retain"], tok, bench, metrics=["truth_ratio", "mink_auc", "muse_auc"],
+                                  splits=["forget", "holdout"] if bench.holdout else ["forget"],
+                                  generate=False, strict=False,
+                                  muse_options=config.muse_options)
         retain_stats = reference_stats(per_example)
     elif config.metrics:
         config = dataclasses.replace(config, metrics=tuple(m for m in config.metrics if m not in NEEDS_RETAIN))
@@ -194,7 +203,7 @@ def _score(model, tok, bench, config, retain_stats, base, attack, setting, x, sp
     metrics = metrics or (list(config.metrics) if config.metrics else None)
     recs, per_example = evaluate(model, tok, bench, metrics=metrics, retain_stats=retain_stats,
                                  generate=config.generate, max_new_tokens=config.max_new_tokens,
-                                 splits=splits or config.splits, strict=False)
+                                 splits=splits or config.splits, strict=False, muse_options=config.muse_options)
     out = [{**base, **r, "attack": attack, "setting": setting, "x": x} for r in recs]
     if unseen is not None:
         rows = per_example[(per_example["split"] == "forget") & per_example["row"].isin(unseen)]
@@ -256,7 +265,8 @@ def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base
 
 
 def audit_plane(first, second, third, tokenizer=None, *, names=("original", "second", "third"),
-                benchmark="world:forget10", grid=(-0.25, 0.25, 0.75, 1.25), max_retain: int = 100,
+                benchmark="world:forget10", benchmark_args=None, grid=(-0.25, 0.25, 0.75, 1.25),
+                max_retain: int = 100,
                 seed: int = 0, out=None, progress: bool = True, device: str = "auto",
                 dtype: str = "float32") -> pd.DataFrame:
     """The basin picture: forget and retain NLL on the plane through three models.
@@ -273,7 +283,7 @@ def audit_plane(first, second, third, tokenizer=None, *, names=("original", "sec
     a, tok = load_model(first, tokenizer, **place)
     b = load_model(second, None if isinstance(second, (str, Path)) else tok, **place)[0]
     c = load_model(third, None if isinstance(third, (str, Path)) else tok, **place)[0]
-    bench = load_benchmark(benchmark)
+    bench = load_benchmark(benchmark, **(benchmark_args or {}))
     bench = Benchmark(bench.name, bench.forget, _subsample(bench.retain, max_retain), [], {})
     axis = sorted(set(grid) | {0.0, 1.0})
     label = " | ".join(names)

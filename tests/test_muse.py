@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from audit.metrics import METRICS, evaluate
+from audit.metrics import METRICS, evaluate, reference_stats
 from audit.metrics import muse as mm
 from unlearn.data.benchmarks import load_benchmark
 from unlearn.data.muse import MuseBenchmark, load_muse
@@ -237,8 +237,8 @@ def test_evaluate_muse_end_to_end_and_registry(micro_model, micro_tokenizer, mic
         "verbmem:forget": 3, "knowmem:forget": 4, "knowmem:retain": 2, "privleak:forget": 4, "privleak:holdout": 4}
     limited, _ = mm.evaluate_muse(micro_model, micro_tokenizer, bench, metrics=["muse_auc"], limit=2)
     assert len(limited) == 1
-    # registered for `basin ls`; elsewhere their computes find nothing and basin's evaluate()
-    # says where they run when asked for by name
+    # registered for `basin ls`; elsewhere their computes find nothing and evaluate() says where
+    # they run when asked for by name
     from audit.metrics.evaluation import Scored
     from unlearn.data.benchmarks import world_benchmark
 
@@ -246,7 +246,7 @@ def test_evaluate_muse_end_to_end_and_registry(micro_model, micro_tokenizer, mic
     assert all(METRICS[m].compute(Scored(pool=None, splits={})) == [] for m in mm.MUSE_METRICS)
     world = world_benchmark("forget10", micro_world.config)
     for name in ("verbmem", "muse_auc"):
-        with pytest.raises(BasinError, match="evaluate_muse"):
+        with pytest.raises(BasinError, match="muse:news / muse:books only"):
             evaluate(micro_model, micro_tokenizer, world, metrics=[name], splits=["forget"])
 
 
@@ -272,3 +272,72 @@ def test_muse_qa_rows_drive_the_unlearning_loop(micro_model, micro_tokenizer, mo
                          progress=False)
     assert any(not torch.equal(v, before[k]) for k, v in result.model.state_dict().items())
     assert {r["split"] for r in result.records} >= {"forget", "retain"}
+
+
+def test_evaluate_runs_muse_metrics_with_the_qa_metrics(micro_model, micro_tokenizer):
+    """evaluate() on muse:news computes MUSE's metrics exactly as evaluate_muse does, beside the
+    QA metrics of the KnowMem rows, and a retain model's table yields its AUC for PrivLeak."""
+    bench = load_benchmark("muse:news", path=FIXTURES)
+    opts = {"verbmem_tokens": 16, "knowmem_tokens": 8}
+    records, table = evaluate(micro_model, micro_tokenizer, bench,
+                              metrics=["prob", "verbmem", "knowmem", "muse_auc", "muse_privleak"],
+                              retain_stats={"muse_auc": 0.5}, muse_options=opts)
+    direct, direct_table = mm.evaluate_muse(micro_model, micro_tokenizer, bench, reference=0.5, batch_size=8, **opts)
+    got = {(r["metric"], r["split"]): r["value"] for r in records}
+    for r in direct:
+        assert got[(r["metric"], r["split"])] == pytest.approx(r["value"], abs=1e-12)
+    assert ("prob", "forget") in got and ("prob", "retain") in got      # the QA metrics still run
+    muse_rows = table[table.split.str.contains(":")].reset_index(drop=True)
+    assert muse_rows.split.tolist() == direct_table.split.tolist()
+    assert muse_rows["mink"].dropna().tolist() == pytest.approx(direct_table["mink"].dropna().tolist())
+    # the retain-only model's table carries its AUC: privleak against itself is 0
+    ref = reference_stats(table)
+    assert ref["muse_auc"] == pytest.approx(got[("muse_auc", "forget")])
+    again, _ = evaluate(micro_model, micro_tokenizer, bench, metrics=["muse_privleak"], retain_stats=ref)
+    assert again[0]["value"] == pytest.approx(0.0)
+    # forward-only: generate=False keeps muse_auc, and asking for VerbMem without generation is an error
+    fast, _ = evaluate(micro_model, micro_tokenizer, bench, metrics=["muse_auc"], generate=False)
+    assert fast[0]["value"] == pytest.approx(got[("muse_auc", "forget")])
+    with pytest.raises(BasinError, match="generation"):
+        evaluate(micro_model, micro_tokenizer, bench, metrics=["verbmem"], generate=False)
+
+
+def test_audit_scores_muse_privleak_under_attack(micro_model, micro_tokenizer, tmp_path):
+    """`basin audit --benchmark muse:news`: the retain-only model's AUC is the PrivLeak reference, so
+    the model audited against itself has PrivLeak 0 clean, and the attacked settings are scored too."""
+    from audit.runner import AuditConfig, audit
+
+    config = AuditConfig(benchmark="muse:news", benchmark_args={"path": str(FIXTURES)}, attacks=("quantize",),
+                         attack_args={"quantize": {"methods": ("rtn",), "bits": (4,)}},
+                         metrics=("prob", "muse_auc", "muse_privleak"), score_references=False)
+    df = audit(micro_model, micro_tokenizer, retain=micro_model, config=config, out=tmp_path / "a", progress=False)
+    leak = df[df.metric == "muse_privleak"].set_index("attack")["value"]
+    assert leak["none"] == pytest.approx(0.0)
+    assert "quantize" in leak.index and np.isfinite(leak["quantize"]).all()
+    assert set(df.metric) == {"prob", "muse_auc", "muse_privleak"}
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())
+    assert saved["benchmark_args"] == {"path": str(FIXTURES)}
+
+
+def test_cli_audit_on_muse(micro_model, micro_tokenizer, tmp_path, capsys):
+    from unlearn.cli import main
+
+    folder = tmp_path / "model"
+    micro_model.save_pretrained(folder)
+    micro_tokenizer.save_pretrained(folder)
+    args = ["audit", str(folder), "--benchmark", "muse:news", "--benchmark-arg", f"path={FIXTURES}",
+            "--retain", str(folder), "--attacks", "quantize", "--arg", "quantize.methods=[rtn]",
+            "--arg", "quantize.bits=[4]", "--generate", "--metrics", "verbmem,muse_privleak",
+            "--muse-arg", "limit=2", "--muse-arg", "verbmem_tokens=16", "--out", str(tmp_path / "out"), "--quiet"]
+    assert main(args) == 0
+    records = [json.loads(line) for line in (tmp_path / "out" / "records.jsonl").read_text().splitlines()]
+    got = {(r["role"], r["attack"], r["metric"]) for r in records}
+    assert {("unlearned", "none", "verbmem"), ("unlearned", "quantize", "muse_privleak"),
+            ("retain", "none", "muse_privleak")} <= got
+    clean = [r for r in records if r["role"] == "unlearned" and r["attack"] == "none"
+             and r["metric"] == "muse_privleak"]
+    assert clean[0]["value"] == pytest.approx(0.0)           # audited against itself
+    # a misspelt metric fails before anything is written
+    assert main(args[:-3] + ["--metrics", "verbmen", "--out", str(tmp_path / "bad"), "--quiet"]) == 2
+    assert "did you mean 'verbmem'" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()

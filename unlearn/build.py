@@ -5,6 +5,13 @@ Cache layout (under :func:`unlearn.cache.cache_root`)::
     worlds/<world-key>/           world.json (every split) and tokenizer/ (Hugging Face format)
     models/<size>-<split>-<key>/  a standard Hugging Face checkpoint (safetensors, config,
                                   tokenizer) plus basin_fit.json (how it was trained, what it reached)
+    models/<base>-<split>-<key>/  the same for a pretrained ``base`` model fine-tuned on the world
+
+With ``base`` set (a pretrained model's name or folder, e.g. ``smollm2-135m``) the original and
+retain-only models are not trained from scratch: each is a copy of the base model fine-tuned on
+the world's rows with the base's own tokenizer (the TOFU recipe: a model that did not know the
+fictitious people learns them, then one of them is unlearned). :func:`finetune_fit` gives fitting
+settings that suit a pretrained model.
 
 Each key hashes everything that determines the entry, so a second build with the same settings
 is a cache hit that trains nothing, and changing any setting builds a new entry.
@@ -23,7 +30,7 @@ from unlearn.cache import atomic_dir, cache_root, digest, ensure_writable, write
 from unlearn.data.format import encode_rows, pad_id_of
 from unlearn.data.world import World, WorldConfig, split_name_to_fraction
 from unlearn.errors import BasinError, require
-from unlearn.models import SIZES, build_model
+from unlearn.models import SIZES, build_model, resolve_device
 from unlearn.pretrain import FitConfig, fit
 from unlearn.registry import lookup
 from unlearn.scoring import answer_stats
@@ -42,10 +49,21 @@ class BuildConfig:
     forget: str = "forget10"
     fit: FitConfig = field(default_factory=FitConfig)
     vocab_size: int = DEFAULT_VOCAB_SIZE
+    base: str | None = None     # a pretrained model to fine-tune instead of training ``size`` from scratch
+    device: str = "cpu"         # where the models are trained (not part of the cache key)
 
     def __post_init__(self):
-        lookup(SIZES, self.size, "model size")
+        if self.base is None:
+            lookup(SIZES, self.size, "model size")
         split_name_to_fraction(self.forget)
+
+
+def finetune_fit(**overrides) -> FitConfig:
+    """Fitting settings for a pretrained base model: a small learning rate, small batches, few
+    steps, and a stop once the answers reach probability 0.9 (the TOFU recipe's fine-tuning in
+    miniature; from scratch, :class:`FitConfig`'s defaults apply)."""
+    return FitConfig(**{"max_steps": 80, "batch_size": 8, "lr": 3e-4, "warmup_steps": 4,
+                        "eval_every": 10, "target_prob": 0.9, **overrides})
 
 
 # ----------------------------------------------------------------------------- world + tokenizer
@@ -82,9 +100,39 @@ def training_rows(world: World, split: str) -> list[dict]:
 
 
 def model_dir(config: BuildConfig, split: str, cache_dir=None) -> Path:
+    if config.base is not None:
+        base = _base_identity(config.base, cache_dir)
+        key = digest({"world": config.world.key(), "base": base, "split": split, "fit": config.fit.as_dict()})
+        stem = Path(str(config.base)).name.replace(":", "-") or "base"
+        return cache_root(cache_dir) / "models" / f"{stem}-{split}-{key}"
     key = digest({"world": config.world.key(), "vocab": config.vocab_size, "size": config.size,
                   "shape": SIZES[config.size], "split": split, "fit": config.fit.as_dict()})
     return cache_root(cache_dir) / "models" / f"{config.size}-{split}-{key}"
+
+
+def _base_identity(base: str, cache_dir=None) -> str:
+    """What names a base model in the cache key: a known name as it is; a folder by the hash of
+    its weight files' names, sizes and modification times (cheap, and changes when they do)."""
+    path = Path(str(base)).expanduser()
+    if not path.exists():
+        return str(base)
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in (".safetensors", ".json", ".bin"))
+    return digest({"folder": str(path.resolve()),
+                   "files": [(str(p.relative_to(path)), p.stat().st_size, p.stat().st_mtime_ns) for p in files]})
+
+
+def _initial_model(config: BuildConfig, cache_dir, progress: bool):
+    """The untrained starting point and its tokenizer: a seeded scratch model of ``size`` on the
+    world's tokenizer, or a fresh copy of the pretrained ``base`` with the base's tokenizer."""
+    if config.base is not None:
+        from unlearn.models import load_model
+
+        return load_model(config.base, cache_dir=cache_dir, progress=progress,
+                          device=resolve_device(config.device))
+    wdir, _ = ensure_world(config.world, config.vocab_size, cache_dir)
+    tokenizer = load_tokenizer(wdir / "tokenizer")
+    model = build_model(config.size, tokenizer, torch.Generator().manual_seed(config.fit.seed))
+    return model.to(resolve_device(config.device)), tokenizer
 
 
 def evaluate_splits(model, tokenizer, world: World, forget: str) -> dict:
@@ -103,20 +151,18 @@ def ensure_model(config: BuildConfig, split: str, cache_dir=None, progress: bool
     target = model_dir(config, split, cache_dir)
     if (target / FIT_FILE).exists():
         return target, True
-    wdir, _ = ensure_world(config.world, config.vocab_size, cache_dir)
-    tokenizer = load_tokenizer(wdir / "tokenizer")
+    model, tokenizer = _initial_model(config, cache_dir, progress)
     world = World(config.world)
     examples = encode_rows(tokenizer, training_rows(world, split))
-    model = build_model(config.size, tokenizer, torch.Generator().manual_seed(config.fit.seed))
     start = time.perf_counter()
     result = fit(model, tokenizer, examples, config.fit, progress=progress,
-                 desc=f"train {config.size} on {split}")
+                 desc=f"{'fine-tune ' + str(config.base) if config.base else 'train ' + config.size} on {split}")
     result["seconds"] = round(time.perf_counter() - start, 1)
     result["eval"] = evaluate_splits(model, tokenizer, world, config.forget)
     with atomic_dir(target) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-        write_json_atomic(tmp / FIT_FILE, {"split": split, "size": config.size,
+        write_json_atomic(tmp / FIT_FILE, {"split": split, "size": config.size, "base": config.base,
                                            "world": asdict(config.world), "fit": config.fit.as_dict(),
                                            "vocab_size": config.vocab_size, **result})
     return target, False

@@ -30,6 +30,9 @@ def register(sub) -> None:
     p.add_argument("--config", help="YAML file with UnlearnConfig fields (flags given here override it)")
     p.add_argument("--model", help="world:<size>, a run folder or a Hugging Face checkpoint folder")
     p.add_argument("--benchmark", help="e.g. world:forget10 (see basin ls)")
+    p.add_argument("--benchmark-arg", action="append", metavar="KEY=VALUE",
+                   help="benchmark loader option, e.g. --benchmark-arg n_people=10 for a world built with "
+                   "--people 10, or --benchmark-arg path=data/tofu")
     p.add_argument("--objective", help="ga, graddiff, npo, simnpo, rmu")
     p.add_argument("--obj", action="append", metavar="KEY=VALUE", help="objective option, e.g. --obj beta=0.1")
     p.add_argument("--optimizer", help="see basin ls, e.g. adam, signadam, adazo, hybrid, sophia")
@@ -67,10 +70,11 @@ def run(args: argparse.Namespace) -> int:
             raise BasinError(f"cannot read the config file {args.config}: {err}") from None
     for f in dataclasses.fields(UnlearnConfig):
         value = getattr(args, f.name, None)
-        if value is not None and f.name not in ("objective_args", "optimizer_args"):
+        if value is not None and f.name not in ("objective_args", "optimizer_args", "benchmark_args"):
             data[f.name] = value
     data.setdefault("objective_args", {}).update(_key_values(args.obj, "--obj"))
     data.setdefault("optimizer_args", {}).update(_key_values(args.opt, "--opt"))
+    data.setdefault("benchmark_args", {}).update(_key_values(args.benchmark_arg, "--benchmark-arg"))
     config = UnlearnConfig.from_dict(data)
     result = unlearn(config, out=args.out, progress=not args.quiet)
     last = {(r["split"], r["metric"]): r["value"] for r in result.records if r.get("attack") == "training"}

@@ -17,15 +17,20 @@ def register(sub) -> None:
     p.add_argument("--forget", type=float, default=0.10,
                    help="fraction of people to forget, strictly between 0 and 1 (default 0.10)")
     p.add_argument("--size", default="tiny", help="model size (see basin ls; default tiny)")
+    p.add_argument("--base", default=None, metavar="MODEL",
+                   help="fine-tune this pretrained model (a name such as smollm2-135m, or a folder) on the "
+                   "world instead of training --size from scratch (the TOFU recipe)")
+    p.add_argument("--device", default="cpu", help="where to train: cpu (default), cuda, cuda:N, auto")
     p.add_argument("--seed", type=int, default=0, help="seed for the world and the models (default 0)")
-    p.add_argument("--max-steps", type=int, default=1500, help="training step limit per model")
+    p.add_argument("--max-steps", type=int, default=None,
+                   help="training step limit per model (default 1500; 80 with --base)")
     p.add_argument("--cache", default=None, help="cache folder (default $BASIN_CACHE or ~/.cache/basin)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run_build)
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from unlearn.build import BuildConfig, build
+    from unlearn.build import BuildConfig, build, finetune_fit
     from unlearn.cache import cache_root, ensure_writable
     from unlearn.data.world import WorldConfig, forget_count
     from unlearn.pretrain import FitConfig
@@ -35,8 +40,9 @@ def run_build(args: argparse.Namespace) -> int:
     n_forget = forget_count(world.n_people, args.forget)  # validates the fraction early
     forget = f"forget{round(args.forget * 100):02d}"
     ensure_writable(cache_root(args.cache))
-    config = BuildConfig(world=world, size=args.size, forget=forget,
-                         fit=FitConfig(max_steps=args.max_steps, seed=args.seed))
+    steps = {"max_steps": args.max_steps} if args.max_steps is not None else {}
+    fit = finetune_fit(seed=args.seed, **steps) if args.base else FitConfig(seed=args.seed, **steps)
+    config = BuildConfig(world=world, size=args.size, forget=forget, fit=fit, base=args.base, device=args.device)
     result = build(config, cache_dir=args.cache, progress=not args.quiet)
     hit = lambda k: "cache hit" if result.cache_hits[k] else "built"  # noqa: E731
     print(f"world      {result.world_dir}  ({hit('world')}; {world.n_people} people, "
@@ -48,6 +54,11 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"{'':<10} answer prob  forget {ev['forget']['prob']:.3f}  retain {ev['retain']['prob']:.3f}"
               f"  holdout {ev['holdout']['prob']:.3f}   exact match  forget "
               f"{ev['forget']['exact_match']:.3f}  retain {ev['retain']['exact_match']:.3f}")
-    print(f"done in {result.seconds:.1f} s; use them as --model world:{args.size} and "
-          f"world:{args.size}:retain{100 - round(args.forget * 100)}")
+    if args.base is None and world == WorldConfig(seed=args.seed) and args.seed == 0 and not steps:
+        print(f"done in {result.seconds:.1f} s; use them as --model world:{args.size} and "
+              f"world:{args.size}:retain{100 - round(args.forget * 100)}")
+    else:
+        opts = f"n_people={world.n_people} n_holdout={world.n_holdout} n_countries={world.n_countries} seed={world.seed}"
+        print(f"done in {result.seconds:.1f} s; use them as --model {result.original_dir} (and "
+              f"{result.retain_dir}) with --benchmark world:{forget} --benchmark-arg for each of {opts}")
     return 0

@@ -70,6 +70,7 @@ class UnlearnConfig:
 
     model: str = "world:tiny"               # name or folder of the model to unlearn
     benchmark: str = "world:forget10"
+    benchmark_args: dict = field(default_factory=dict)  # loader options, e.g. {"n_people": 10} for world:
     objective: str = "npo"
     objective_args: dict = field(default_factory=dict)
     optimizer: str = "adam"
@@ -273,7 +274,7 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
                                   attn_implementation=attn, device=device, dtype=weight_dtype)
     if attn and getattr(model.config, "_attn_implementation", attn) != attn:
         model.set_attn_implementation(attn)
-    bench = load_benchmark(config.benchmark)
+    bench = load_benchmark(config.benchmark, **config.benchmark_args)
     forget_ex = encode_rows(tokenizer, bench.forget)
     retain_ex = encode_rows(tokenizer, bench.retain)
     require(forget_ex and retain_ex, f"benchmark {config.benchmark} has an empty forget or retain set")
@@ -379,7 +380,8 @@ def _check_run_folder(out: Path, config: UnlearnConfig) -> None:
     if saved.exists():
         previous = json.loads(saved.read_text())
         current = json.loads(json.dumps(asdict(config)))
-        previous.setdefault("dtype", "float32")  # folders written before the field existed
+        previous.setdefault("dtype", "float32")  # folders written before these fields existed
+        previous.setdefault("benchmark_args", {})
         for key in RESUME_NEUTRAL:
             previous.pop(key, None)
             current.pop(key, None)

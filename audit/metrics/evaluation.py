@@ -76,6 +76,7 @@ class Reference:
     truth_ratio: np.ndarray | None = None  # per-question R on the forget split
     mink_auc: float | None = None
     minkpp_auc: float | None = None
+    muse_auc: float | None = None          # MUSE's whole-text AUC (muse_privleak's AUC_retrain)
 
 
 @dataclass
@@ -319,14 +320,10 @@ def _needs(needs: set, name: str, kind: str) -> bool:
                                 for n in needs)
 
 
-# Every metric that needs no generation (ROUGE and model utility need greedy decoding).
-FAST_METRICS = tuple(name for name, m in METRICS.items()
-                     if not any(n.split(":")[0] == "generate" for n in m.needs))
-
-
 # MUSE's metrics (audit/metrics/muse.py) run their own passes (raw-text prompts, whole-text
-# membership scores) in audit.metrics.muse.evaluate_muse, which hands these computes its numbers;
-# on any other benchmark they return nothing. Registered after FAST_METRICS: not part of it.
+# membership scores, :func:`audit.metrics.muse.score_muse`) on a benchmark that carries MUSE's
+# data (muse:news, muse:books); :func:`evaluate` runs them when asked, and on any other benchmark
+# they return nothing.
 def _muse_metric(name: str):
     def compute(scored):
         from audit.metrics import muse
@@ -335,7 +332,7 @@ def _muse_metric(name: str):
     return compute
 
 
-_MUSE = "it runs on muse:news / muse:books through audit.metrics.muse.evaluate_muse"
+_MUSE = "it runs on muse:news / muse:books only"
 METRICS.update({m.name: m for m in [
     Metric("verbmem", "MUSE VerbMem: mean ROUGE-L F1 of the 128-token greedy continuation of a forget "
            "excerpt vs its true continuation (first 128 tokens) [MUSE, arXiv 2407.06460]", True,
@@ -350,6 +347,12 @@ METRICS.update({m.name: m for m in [
            "negative: under-unlearned, positive: over-unlearned) [MUSE]", None,
            _muse_metric("muse_privleak"), frozenset({"muse"}), f"{_MUSE}, with the retain-only model's AUC"),
 ]})
+
+
+# Every metric that needs no generation (ROUGE, model utility, VerbMem and KnowMem decode greedily).
+FAST_METRICS = tuple(name for name, m in METRICS.items()
+                     if not any(n.split(":")[0] == "generate" for n in m.needs))
+MUSE_METRICS = ("verbmem", "knowmem", "muse_auc", "muse_privleak")
 
 
 # ----------------------------------------------------------------------------- planning the passes
@@ -405,7 +408,8 @@ def plan(pool: AnswerPool, benchmark, metrics: Sequence[str],
 
 def reference_stats(per_example: pd.DataFrame) -> dict:
     """The retain-only model's numbers forget quality and PrivLeak need, from the per-example table
-    :func:`evaluate` returned for it: ``{"truth_ratio": [R on forget], "mink_auc", "minkpp_auc"}``
+    :func:`evaluate` returned for it: ``{"truth_ratio": [R on forget], "mink_auc", "minkpp_auc",
+    "muse_auc"}``
     (keys whose columns are absent are left out). JSON-serialisable. The AUCs are only comparable
     with the unlearned model's if both tables used the same ``k``."""
     out: dict = {}
@@ -416,6 +420,11 @@ def reference_stats(per_example: pd.DataFrame) -> dict:
     for kind in ("mink", "minkpp"):
         if kind in per_example and forget[kind].notna().any() and holdout[kind].notna().any():
             out[f"{kind}_auc"] = mia.auc(forget[kind].dropna(), holdout[kind].dropna())
+    texts = {s: per_example[per_example["split"] == f"privleak:{s}"] for s in ("forget", "holdout")}
+    if "mink" in per_example and all(len(t) and t["mink"].notna().any() for t in texts.values()):
+        from audit.metrics.muse import muse_auc
+
+        out["muse_auc"] = muse_auc(texts["forget"]["mink"].dropna(), texts["holdout"]["mink"].dropna())
     return out
 
 
@@ -449,7 +458,7 @@ def _as_reference(source, model_kwargs: dict) -> Reference:
     if isinstance(source, dict):
         tr = source.get("truth_ratio")
         return Reference(None if tr is None else np.asarray(tr, dtype=np.float64),
-                         source.get("mink_auc"), source.get("minkpp_auc"))
+                         source.get("mink_auc"), source.get("minkpp_auc"), source.get("muse_auc"))
     if isinstance(source, (list, tuple, np.ndarray)):
         return Reference(np.asarray(source, dtype=np.float64))
     raise BasinError(f"retain_stats of type {type(source).__name__} is not understood; pass the "
@@ -462,7 +471,7 @@ def evaluate(model, tokenizer, benchmark, metrics: Iterable[str] | None = None,
              retain_stats=None, batch_size: int = 32, max_new_tokens: int = 200,
              splits: Iterable[str] | None = None, k: float = mia.DEFAULT_K,
              max_length: int | None = None, generate: bool = True,
-             strict: bool = True) -> tuple[list[dict], pd.DataFrame]:
+             strict: bool = True, muse_options: dict | None = None) -> tuple[list[dict], pd.DataFrame]:
     """Score ``model`` on ``benchmark``; return ``(records, per_example)``.
 
     - ``model``, ``tokenizer``: a model object and its tokenizer, or a name/folder (then
@@ -482,6 +491,11 @@ def evaluate(model, tokenizer, benchmark, metrics: Iterable[str] | None = None,
       splits are skipped quietly, as with ``metrics=None`` (the audit runner uses this).
     - ``max_new_tokens``: generation length for ROUGE (TOFU: 200); ``k``: the Min-K% fraction;
       ``max_length``: token limit of prompt + answer (default the model's position limit).
+    - MUSE (``muse:news``, ``muse:books``): ``verbmem``, ``knowmem``, ``muse_auc`` and
+      ``muse_privleak`` run MUSE's own passes (:func:`audit.metrics.muse.score_muse`; their
+      per-example rows have splits ``verbmem:forget``, ``knowmem:forget`` ...); ``muse_privleak``
+      takes AUC_retrain from ``retain_stats``. ``muse_options`` passes ``limit``,
+      ``verbmem_tokens``, ``knowmem_tokens``, ``score`` and ``batch_size`` on to it.
 
     Records are ``{"metric", "split", "value"}``; ``per_example`` has one row per (split, row)
     with ``question`` and the per-question columns (``prob``, ``p_norm``, ``nll``,
@@ -509,13 +523,17 @@ def evaluate(model, tokenizer, benchmark, metrics: Iterable[str] | None = None,
     bench = load_benchmark(benchmark)
     splits = None if splits is None else list(splits)
 
-    wants_ref = {"forget_quality", "privleak", "privleak_pp"} & set(names)
+    muse_data = getattr(bench, "muse", None)
+    wants_ref = {"forget_quality", "privleak", "privleak_pp", "muse_privleak"} & set(names)
     mia_ok = bool(bench.forget and bench.holdout)
     ref_metrics = [m for m, want in (("truth_ratio", "forget_quality" in wants_ref),
                                      ("mink_auc", mia_ok and "privleak" in wants_ref),
-                                     ("minkpp_auc", mia_ok and "privleak_pp" in wants_ref)) if want]
+                                     ("minkpp_auc", mia_ok and "privleak_pp" in wants_ref),
+                                     ("muse_auc", muse_data is not None and "muse_privleak" in wants_ref))
+                   if want]
     ref_kwargs = dict(tokenizer=tokenizer, benchmark=bench, batch_size=batch_size, metrics=ref_metrics,
-                      splits=["forget", "holdout"] if mia_ok else ["forget"], k=k, max_length=max_length)
+                      splits=["forget", "holdout"] if mia_ok else ["forget"], k=k, max_length=max_length,
+                      strict=False, muse_options=muse_options)
     reference = _as_reference(retain_stats if wants_ref else None, ref_kwargs)
 
     pool = AnswerPool(tokenizer, max_length or model_max_length(model))
@@ -529,10 +547,20 @@ def evaluate(model, tokenizer, benchmark, metrics: Iterable[str] | None = None,
         answers = dict(zip(questions, generated))
         for s in to_generate:
             s.generations = [answers[r["question"]] for r in s.rows]
-    scored = Scored(pool, planned, float(k), reference)
+    muse_names = [m for m in names if m in MUSE_METRICS]
+    if muse_data is not None and muse_names:
+        from audit.metrics.muse import MuseScored, score_muse
+
+        options = {"batch_size": min(batch_size, 8), **(muse_options or {})}
+        muse = score_muse(model, tokenizer, muse_data, muse_names, reference=reference.muse_auc,
+                          k=k, max_length=max_length, **options)
+        scored = MuseScored(pool, planned, float(k), reference, muse=muse)
+    else:
+        scored = Scored(pool, planned, float(k), reference)
 
     records: list[dict] = []
     columns: dict[str, dict[str, np.ndarray]] = {name: {} for name in planned}
+    muse_columns: dict[str, dict] = {}
     for m in names:
         results = METRICS[m].compute(scored)
         if explicit and not results:
@@ -541,13 +569,20 @@ def evaluate(model, tokenizer, benchmark, metrics: Iterable[str] | None = None,
         for res in results:
             if not math.isnan(res.value):
                 records.append({"metric": m, "split": res.split, "value": float(res.value)})
-            if res.split in columns:
+            if m in MUSE_METRICS:
+                muse_columns.setdefault(m, {}).setdefault(res.split, {}).update(res.columns)
+            elif res.split in columns:
                 columns[res.split].update(res.columns)
     frames = []
     for name, s in planned.items():
         frame = pd.DataFrame({"split": name, "row": np.arange(len(s.rows), dtype=np.int64),
                               "question": [r["question"] for r in s.rows], **columns[name]})
         frames.append(frame)
+    if getattr(scored, "muse", None) is not None:
+        from audit.metrics.muse import muse_table
+
+        frames.append(muse_table(scored.muse, muse_columns))
     table = pd.concat(frames, ignore_index=True) if frames else \
         pd.DataFrame(columns=["split", "row", "question"])
     return records, table
+

@@ -49,7 +49,7 @@ import torch
 
 from audit.metrics import mia
 from audit.metrics.tofu import rouge_l
-from audit.metrics.evaluation import Result, Scored
+from audit.metrics.evaluation import MUSE_METRICS, Result, Scored
 from audit.metrics.passes import greedy_generate_ids
 from unlearn.data.format import Example, collate
 from unlearn.errors import BasinError, require
@@ -61,7 +61,6 @@ KNOWMEM_TOKENS = 32
 STOP_WORDS = ("\n\n", "\nQuestion", "Question:")
 # AUC (forget 0, holdout 1, Min-40%) of MUSE's retrained Llama-2-7B, from MUSE's released constants.
 PUBLISHED_AUC_RETRAIN = {"news": 0.4772, "books": 0.5393}
-MUSE_METRICS = ("verbmem", "knowmem", "muse_auc", "muse_privleak")
 SCORES = ("mink", "minkpp")
 PRIVLEAK_TOKENS_PER_BATCH = 4096  # long texts: bound the [tokens, vocab] log-softmax per batch
 
@@ -182,6 +181,7 @@ class MuseScores:
     forget_scores: np.ndarray | None = None        # Min-K% of privleak/forget
     holdout_scores: np.ndarray | None = None       # Min-K% of privleak/holdout
     auc_retrain: float | None = None
+    score: str = "mink"                            # the membership score behind the two arrays
 
 
 @dataclass
@@ -306,14 +306,39 @@ def evaluate_muse(model, tokenizer=None, benchmark="muse:news", metrics: Iterabl
             "muse_privleak needs the retain-only model's AUC: pass reference= (the model, its AUC, "
             "or 'published' for MUSE's Llama-2-7B value)")
     require(isinstance(batch_size, int) and batch_size >= 1, f"batch_size must be a positive whole number, got {batch_size!r}")
-    require(limit is None or (isinstance(limit, int) and limit >= 1), f"limit must be a positive whole number, got {limit!r}")
-    require(isinstance(k, (int, float)) and 0 < k <= 1, f"k must be in (0, 1], got {k!r}")
     data = _muse_data(benchmark)
     model, tokenizer = load_model(model, tokenizer)
+    muse = score_muse(model, tokenizer, data, names, reference=reference, batch_size=batch_size, k=k,
+                      score=score, verbmem_tokens=verbmem_tokens, knowmem_tokens=knowmem_tokens,
+                      max_length=max_length, limit=limit)
+
+    from audit.metrics.evaluation import METRICS
+
+    scored = MuseScored(pool=None, splits={}, k=float(k), muse=muse)
+    records: list[dict] = []
+    columns: dict[str, dict] = {}
+    for name in names:
+        results = METRICS[name].compute(scored)
+        if explicit and not results:
+            raise BasinError(f"MUSE metric {name!r} could not be computed: {METRICS[name].unavailable}")
+        for res in results:
+            if not math.isnan(res.value):
+                records.append({"metric": name, "split": res.split, "value": float(res.value)})
+            columns.setdefault(name, {}).setdefault(res.split, {}).update(res.columns)
+    return records, muse_table(muse, columns)
+
+
+def score_muse(model, tokenizer, data, names: Sequence[str], *, reference=None, batch_size: int = 8,
+               k: float = mia.DEFAULT_K, score: str = "mink", verbmem_tokens: int = VERBMEM_TOKENS,
+               knowmem_tokens: int = KNOWMEM_TOKENS, max_length: int | None = None,
+               limit: int | None = None) -> MuseScores:
+    """The model passes MUSE's metrics ``names`` need, on :class:`~unlearn.data.muse.MuseData`:
+    greedy continuations (VerbMem), few-shot answers (KnowMem), whole-text Min-K% scores of the
+    privleak sets (AUC, PrivLeak; ``reference`` gives AUC_retrain, see :func:`evaluate_muse`)."""
+    require(limit is None or (isinstance(limit, int) and limit >= 1), f"limit must be a positive whole number, got {limit!r}")
+    require(isinstance(k, (int, float)) and 0 < k <= 1, f"k must be in (0, 1], got {k!r}")
     window = max_length or _window(model)
     muse = MuseScores(data.corpus)
-    frames = []
-
     if "verbmem" in names:
         rows = _limit(data.verbmem, limit)
         generations = generate_text(model, tokenizer, [r["prompt"] for r in rows], verbmem_tokens, batch_size, window)
@@ -337,29 +362,25 @@ def evaluate_muse(model, tokenizer=None, benchmark="muse:news", metrics: Iterabl
         if "muse_privleak" in names:
             muse.auc_retrain = _reference_auc(reference, data, tokenizer,
                                               {"forget": forget, "holdout": holdout, "score": kw})
-        for split, values in (("privleak:forget", muse.forget_scores), ("privleak:holdout", muse.holdout_scores)):
-            frames.append(pd.DataFrame({"split": split, "row": np.arange(len(values)), score: values}))
+    muse.score = score
+    return muse
 
-    from audit.metrics.evaluation import METRICS
 
-    scored = MuseScored(pool=None, splits={}, k=float(k), muse=muse)
-    records: list[dict] = []
-    columns: dict[str, dict] = {}
-    for name in names:
-        results = METRICS[name].compute(scored)
-        if explicit and not results:
-            raise BasinError(f"MUSE metric {name!r} could not be computed: {METRICS[name].unavailable}")
-        for res in results:
-            if not math.isnan(res.value):
-                records.append({"metric": name, "split": res.split, "value": float(res.value)})
-            columns.setdefault(f"{name.replace('muse_', '')}:{res.split}", {}).update(res.columns)
+def muse_table(muse: MuseScores, columns: dict | None = None) -> pd.DataFrame:
+    """The per-example table of :func:`evaluate_muse`: one row per scored item, ``split`` one of
+    ``verbmem:forget``, ``knowmem:forget``, ``knowmem:retain``, ``privleak:forget``,
+    ``privleak:holdout``; ``columns`` maps metric -> split -> per-row columns from its compute."""
+    columns = columns or {}
+    frames = []
     if muse.verbmem is not None:
-        frames.insert(0, muse.verbmem.assign(split="verbmem:forget", row=np.arange(len(muse.verbmem)),
-                                             **columns.get("verbmem:forget", {})))
+        frames.append(muse.verbmem.assign(split="verbmem:forget", row=np.arange(len(muse.verbmem)),
+                                          **columns.get("verbmem", {}).get("forget", {})))
     for split, table in muse.knowmem.items():
-        frames.insert(len(frames) - (2 if muse.forget_scores is not None else 0),
-                      table.assign(split=f"knowmem:{split}", row=np.arange(len(table)),
-                                   **columns.get(f"knowmem:{split}", {})))
+        frames.append(table.assign(split=f"knowmem:{split}", row=np.arange(len(table)),
+                                   **columns.get("knowmem", {}).get(split, {})))
+    if muse.forget_scores is not None:
+        for split, values in (("privleak:forget", muse.forget_scores), ("privleak:holdout", muse.holdout_scores)):
+            frames.append(pd.DataFrame({"split": split, "row": np.arange(len(values)), muse.score: values}))
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["split", "row"])
     lead = ["split", "row"]
-    return records, table[lead + [c for c in table.columns if c not in lead]]
+    return table[lead + [c for c in table.columns if c not in lead]]

@@ -34,8 +34,17 @@ class Benchmark:
                 f"holdout={len(self.holdout)}, utility[{sizes}])")
 
 
-def world_benchmark(split: str, world: WorldConfig | None = None) -> Benchmark:
-    """The embedded world's benchmark for a forget split such as ``forget10``."""
+def world_benchmark(split: str, world: WorldConfig | None = None, **fields) -> Benchmark:
+    """The embedded world's benchmark for a forget split such as ``forget10``. ``world`` (or its
+    fields as keywords, e.g. ``n_people=10``: what a config's ``benchmark_args`` holds) picks a
+    world other than the default one."""
+    if fields:
+        require(world is None, "pass either world=WorldConfig(...) or its fields, not both")
+        known = set(WorldConfig.__dataclass_fields__)
+        unknown = set(fields) - known
+        require(not unknown, f"unknown world option(s) {', '.join(sorted(unknown))}; "
+                f"known: {', '.join(sorted(known))}")
+        world = WorldConfig(**fields)
     w = World(world or WorldConfig())
     forget, retain = w.split(split_name_to_fraction(split))
     return Benchmark(f"world:{split}", forget, retain, w.holdout, {"world_facts": w.utility},
