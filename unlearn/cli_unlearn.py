@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 from pathlib import Path
 
 
@@ -77,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
     data.setdefault("benchmark_args", {}).update(_key_values(args.benchmark_arg, "--benchmark-arg"))
     config = UnlearnConfig.from_dict(data)
     result = unlearn(config, out=args.out, progress=not args.quiet)
+    if int(os.environ.get("RANK", "0")) != 0:  # a data-parallel launch: the first process reports
+        return 0
     last = {(r["split"], r["metric"]): r["value"] for r in result.records if r.get("attack") == "training"}
     summary = "  ".join(f"{s} {m} {v:.3f}" for (s, m), v in sorted(last.items()) if m != "nll")
     print(f"unlearned model: {Path(args.out) / 'model'}")

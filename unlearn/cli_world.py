@@ -58,7 +58,8 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"done in {result.seconds:.1f} s; use them as --model world:{args.size} and "
               f"world:{args.size}:retain{100 - round(args.forget * 100)}")
     else:
-        opts = f"n_people={world.n_people} n_holdout={world.n_holdout} n_countries={world.n_countries} seed={world.seed}"
+        opts = " ".join(f"--benchmark-arg {k}={v}" for k, v in (("n_people", world.n_people),
+                        ("n_holdout", world.n_holdout), ("n_countries", world.n_countries), ("seed", world.seed)))
         print(f"done in {result.seconds:.1f} s; use them as --model {result.original_dir} (and "
-              f"{result.retain_dir}) with --benchmark world:{forget} --benchmark-arg for each of {opts}")
+              f"{result.retain_dir}) with --benchmark world:{forget} {opts}")
     return 0

@@ -26,6 +26,17 @@ graph) and restore the weights bit for bit in any dtype (``exact_restore``); in 
 the perturbation itself is made in the float32 master weights. The reference model is a copy
 of the model on the same device and in the same dtype; its per-batch constants are computed
 under the same autocast as the model's forwards, so the NPO log-ratio starts at exactly 0.
+
+Data parallel. Launched as several processes (``accelerate launch --multi_gpu --num_processes N``
+or ``torchrun --nproc_per_node N``), the loop runs data parallel through accelerate: every
+process draws the same step batch and takes the micro-batches i = rank, rank + N, ... of it
+(``grad_accum`` must be a multiple of N). A first-order step sums the processes' gradients
+(g = sum_i grad f_i, the single-process accumulation) before the update; a zeroth-order step sums
+their probe losses, so every process sees the same f(p + mu z) - f(p - mu z) and, with z drawn
+from the shared seed, makes the same update. The result equals the single-process run with the
+same ``grad_accum`` (bit for bit with 2 processes on the CPU; tested). The first process writes
+the run folder; evaluations run there. Sophia and SAM (closures inside the step) are not
+supported data parallel.
 """
 
 from __future__ import annotations
@@ -194,6 +205,90 @@ def _git_hash() -> str | None:
         return None
 
 
+# ----------------------------------------------------------------------------- data parallel
+
+class DataParallel:
+    """The processes of a data-parallel launch (accelerate sets them up): rank, size, device, and
+    the two sums a step needs. See the module docstring."""
+
+    def __init__(self, cpu: bool = False):
+        from accelerate import Accelerator
+
+        self.accelerator = Accelerator(cpu=cpu)  # without cpu=True accelerate runs one CPU process alone
+        self.rank, self.size = self.accelerator.process_index, self.accelerator.num_processes
+        self.device = self.accelerator.device
+        self.main = self.accelerator.is_main_process
+
+    @staticmethod
+    def launched() -> bool:
+        """Whether this process is one of several (a launcher set WORLD_SIZE > 1)."""
+        return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+    def mine(self, n_micro: int) -> list[int]:
+        return list(range(self.rank, n_micro, self.size))
+
+    def sum_grads(self, params) -> None:
+        """g <- sum over processes of g, for every parameter that has a gradient."""
+        import torch.distributed as dist
+
+        for p in params:
+            if p.grad is not None:
+                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
+
+    def sum_value(self, value: float) -> float:
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return float(t.item())
+
+    def barrier(self) -> None:
+        self.accelerator.wait_for_everyone()
+
+
+def data_parallel_step(dp: DataParallel, optimizer, closure, n_micro: int) -> float:
+    """One optimizer step over this process's micro-batches, summed over the processes."""
+    from unlearn.optim.estimators import Backprop, forward_losses
+
+    mine = dp.mine(n_micro)
+    estimator = optimizer.plan.phases[optimizer.next_phase].estimator
+    if type(estimator) is Backprop:                      # g = sum_i grad f_i over every process
+        optimizer.zero_grad(set_to_none=True)
+        local = _backward_local(closure, mine)
+        dp.sum_grads(p for group in optimizer.param_groups for p in group["params"])
+        optimizer.step(None)                             # the update from the summed .grad
+        return dp.sum_value(local)
+    # zeroth order: each probe's loss is the sum over processes; n_micro=1 carries it whole
+    return optimizer.step(lambda _: dp.sum_value(forward_losses(lambda i: closure(mine[i]), len(mine))),
+                          n_micro=1)
+
+
+def _backward_local(closure, indices: list[int]) -> float:
+    from unlearn.optim.estimators import total_loss
+
+    loss = 0.0
+    with torch.enable_grad():
+        for i in indices:
+            value = total_loss(closure(i))
+            if value.requires_grad:
+                value.backward()
+            loss += float(value.detach())
+    return loss
+
+
+def check_data_parallel(dp: DataParallel, config: UnlearnConfig, optimizer) -> None:
+    from unlearn.optim.estimators import Backprop
+
+    require(config.grad_accum % dp.size == 0,
+            f"with {dp.size} processes, grad_accum ({config.grad_accum}) must be a multiple of {dp.size}: "
+            f"each process takes grad_accum / {dp.size} of a step's micro-batches (e.g. --grad-accum {dp.size})")
+    for phase in optimizer.plan.phases.values():
+        est = phase.estimator
+        require(type(est) is Backprop or est.kind == "zo",
+                f"optimizer {config.optimizer!r} ({type(est).__name__}) does not run data parallel: only "
+                "backprop (first-order, compressed) and zeroth-order steps do; run it in one process")
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 def evaluate_progress(model, tokenizer, forget_ex, retain_ex, step: int, base: dict) -> list[dict]:
@@ -257,7 +352,9 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
         config = UnlearnConfig.from_dict(config)
     config = dataclasses.replace(config or UnlearnConfig(), **overrides)
     start = time.time()
-    device = resolve_device(config.device)            # a missing GPU fails before anything is written
+    dp = DataParallel(cpu=config.device == "cpu" or not torch.cuda.is_available()) \
+        if DataParallel.launched() else None
+    device = str(dp.device) if dp else resolve_device(config.device)  # a missing GPU fails before anything is written
     weight_dtype, autocast_dtype = resolve_dtype(config.dtype, TRAIN_DTYPES)
     out = Path(out) if out is not None else None
     if out is not None:
@@ -288,6 +385,9 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
     freeze_all_but(model, objective.trainable(model) if hasattr(objective, "trainable") else None)
     optimizer = make_optimizer(config.optimizer, model, lr=config.lr, total_steps=steps, seed=config.seed,
                                **config.optimizer_args)
+    if dp is not None:
+        check_data_parallel(dp, config, optimizer)
+    main = dp is None or dp.main                       # only the first process writes and evaluates
 
     base = {"model": out.name if out is not None else config.model, "seed": config.seed,
             "optimizer": config.optimizer, "objective": config.objective, "role": "unlearned"}
@@ -296,33 +396,37 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
         first, n_records = load_checkpoint(out, model, optimizer)
         records = read_records(out / "records.jsonl")[:n_records]
         _rewrite_records(out, records)
-    elif out is not None:
+    elif out is not None and main:
         (out / "records.jsonl").unlink(missing_ok=True)
-    if first == 0 and config.eval_every:
+    if first == 0 and config.eval_every and main:
         records += _log(out, evaluate_progress(model, tokenizer, forget_ex, eval_retain, 0, base))
 
     micro = config.batch_size // config.grad_accum
     model.train()
     last_good = first
     bar = tqdm(range(first, steps), desc=f"unlearn {config.objective}/{config.optimizer}",
-               disable=not progress, initial=first, total=steps)
+               disable=not (progress and main), initial=first, total=steps)
+    owned = dp.mine(config.grad_accum) if dp else range(config.grad_accum)  # this process's micro-batches
     for step in bar:
         for group in optimizer.param_groups:  # the schedule is a function of the step alone
             group["lr"] = config.lr * lr_multiplier(step, config, steps)
         f_idx = batch_indices(step, config.batch_size, len(forget_ex), config.seed, 0)
         r_idx = batch_indices(step, config.batch_size, len(retain_ex), config.seed, 1)
-        micro_batches = [{"forget": _to(collate([forget_ex[i] for i in f_idx[j:j + micro]], pad), where),
-                          "retain": _to(collate([retain_ex[i] for i in r_idx[j:j + micro]], pad), where)}
-                         for j in range(0, config.batch_size, micro)]
+        micro_batches = {m: {"forget": _to(collate([forget_ex[i] for i in f_idx[m * micro:(m + 1) * micro]], pad), where),
+                             "retain": _to(collate([retain_ex[i] for i in r_idx[m * micro:(m + 1) * micro]], pad), where)}
+                         for m in owned}
         with amp():
-            preps = [objective.prepare(reference, mb) for mb in micro_batches]
+            preps = {m: objective.prepare(reference, mb) for m, mb in micro_batches.items()}
 
         def closure(i: int):
             with amp():
                 terms = objective(model, micro_batches[i], preps[i])
             return {k: v / config.grad_accum for k, v in terms.items()}
 
-        loss = optimizer.step(closure, n_micro=config.grad_accum)
+        if dp is None:
+            loss = optimizer.step(closure, n_micro=config.grad_accum)
+        else:
+            loss = data_parallel_step(dp, optimizer, closure, config.grad_accum)
         if not math.isfinite(loss):
             where = f"; the last good checkpoint (step {last_good}) is kept in {out / CKPT}" \
                 if out is not None and last_good else ""
@@ -330,16 +434,19 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
                              "lower the learning rate (--lr) or check the objective's options")
         bar.set_postfix(loss=f"{loss:.4f}", phase=getattr(optimizer, "phase", ""))
         done = step + 1
-        if config.eval_every and (done % config.eval_every == 0 or done == steps):
+        if config.eval_every and (done % config.eval_every == 0 or done == steps) and main:
             records += _log(out, evaluate_progress(model, tokenizer, forget_ex, eval_retain, done, base))
             model.train()
         if out is not None and config.save_every and done % config.save_every == 0 and done < steps:
-            save_checkpoint(out, model, optimizer, done, len(records))
+            if main:
+                save_checkpoint(out, model, optimizer, done, len(records))
             last_good = done
     model.eval()
     freeze_all_but(model, None)
-    if out is not None:
+    if out is not None and main:
         _finish(out, model, tokenizer, config, start, device)
+    if dp is not None:
+        dp.barrier()                                   # the run folder is complete for every process
     return UnlearnResult(model, tokenizer, records, out)
 
 

@@ -54,7 +54,7 @@ def total_loss(value) -> torch.Tensor:
                              "{'forget': tensor, 'retain': tensor}")
         return sum(value.values())
     if isinstance(value, (int, float)):
-        return torch.tensor(float(value))
+        return torch.tensor(float(value), dtype=torch.float64)  # float32 would round a summed loss
     if not isinstance(value, torch.Tensor) or value.numel() != 1:
         raise BasinError(f"the closure must return a scalar loss tensor or a dict of them, "
                          f"got {type(value).__name__}")
