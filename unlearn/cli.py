@@ -18,7 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 # subcommand modules, in the order `basin --help` lists them; each has register(subparsers)
 COMMANDS = ["unlearn.cli_world", "unlearn.cli_ls", "unlearn.cli_unlearn", "audit.cli", "analysis.cli",
-            "analysis.cli_demo"]
+            "analysis.cli_demo", "analysis.cli_sweep"]
 
 
 def _available(module: str) -> bool:

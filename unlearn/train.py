@@ -114,6 +114,11 @@ class UnlearnConfig:
             raise BasinError("dtype float16 is not supported for training (it needs loss scaling, which "
                              "basin's loop does not do); use bfloat16 or bf16-mixed")
         self.dtype = canonical_dtype(self.dtype, TRAIN_DTYPES)
+        from unlearn.objectives import OBJECTIVES
+        from unlearn.optim import OPTIMIZERS
+
+        lookup(OBJECTIVES, self.objective, "objective")          # a misspelt name fails at once
+        lookup(OPTIMIZERS, self.optimizer, "optimizer")
 
     @classmethod
     def from_dict(cls, data: dict) -> "UnlearnConfig":

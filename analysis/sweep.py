@@ -1,0 +1,224 @@
+"""``basin sweep``: a grid of unlearning runs (optimizer x objective x seed x ...), each audited,
+run on an existing engine.
+
+A sweep is a list of independent *jobs*. One job unlearns one configuration into
+``OUT/runs/<name>`` and audits it into ``OUT/audits/<name>``, in the same record format as
+``basin unlearn`` and ``basin audit``, so ``basin report OUT/runs/* OUT/audits/*`` (or
+:func:`analysis.load.load_records`) merges any number of sweeps. Jobs are idempotent: a finished
+run or audit is reused and an interrupted one resumes, so rerunning a sweep finishes what is
+missing and nothing else.
+
+Engines (:data:`ENGINES`), none of them a scheduler of basin's own:
+
+- ``local``: the jobs one after the other in this process;
+- ``ray``: one Ray task per job (``pip install 'basin[sweep]'``). ``ray.init()`` starts a local
+  Ray instance by default; ``engine_args={"address": "auto"}`` joins a running cluster, so the
+  same spec runs on a laptop or on many machines. ``num_cpus`` / ``num_gpus`` reserve resources
+  per job. Every worker must see the same file system (the output folder and the model cache).
+
+A spec (``SweepConfig``, or YAML with the same fields)::
+
+    out: reports/sweep
+    unlearn: {model: world:tiny, benchmark: world:forget10, objective: npo, steps: 60, batch_size: 8}
+    grid: {optimizer: [adam, hybrid], seed: [0, 1, 2]}      # UnlearnConfig fields -> values
+    recipes: {adam: {lr: 1.0e-3}, hybrid: {lr: 1.0e-3, optimizer_args: {n_fo: 10, n_zo: 10}}}
+    audit: {attacks: [relearn, quantize], max_retain: 60}   # AuditConfig fields; null: no audit
+    original: world:tiny                                     # default: unlearn.model
+    retain: world:tiny:retain90
+    engine: ray
+    engine_args: {num_cpus: 1}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from unlearn.errors import BasinError, require
+from unlearn.registry import lookup
+
+
+@dataclass
+class SweepConfig:
+    out: str = "reports/sweep"
+    unlearn: dict = field(default_factory=dict)      # UnlearnConfig fields shared by every run
+    grid: dict = field(default_factory=lambda: {"optimizer": ["adam"], "seed": [0]})
+    recipes: dict = field(default_factory=dict)      # optimizer -> UnlearnConfig overrides (lr, ...)
+    audit: dict | None = field(default_factory=dict)  # AuditConfig fields; None: unlearn only
+    original: str | None = None                       # default: the unlearned model's start
+    retain: str | None = None                         # the retain-only model (floor, forget quality)
+    references: bool = True                           # attack original / retain once (ceiling, floor)
+    engine: str = "local"
+    engine_args: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        lookup(ENGINES, self.engine, "sweep engine")
+        require(isinstance(self.grid, dict) and self.grid, "grid must map UnlearnConfig fields to lists of values")
+        for key, values in self.grid.items():
+            require(isinstance(values, (list, tuple)) and len(values) > 0,
+                    f"grid[{key!r}] must be a non-empty list, got {values!r}")
+
+    @classmethod
+    def from_yaml(cls, path) -> "SweepConfig":
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as err:
+            raise BasinError(f"cannot read the sweep spec {path}: {err}") from None
+        require(isinstance(data, dict), f"the sweep spec {path} must be a mapping of SweepConfig fields")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        require(not unknown, f"unknown sweep field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Job:
+    """One run and its audit; everything a worker needs, as plain data."""
+
+    name: str
+    unlearn: dict
+    audit: dict | None
+    original: str | None
+    retain: str | None
+    run_dir: str
+    audit_dir: str
+
+
+def job_name(values: dict) -> str:
+    """``{"optimizer": "adam", "seed": 0}`` -> ``adam-s0``; grid values in grid order."""
+    parts = []
+    for key, value in values.items():
+        if key == "seed":
+            parts.append(f"s{value}")
+        elif isinstance(value, (dict, list)):
+            from unlearn.cache import digest
+
+            parts.append(f"{key}{digest(value)[:6]}")
+        elif isinstance(value, str):
+            parts.append(value.replace("/", "_").replace(":", "_"))
+        else:
+            parts.append(f"{key}{value:g}" if isinstance(value, float) else f"{key}{value}")
+    return "-".join(parts)
+
+
+def plan_jobs(config: SweepConfig) -> list[Job]:
+    """The grid's cartesian product as jobs (checked before anything runs: bad fields, names)."""
+    from audit.runner import AuditConfig
+    from unlearn.train import UnlearnConfig
+
+    out = Path(config.out)
+    keys = list(config.grid)
+    jobs = []
+    for combo in itertools.product(*(config.grid[k] for k in keys)):
+        values = dict(zip(keys, combo))
+        fields = {**config.unlearn, **values}
+        fields.update(config.recipes.get(fields.get("optimizer", UnlearnConfig.optimizer), {}))
+        fields.update(values)                          # the grid wins over a recipe
+        unlearn_config = UnlearnConfig.from_dict(fields)  # bad fields fail here, before any run
+        audit = None
+        if config.audit is not None:
+            audit = {"benchmark": unlearn_config.benchmark, "benchmark_args": unlearn_config.benchmark_args,
+                     **config.audit, "score_references": config.references and not jobs}
+            AuditConfig(**audit)
+        name = job_name(values)
+        jobs.append(Job(name, dataclasses.asdict(unlearn_config), audit,
+                        config.original or unlearn_config.model, config.retain,
+                        str(out / "runs" / name), str(out / "audits" / name)))
+    names = [j.name for j in jobs]
+    require(len(set(names)) == len(names), "two grid points give the same run name; use distinct values")
+    return jobs
+
+
+def run_job(job: Job, progress: bool = False) -> dict:
+    """Unlearn (or resume, or reuse) and audit one grid point; return what was done and its time."""
+    from audit.runner import AuditConfig, audit
+    from unlearn.train import UnlearnConfig, unlearn
+
+    start = time.perf_counter()
+    unlearn(UnlearnConfig.from_dict(job.unlearn), out=job.run_dir, progress=progress)
+    audited = False
+    if job.audit is not None and not (Path(job.audit_dir) / "manifest.json").exists():
+        audit(job.run_dir, original=job.original, retain=job.retain, config=AuditConfig(**job.audit),
+              out=job.audit_dir, progress=progress)
+        audited = True
+    return {"name": job.name, "run": job.run_dir, "audit": job.audit_dir if job.audit is not None else None,
+            "audited": audited, "seconds": round(time.perf_counter() - start, 1), "pid": os.getpid()}
+
+
+# ----------------------------------------------------------------------------- engines
+
+def run_local(jobs: list[Job], progress: bool = True) -> list[dict]:
+    """Each job in turn, in this process."""
+    return [run_job(job, progress=progress) for job in tqdm(jobs, desc="sweep", disable=not progress)]
+
+
+def run_ray(jobs: list[Job], progress: bool = True, address: str | None = None, num_cpus: float = 1,
+            num_gpus: float = 0, **init_args) -> list[dict]:
+    """One Ray task per job, on a local Ray instance (``address=None``) or a cluster (``"auto"`` or
+    ``ray://host:port``); results in job order."""
+    try:
+        import ray
+    except ImportError:
+        raise BasinError("the ray engine needs Ray: pip install 'basin[sweep]' (or use engine local)") from None
+    started = not ray.is_initialized()
+    if started:
+        env = {k: os.environ[k] for k in ("BASIN_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE",
+                                          "OMP_WAIT_POLICY") if k in os.environ}
+        ray.init(address=address, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"env_vars": env}, **init_args)
+    try:
+        task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(run_job)
+        pending = {task.remote(job): i for i, job in enumerate(jobs)}
+        results: list = [None] * len(jobs)
+        with tqdm(total=len(jobs), desc="sweep (ray)", disable=not progress) as bar:
+            waiting = list(pending)
+            while waiting:
+                done, waiting = ray.wait(waiting, num_returns=1)
+                try:
+                    results[pending[done[0]]] = ray.get(done[0])
+                except ray.exceptions.RayTaskError as err:
+                    cause = err.cause if isinstance(getattr(err, "cause", None), Exception) else err
+                    raise BasinError(f"sweep job {jobs[pending[done[0]]].name} failed: {cause}") from None
+                bar.update()
+        return results
+    finally:
+        if started:
+            ray.shutdown()
+
+
+ENGINES = {"local": run_local, "ray": run_ray}
+
+
+def _prepare_models(jobs: list[Job]) -> None:
+    """Build the embedded world's models once, here, before workers need them (two workers would
+    otherwise train the same cached model side by side)."""
+    from unlearn.build import world_model_path
+
+    names = {j.unlearn["model"] for j in jobs} | {j.original for j in jobs} | {j.retain for j in jobs}
+    for name in sorted(n for n in names if isinstance(n, str) and n.startswith("world:")):
+        world_model_path(name)
+
+
+def run_sweep(config: SweepConfig, progress: bool = True) -> list[dict]:
+    """Plan the jobs, make sure the shared models exist, run the jobs on ``config.engine``."""
+    jobs = plan_jobs(config)
+    _prepare_models(jobs)
+    Path(config.out).mkdir(parents=True, exist_ok=True)
+    engine = lookup(ENGINES, config.engine, "sweep engine")
+    return engine(jobs, progress=progress, **config.engine_args)
+
+
+def sweep_sources(config: SweepConfig) -> list[Path]:
+    """The run and audit folders of a sweep's jobs that hold records (for :func:`load_records`)."""
+    out = []
+    for job in plan_jobs(config):
+        out += [Path(p) for p in (job.run_dir, job.audit_dir) if (Path(p) / "records.jsonl").exists()]
+    return out

@@ -1,0 +1,98 @@
+"""basin sweep: a grid becomes named, idempotent jobs; the local and the Ray engine give the same
+runs bit for bit, in the record format basin report reads."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from analysis.load import load_records
+from analysis.sweep import SweepConfig, job_name, plan_jobs, run_sweep, sweep_sources
+from conftest import MICRO_WORLD
+from unlearn.cli import main
+from unlearn.errors import BasinError
+
+WORLD_ARGS = {"n_people": MICRO_WORLD.n_people, "n_holdout": MICRO_WORLD.n_holdout,
+              "n_countries": MICRO_WORLD.n_countries, "seed": MICRO_WORLD.seed}
+
+
+@pytest.fixture(scope="module")
+def start_model(trained_micro, tmp_path_factory):
+    model, tok, _ = trained_micro
+    folder = tmp_path_factory.mktemp("sweep") / "start"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def _spec(start_model, out, **kw) -> SweepConfig:
+    return SweepConfig(**{
+        "out": str(out),
+        "unlearn": {"model": start_model, "benchmark": "world:forget10", "benchmark_args": WORLD_ARGS,
+                    "objective": "npo", "steps": 4, "batch_size": 4, "eval_every": 4, "save_every": 0,
+                    "device": "cpu"},
+        "grid": {"optimizer": ["adam", "signadam"], "seed": [0, 1]},
+        "recipes": {"adam": {"lr": 1e-3}, "signadam": {"lr": 3e-4}},
+        "audit": {"attacks": ["quantize"], "attack_args": {"quantize": {"methods": ["rtn"], "bits": [4]}},
+                  "metrics": ["prob"], "max_retain": 20, "device": "cpu"},
+        **kw})
+
+
+def test_plan_names_recipes_and_errors(start_model, tmp_path):
+    jobs = plan_jobs(_spec(start_model, tmp_path))
+    assert [j.name for j in jobs] == ["adam-s0", "adam-s1", "signadam-s0", "signadam-s1"]
+    assert [j.unlearn["lr"] for j in jobs] == [1e-3, 1e-3, 3e-4, 3e-4]
+    assert [j.audit["score_references"] for j in jobs] == [True, False, False, False]
+    assert jobs[0].original == start_model and jobs[0].audit["benchmark_args"] == WORLD_ARGS
+    assert job_name({"objective": "npo", "lr": 1e-4, "seed": 2}) == "npo-lr0.0001-s2"
+    with pytest.raises(BasinError, match="did you mean 'ray'"):
+        _spec(start_model, tmp_path, engine="rey")
+    with pytest.raises(BasinError, match="unknown config field"):
+        plan_jobs(_spec(start_model, tmp_path, grid={"optimiser": ["adam"]}))
+    with pytest.raises(BasinError, match="did you mean 'adam'"):
+        plan_jobs(_spec(start_model, tmp_path, grid={"optimizer": ["adma"]}))
+    assert not (tmp_path / "runs").exists()
+
+
+def test_local_and_ray_engines_give_the_same_runs(start_model, tmp_path):
+    pytest.importorskip("ray")
+    local = run_sweep(_spec(start_model, tmp_path / "local"), progress=False)
+    assert [r["name"] for r in local] == ["adam-s0", "adam-s1", "signadam-s0", "signadam-s1"]
+    df = load_records(sweep_sources(_spec(start_model, tmp_path / "local")))
+    mine = df[df.role == "unlearned"]
+    assert set(mine.optimizer) == {"adam", "signadam"} and set(mine.seed) == {0, 1}
+    assert {"training", "none", "quantize"} <= set(df.attack)
+    # a rerun reuses every finished run and audit
+    again = run_sweep(_spec(start_model, tmp_path / "local"), progress=False)
+    assert not any(r["audited"] for r in again)
+
+    spec = _spec(start_model, tmp_path / "ray", engine="ray", grid={"optimizer": ["adam", "signadam"], "seed": [1]},
+                 engine_args={"num_cpus": 1})
+    remote = run_sweep(spec, progress=False)
+    assert [r["name"] for r in remote] == ["adam-s1", "signadam-s1"]
+    for name in ("adam-s1", "signadam-s1"):
+        a = load_file(tmp_path / "local" / "runs" / name / "model" / "model.safetensors")
+        b = load_file(tmp_path / "ray" / "runs" / name / "model" / "model.safetensors")
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+        la = [json.loads(x)["value"] for x in (tmp_path / "local" / "audits" / name / "records.jsonl").open()
+              if json.loads(x)["role"] == "unlearned"]
+        lb = [json.loads(x)["value"] for x in (tmp_path / "ray" / "audits" / name / "records.jsonl").open()
+              if json.loads(x)["role"] == "unlearned"]
+        assert la == pytest.approx(lb, abs=1e-6)
+
+
+def test_cli_sweep_writes_a_report(start_model, tmp_path, capsys):
+    import yaml
+
+    spec = _spec(start_model, tmp_path / "cli", grid={"optimizer": ["adam"], "seed": [0]})
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({k: v for k, v in spec.__dict__.items()}))
+    assert main(["sweep", str(path), "--report", "--quiet"]) == 0
+    assert (tmp_path / "cli" / "report" / "index.html").exists()
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("out: x\ngrids: {}\n")
+    assert main(["sweep", str(bad)]) == 2
+    assert "unknown sweep field(s) grids" in capsys.readouterr().err
