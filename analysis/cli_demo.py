@@ -17,6 +17,8 @@ def register(sub) -> None:
                    "then unlearn with adam and the hybrid (see docs/real_world.md)")
     p.add_argument("--device", default="auto", help="auto (CUDA if available), cpu, cuda, cuda:N, auto-map")
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, bf16-mixed")
+    p.add_argument("--engine", default="local", help="run the unlearn + audit jobs one after another (local, "
+                   "default) or as Ray tasks (ray; pip install 'basin[sweep]')")
     p.add_argument("--cache", default=None, help="cache folder (default $BASIN_CACHE or ~/.cache/basin)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -29,7 +31,11 @@ def run(args: argparse.Namespace) -> int:
     from unlearn.errors import require
 
     start = time.perf_counter()
-    place = {"out": args.out, "device": args.device, "dtype": args.dtype}
+    if args.cache:  # every stage (and every sweep worker) reads the models from this cache
+        import os
+
+        os.environ["BASIN_CACHE"] = args.cache
+    place = {"out": args.out, "device": args.device, "dtype": args.dtype, "engine": args.engine}
     if args.base:
         config = DemoConfig.pretrained(args.base, **place)
         if args.quick:

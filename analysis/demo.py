@@ -5,13 +5,14 @@ records to the (record-only) analysis library. Stages:
 
 1. build (or reuse from the cache) the world, its tokenizer, the tiny original model and the
    retain-only gold model;
-2. unlearn the forget set with NPO + retain NLL and each optimizer tier (adam, signadam,
-   adazo, hybrid, sophia) for several seeds, into ``OUT/runs/<optimizer>-s<seed>``;
-3. audit every unlearned model with relearning, 4-bit RTN, NF4 and interpolation from the
-   original (forget and retain sets under every attack; the world-facts utility set on the clean
-   models); the original and retain-only models are attacked once (ceiling and floor); score
-   the plane through the original, Adam's and the hybrid's model (the basin picture);
-4. write the report (tables, figures, verdicts) to ``OUT`` and print a verdict for each claim.
+2. a sweep (:mod:`analysis.sweep`, local engine): unlearn the forget set with NPO + retain NLL
+   and each optimizer tier (adam, signadam, adazo, hybrid, sophia) for several seeds, into
+   ``OUT/runs/<optimizer>-s<seed>``, and audit each unlearned model with relearning, 4-bit RTN,
+   NF4 and interpolation from the original into ``OUT/audits/<optimizer>-s<seed>`` (forget and
+   retain sets under every attack; the world-facts utility set on the clean models); the
+   original and retain-only models are attacked once (ceiling and floor);
+3. score the plane through the original, Adam's and the hybrid's model (the basin picture),
+   write the report (tables, figures, verdicts) to ``OUT`` and print a verdict for each claim.
 
 Every stage resumes: run folders and audit folders that are complete are reused, so an
 interrupted demo continues where it stopped. The verdicts come from the numbers and their
@@ -80,6 +81,7 @@ class DemoConfig:
     fit: dict = field(default_factory=dict)     # FitConfig overrides for the original / retain-only models
     device: str = "auto"
     dtype: str = "float32"
+    engine: str = "local"           # the sweep engine of the unlearn + audit stage: local or ray
     relearn_lr: float = 1e-3
     benchmark: str = "world:forget10"
     optimizers: dict = field(default_factory=lambda: dict(DEMO_OPTIMIZERS))
@@ -123,11 +125,10 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
     """Run every stage; return ``{"report": path, "verdicts": DataFrame, "seconds": {stage: s}}``."""
     from analysis.report import write_report
     from analysis.verdicts import evaluate_claims, verdict_table
-    from audit.runner import AuditConfig, audit
+    from analysis.sweep import SweepConfig, run_sweep
     from unlearn.build import BuildConfig, build, finetune_fit, retain_split
     from unlearn.data.world import WorldConfig
     from unlearn.pretrain import FitConfig
-    from unlearn.train import UnlearnConfig, unlearn
 
     out = Path(config.out)
     seconds: dict[str, float] = {}
@@ -142,43 +143,35 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
         original, retain = str(built.original_dir), str(built.retain_dir)
     place = {"device": config.device, "dtype": config.dtype}
     seconds["build"] = time.perf_counter() - t
-    log(f"[1/4] world and models ready in {seconds['build']:.0f} s "
+    log(f"[1/3] world and models ready in {seconds['build']:.0f} s "
         f"(original forget prob {built.original_fit['eval']['forget']['prob']:.3f}, "
         f"retain-only forget prob {built.retain_fit['eval']['forget']['prob']:.3f})")
 
     t = time.perf_counter()
-    runs = []
-    for name, recipe in config.optimizers.items():
-        for seed in config.seeds:
-            run = out / "runs" / f"{name}-s{seed}"
-            ucfg = UnlearnConfig(model=original, benchmark=config.benchmark, benchmark_args=dict(config.world),
-                                 objective=config.objective, **place,
-                                 objective_args=dict(config.objective_args), optimizer=name,
-                                 optimizer_args=dict(recipe.get("optimizer_args", {})), lr=recipe["lr"],
-                                 steps=config.steps, batch_size=config.batch_size,
-                                 eval_every=config.steps, eval_max_rows=config.max_retain,
-                                 save_every=config.steps // 2, seed=seed)
-            unlearn(ucfg, out=run, progress=progress)
-            runs.append(run)
-    seconds["unlearn"] = time.perf_counter() - t
-    log(f"[2/4] {len(runs)} unlearning runs done in {seconds['unlearn']:.0f} s")
-
-    t = time.perf_counter()
-    audits = []
     attack_args = {"relearn": {"steps": tuple(config.relearn_steps), "size": 0.2, "lr": config.relearn_lr},
                    "quantize": {"methods": ("rtn", "nf4"), "bits": (4,)},  # 4-bit RTN (g128), NF4
                    "interpolate": {"points": config.interpolation_points}}
-    for i, run in enumerate(runs):
-        acfg = AuditConfig(benchmark=config.benchmark, benchmark_args=dict(config.world), **place,
-                           attacks=("relearn", "quantize", "interpolate"),
-                           attack_args=attack_args, metrics=AUDIT_METRICS,
-                           max_retain=config.max_retain, splits=("forget", "retain"),
-                           clean_splits=("forget", "retain", "world_facts"),
-                           score_references=(i == 0))
-        folder = out / "audits" / run.name
-        if not (folder / "manifest.json").exists():
-            audit(str(run), original=original, retain=retain, config=acfg, out=folder, progress=progress)
-        audits.append(folder)
+    sweep = SweepConfig(
+        out=str(out), original=original, retain=retain,
+        unlearn={"model": original, "benchmark": config.benchmark, "benchmark_args": dict(config.world),
+                 "objective": config.objective, "objective_args": dict(config.objective_args),
+                 "steps": config.steps, "batch_size": config.batch_size, "eval_every": config.steps,
+                 "eval_max_rows": config.max_retain, "save_every": config.steps // 2, **place},
+        grid={"optimizer": list(config.optimizers), "seed": list(config.seeds)},
+        recipes={name: {"lr": r["lr"], "optimizer_args": dict(r.get("optimizer_args", {}))}
+                 for name, r in config.optimizers.items()},
+        audit={"attacks": ("relearn", "quantize", "interpolate"), "attack_args": attack_args,
+               "metrics": AUDIT_METRICS, "max_retain": config.max_retain, "splits": ("forget", "retain"),
+               "clean_splits": ("forget", "retain", "world_facts"), **place},
+        engine=config.engine)
+    done = run_sweep(sweep, progress=progress)
+    runs = [Path(r["run"]) for r in done]
+    audits = [Path(r["audit"]) for r in done]
+    seconds["unlearn+audit"] = time.perf_counter() - t
+    log(f"[2/3] {len(runs)} unlearning runs, each audited (relearning, 4-bit RTN, NF4, interpolation), "
+        f"in {seconds['unlearn+audit']:.0f} s")
+
+    t = time.perf_counter()
     # the basin picture: the plane through the original, Adam's and the hybrid's first seed
     corners = [n for n in ("adam", "hybrid") if n in config.optimizers]
     plane_dir = out / "audits" / "plane"
@@ -188,11 +181,11 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
         s0 = config.seeds[0]
         audit_plane(original, str(out / "runs" / f"adam-s{s0}"), str(out / "runs" / f"hybrid-s{s0}"),
                     names=("original", f"adam-s{s0}", f"hybrid-s{s0}"), benchmark=config.benchmark,
-                    benchmark_args=dict(config.world), **place, grid=config.plane_grid, max_retain=config.max_retain, out=plane_dir, progress=progress)
+                    benchmark_args=dict(config.world), grid=config.plane_grid, max_retain=config.max_retain,
+                    out=plane_dir, progress=progress, **place)
     if (plane_dir / "records.jsonl").exists():
         audits.append(plane_dir)
-    seconds["audit"] = time.perf_counter() - t
-    log(f"[3/4] {len(audits)} audits done in {seconds['audit']:.0f} s")
+    seconds["plane"] = time.perf_counter() - t
 
     t = time.perf_counter()
     from analysis.load import load_records
@@ -204,5 +197,5 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
     report = write_report(df, out / "report", claims=claims,
                           title=f"basin demo: optimizer tiers vs. relearning and quantization ({model_label})")
     seconds["report"] = time.perf_counter() - t
-    log(f"[4/4] report written in {seconds['report']:.0f} s")
+    log(f"[3/3] basin plane and report written in {seconds['plane'] + seconds['report']:.0f} s")
     return {"report": report, "verdicts": verdicts, "seconds": seconds}
