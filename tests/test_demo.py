@@ -48,3 +48,32 @@ def test_quickstart_notebook_runs():
     assert not [o for o in outputs if o.output_type == "error"]
     images = [o for o in outputs if "image/png" in o.get("data", {})]
     assert len(images) >= 2
+
+
+@pytest.mark.slow
+def test_demo_on_a_pretrained_base(trained_micro, tmp_path):
+    """`basin demo --base MODEL` in miniature: the micro model stands in for SmolLM2. The base is
+    fine-tuned on a small world (original and gold model), then the adam / hybrid grid is unlearned,
+    audited and reported, with verdicts only on the claims those two optimizers can test."""
+    import json
+
+    from analysis.demo import DemoConfig, run_demo
+
+    model, tok, _ = trained_micro
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    tok.save_pretrained(base)
+    config = DemoConfig.pretrained(str(base), out=str(tmp_path / "demo"), seeds=(0, 1), steps=4,
+                                   fit={"max_steps": 6, "eval_every": 3}, relearn_steps=(2,),
+                                   max_retain=10, device="cpu")
+    lines = []
+    result = run_demo(config, cache_dir=tmp_path / "cache", progress=False, log=lines.append)
+    fits = [json.loads(p.read_text()) for p in (tmp_path / "cache" / "models").glob("*/basin_fit.json")]
+    assert sorted(f["split"] for f in fits) == ["full", "retain80"]
+    assert all(f["base"] == str(base) and f["steps"] <= 6 for f in fits)
+    runs = sorted(p.name for p in (tmp_path / "demo" / "runs").iterdir())
+    assert runs == ["adam-s0", "adam-s1", "hybrid-s0", "hybrid-s1"]
+    saved = json.loads((tmp_path / "demo" / "runs" / "adam-s0" / "config.json").read_text())
+    assert saved["benchmark"] == "world:forget20" and saved["benchmark_args"]["n_people"] == 10
+    assert set(result["verdicts"]["claim"]) == {"hybrid-vs-adam-relearn", "hybrid-vs-adam-quantize"}
+    assert result["report"].exists() and "[3/3]" in lines[-1]
