@@ -97,3 +97,12 @@ def test_load_model_safely(trained_micro, tmp_path):
         load_model(str(tmp_path))
     with pytest.raises(BasinError, match="tokenizer"):
         load_model(model)
+
+
+def test_a_hub_id_without_network_is_one_clear_error(tmp_path, capsys):
+    from unlearn.cli import main
+
+    with pytest.raises(BasinError, match="without network, download it elsewhere and pass the local folder"):
+        load_model("HuggingFaceTB/SmolLM2-360M")
+    assert main(["audit", "HuggingFaceTB/SmolLM2-360M", "--out", str(tmp_path / "a"), "--quiet"]) == 2
+    assert "download it elsewhere" in capsys.readouterr().err and not (tmp_path / "a").exists()
