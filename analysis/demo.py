@@ -64,11 +64,13 @@ DEMO_CLAIMS = [
 
 
 # The TOFU recipe on a real pretrained model (``basin demo --base smollm2-135m``): SmolLM2-135M
-# is fine-tuned on a 10-person world, then unlearned. Learning rates from a short probe on seed 0
-# (docs/real_world.md): Adam at 2e-5 for 20 NPO steps forgets most of the two forget people.
+# is fine-tuned on a 10-person world, then unlearned. Learning rates from short probes on seed 0
+# (docs/real_world.md): Adam at 2e-5 for 20 NPO steps takes the forget set from 0.95 to 0.11; the
+# hybrid (10 FO + 10 ZO steps) needs 7e-5 to forget as much (0.11; at 2e-5 it reaches 0.69, at 5e-5
+# 0.23), so the two are compared at matched forgetting.
 SMOLLM2_OPTIMIZERS: dict[str, dict] = {
     "adam": {"lr": 2e-5},
-    "hybrid": {"lr": 2e-5, "optimizer_args": {"n_fo": 5, "n_zo": 5}},
+    "hybrid": {"lr": 7e-5, "optimizer_args": {"n_fo": 5, "n_zo": 5}},
 }
 
 

@@ -46,6 +46,7 @@ def register(sub) -> None:
     p.add_argument("--schedule", help="constant, linear or cosine")
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--eval-every", type=int)
+    p.add_argument("--eval-max-rows", type=int, help="retain rows scored at each evaluation (default 200)")
     p.add_argument("--save-every", type=int)
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default: cuda if available, else cpu), cpu, cuda, cuda:N, mps, "
