@@ -24,6 +24,11 @@ def register(sub) -> None:
                    "model utility, MUSE VerbMem and KnowMem (slower)")
     p.add_argument("--metrics", default=None, help="comma-separated metric names (see basin ls; default: "
                    "every forward-only metric that applies, and with --generate every metric)")
+    p.add_argument("--lmeval-task", action="append", metavar="TASK",
+                   help="also score every attacked model with this lm-eval task, in process (e.g. mmlu, "
+                   "wmdp_bio, or a local task with --lmeval-arg include_path=DIR); repeat for more")
+    p.add_argument("--lmeval-arg", action="append", metavar="KEY=VALUE",
+                   help="lm-eval option: include_path=DIR, limit=N, batch_size=N, num_fewshot=N")
     p.add_argument("--muse-arg", action="append", metavar="KEY=VALUE",
                    help="MUSE pass option: limit=N (only the first N rows of each MUSE set: quick looks on a "
                    "CPU), verbmem_tokens, knowmem_tokens, score=mink|minkpp, batch_size")
@@ -74,8 +79,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         metrics = None if args.generate else FAST_METRICS
     muse = _key_values(args.muse_arg, "--muse-arg")
+    lmeval = {"tasks": args.lmeval_task, **_key_values(args.lmeval_arg, "--lmeval-arg")} if args.lmeval_task else None
     config = AuditConfig(benchmark=benchmark or "world:forget10", benchmark_args=bench_args, attacks=attacks,
-                         metrics=metrics, muse_options=muse, attack_args=_attack_args(args.arg),
+                         metrics=metrics, muse_options=muse, lmeval=lmeval, attack_args=_attack_args(args.arg),
                          generate=args.generate, max_retain=args.max_retain, seed=args.seed,
                          device=args.device, dtype=args.dtype)
     df = audit(args.model, original=args.original, retain=args.retain, config=config, out=args.out,

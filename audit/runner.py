@@ -46,6 +46,7 @@ DEFAULT_ATTACK_ARGS = {
     "precision": {},
 }
 MUSE_OPTIONS = {k: k for k in ("limit", "verbmem_tokens", "knowmem_tokens", "score", "batch_size")}
+LMEVAL_OPTIONS = {k: k for k in ("tasks", "include_path", "batch_size", "limit", "num_fewshot", "offline")}
 NEEDS_RETAIN = ("forget_quality", "privleak", "privleak_pp", "muse_privleak")
 UNSEEN_METRICS = ("prob", "nll", "exact_match", "truth_ratio", "margin", "margin_win")
 FAST_METRICS = ("prob", "nll", "exact_match", "truth_ratio", "forget_quality", "mc_accuracy",
@@ -61,6 +62,7 @@ class AuditConfig:
     metrics: tuple | None = FAST_METRICS
     generate: bool = False          # ROUGE, model utility, MUSE VerbMem / KnowMem need greedy generation (slower)
     muse_options: dict = field(default_factory=dict)  # MUSE passes: limit, verbmem_tokens, knowmem_tokens
+    lmeval: dict | None = None      # lm-eval on every scored model: {"tasks": [...], "include_path", "limit", ...}
     max_new_tokens: int = 64
     max_retain: int = 100           # retain rows scored (evenly spaced), to keep attacks affordable
     seed: int = 0                   # attack seed (relearning subset, noise draws)
@@ -77,6 +79,11 @@ class AuditConfig:
             lookup(METRICS, metric, "metric")
         for key in self.muse_options:
             lookup(MUSE_OPTIONS, key, "MUSE option")
+        if self.lmeval is not None:
+            require(isinstance(self.lmeval, dict) and self.lmeval.get("tasks"),
+                    "lmeval must be a dict with tasks, e.g. {'tasks': ['mmlu'], 'limit': 100}")
+            for key in self.lmeval:
+                lookup(LMEVAL_OPTIONS, key, "lm-eval option")
 
 
 def _subsample(rows: list[dict], n: int) -> list[dict]:
@@ -197,13 +204,17 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
 
 
 def _score(model, tok, bench, config, retain_stats, base, attack, setting, x, splits=None,
-           metrics=None, unseen=None) -> list[dict]:
+           metrics=None, unseen=None, with_lmeval=True) -> list[dict]:
     """Score a model; with ``unseen`` (forget row indices), also report the forget metrics on
     those rows alone as split ``forget_unseen`` (means of the per-question values)."""
     metrics = metrics or (list(config.metrics) if config.metrics else None)
     recs, per_example = evaluate(model, tok, bench, metrics=metrics, retain_stats=retain_stats,
                                  generate=config.generate, max_new_tokens=config.max_new_tokens,
                                  splits=splits or config.splits, strict=False, muse_options=config.muse_options)
+    if config.lmeval is not None and with_lmeval:  # lm-eval's tasks, in process, on this very model
+        from audit.metrics.lmeval import run_lmeval
+
+        recs = recs + run_lmeval(model, tok, **{"seed": config.seed, **config.lmeval})[0]
     out = [{**base, **r, "attack": attack, "setting": setting, "x": x} for r in recs]
     if unseen is not None:
         rows = per_example[(per_example["split"] == "forget") & per_example["row"].isin(unseen)]
@@ -239,7 +250,7 @@ def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base
     if unseen is not None and (role, "none", "clean-unseen") not in done:
         # the clean model on the same unseen items: the baseline recovery is measured from
         out += [r for r in _score(model, tok, bench, config, None, base, "none", "clean-unseen", None,
-                                  splits=["forget"], metrics=UNSEEN_METRICS, unseen=unseen)
+                                  splits=["forget"], metrics=UNSEEN_METRICS, unseen=unseen, with_lmeval=False)
                 if r["split"] == "forget_unseen"]
     curve = []
     for setting, x, attacked in _call(attack, fn, model, context, args):

@@ -100,3 +100,30 @@ def test_task_files_and_errors(tmp_path, micro_model, micro_tokenizer):
         lmeval.run_lmeval(micro_model, micro_tokenizer, "mine", include_path=tmp_path / "nowhere")
     with pytest.raises(BasinError, match="style"):
         lmeval.render_mc_prompt({"question": "q", "choices": ["a"]}, style="essay")
+
+
+def test_audit_scores_every_attacked_model_with_lm_eval(micro_tokenizer, tasks, hf_home, tmp_path):
+    """basin audit --lmeval-task: lm-eval runs in process on the clean model and on every attacked
+    one; the number under 4-bit RTN is lm-eval's accuracy on that very quantized model."""
+    from audit.attacks.quantize import quantize
+    from audit.runner import AuditConfig, audit
+    from unlearn.data.benchmarks import Benchmark
+    from unlearn.models import build_model, init_weights
+
+    model = build_model("micro", micro_tokenizer, torch.Generator().manual_seed(0))
+    init_weights(model, torch.Generator().manual_seed(1), std=0.3)
+    rows = [{"question": "Q?", "answer": "yes", "paraphrased_answer": "yes", "perturbed_answer": ["no"]}] * 2
+    bench = Benchmark("tiny", rows, rows)
+    config = AuditConfig(benchmark=bench, attacks=("quantize",), metrics=("prob",), score_references=False,
+                         attack_args={"quantize": {"methods": ("rtn",), "bits": (2,)}},
+                         lmeval={"tasks": ["basin_mc4"], "include_path": str(tasks)})
+    df = audit(model, micro_tokenizer, config=config, progress=False)
+    acc = df[df.metric == "lmeval_acc"].set_index("attack")["value"]
+    assert set(acc.index) == {"none", "quantize"}
+    clean, _ = lmeval.run_lmeval(model, micro_tokenizer, "basin_mc4", include_path=tasks)
+    assert acc["none"] == pytest.approx(clean[0]["value"])
+    (_, _, attacked), = list(quantize(model, methods=("rtn",), bits=(2,)))
+    direct, _ = lmeval.run_lmeval(attacked, micro_tokenizer, "basin_mc4", include_path=tasks)
+    assert acc["quantize"] == pytest.approx(direct[0]["value"])
+    with pytest.raises(BasinError, match="did you mean 'limit'"):
+        AuditConfig(lmeval={"tasks": ["mmlu"], "limt": 10})
