@@ -4,6 +4,7 @@ import os
 import time
 
 import pytest
+import torch
 
 import unlearn.build as build_mod
 from unlearn.build import BuildConfig, build
@@ -53,11 +54,39 @@ def test_cli_build_and_errors(tmp_path, capsys):
     assert main(args) == 0 and "cache hit" in capsys.readouterr().out
 
 
+def test_cli_build_on_a_pretrained_base(trained_micro, tmp_path, capsys):
+    """--base fine-tunes a copy of a pretrained model (here the micro model) on the world, with the
+    base's tokenizer, in the dtype asked for, and prints how to name the small world."""
+    import json
+
+    from safetensors.torch import load_file
+
+    model, tok, _ = trained_micro
+    base = tmp_path / "base"
+    model.save_pretrained(base)
+    tok.save_pretrained(base)
+    args = ["world", "build", "--base", str(base), "--people", "5", "--holdout", "1", "--countries", "1",
+            "--forget", "0.2", "--max-steps", "3", "--dtype", "bfloat16", "--cache", str(tmp_path / "c"), "--quiet"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "--benchmark world:forget20 --benchmark-arg n_people=5 --benchmark-arg n_holdout=1" in out
+    folders = sorted((tmp_path / "c" / "models").iterdir())
+    assert [f.name.split("-")[1] for f in folders] == ["full", "retain80"]
+    for folder in folders:
+        fit_info = json.loads((folder / "basin_fit.json").read_text())
+        assert fit_info["base"] == str(base) and fit_info["steps"] == 3
+        weights = load_file(folder / "model.safetensors")
+        assert all(w.dtype == torch.bfloat16 for w in weights.values())
+        assert (folder / "tokenizer.json").read_text() == (base / "tokenizer.json").read_text()
+    assert main(args) == 0 and capsys.readouterr().out.count("cache hit") == 3
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--people", "0"], "n_people"),
     (["--forget", "1.5"], "strictly between 0 and 1"),
     (["--forget", "0"], "strictly between 0 and 1"),
     (["--size", "tinny"], "did you mean 'tiny'"),
+    (["--dtype", "float16"], "fitted in float32 or bfloat16"),
 ])
 def test_cli_bad_arguments(tmp_path, capsys, extra, message):
     assert main(["world", "build", "--cache", str(tmp_path), "--quiet", *extra]) == 2

@@ -51,11 +51,14 @@ class BuildConfig:
     vocab_size: int = DEFAULT_VOCAB_SIZE
     base: str | None = None     # a pretrained model to fine-tune instead of training ``size`` from scratch
     device: str = "cpu"         # where the models are trained (not part of the cache key)
+    dtype: str = "float32"      # the weights' dtype while fitting: float32 or bfloat16 (a GPU's choice)
 
     def __post_init__(self):
         if self.base is None:
             lookup(SIZES, self.size, "model size")
         split_name_to_fraction(self.forget)
+        require(self.dtype in ("float32", "bfloat16"),
+                f"dtype {self.dtype!r}: world models are fitted in float32 or bfloat16")
 
 
 def finetune_fit(**overrides) -> FitConfig:
@@ -102,12 +105,18 @@ def training_rows(world: World, split: str) -> list[dict]:
 def model_dir(config: BuildConfig, split: str, cache_dir=None) -> Path:
     if config.base is not None:
         base = _base_identity(config.base, cache_dir)
-        key = digest({"world": config.world.key(), "base": base, "split": split, "fit": config.fit.as_dict()})
+        key = digest({"world": config.world.key(), "base": base, "split": split, "fit": config.fit.as_dict(),
+                      **_dtype_key(config)})
         stem = Path(str(config.base)).name.replace(":", "-") or "base"
         return cache_root(cache_dir) / "models" / f"{stem}-{split}-{key}"
     key = digest({"world": config.world.key(), "vocab": config.vocab_size, "size": config.size,
-                  "shape": SIZES[config.size], "split": split, "fit": config.fit.as_dict()})
+                  "shape": SIZES[config.size], "split": split, "fit": config.fit.as_dict(), **_dtype_key(config)})
     return cache_root(cache_dir) / "models" / f"{config.size}-{split}-{key}"
+
+
+def _dtype_key(config: BuildConfig) -> dict:
+    """float32 (the default) adds nothing to a cache key, so entries made before the field stay valid."""
+    return {} if config.dtype == "float32" else {"dtype": config.dtype}
 
 
 def _base_identity(base: str, cache_dir=None) -> str:
@@ -128,11 +137,11 @@ def _initial_model(config: BuildConfig, cache_dir, progress: bool):
         from unlearn.models import load_model
 
         return load_model(config.base, cache_dir=cache_dir, progress=progress,
-                          device=resolve_device(config.device))
+                          device=resolve_device(config.device), dtype=config.dtype)
     wdir, _ = ensure_world(config.world, config.vocab_size, cache_dir)
     tokenizer = load_tokenizer(wdir / "tokenizer")
     model = build_model(config.size, tokenizer, torch.Generator().manual_seed(config.fit.seed))
-    return model.to(resolve_device(config.device)), tokenizer
+    return model.to(device=resolve_device(config.device), dtype=getattr(torch, config.dtype)), tokenizer
 
 
 def evaluate_splits(model, tokenizer, world: World, forget: str) -> dict:

@@ -21,6 +21,7 @@ def register(sub) -> None:
                    help="fine-tune this pretrained model (a name such as smollm2-135m, or a folder) on the "
                    "world instead of training --size from scratch (the TOFU recipe)")
     p.add_argument("--device", default="cpu", help="where to train: cpu (default), cuda, cuda:N, auto")
+    p.add_argument("--dtype", default="float32", help="weights while fitting: float32 (default) or bfloat16")
     p.add_argument("--seed", type=int, default=0, help="seed for the world and the models (default 0)")
     p.add_argument("--max-steps", type=int, default=None,
                    help="training step limit per model (default 1500; 80 with --base)")
@@ -42,7 +43,8 @@ def run_build(args: argparse.Namespace) -> int:
     ensure_writable(cache_root(args.cache))
     steps = {"max_steps": args.max_steps} if args.max_steps is not None else {}
     fit = finetune_fit(seed=args.seed, **steps) if args.base else FitConfig(seed=args.seed, **steps)
-    config = BuildConfig(world=world, size=args.size, forget=forget, fit=fit, base=args.base, device=args.device)
+    config = BuildConfig(world=world, size=args.size, forget=forget, fit=fit, base=args.base, device=args.device,
+                         dtype=args.dtype)
     result = build(config, cache_dir=args.cache, progress=not args.quiet)
     hit = lambda k: "cache hit" if result.cache_hits[k] else "built"  # noqa: E731
     print(f"world      {result.world_dir}  ({hit('world')}; {world.n_people} people, "
