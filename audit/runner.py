@@ -34,6 +34,7 @@ from unlearn.errors import BasinError, require
 from unlearn.models import DTYPES, canonical_dtype, check_device_name, load_model, resolve_device, weights_hash
 from unlearn.records import append_records, read_records
 from unlearn.registry import lookup
+from unlearn.train import OBJECT_MODEL
 
 DEFAULT_ATTACKS = ("relearn", "quantize", "interpolate")
 # Defaults sized for the tiny models; every key can be overridden per attack.
@@ -108,7 +109,10 @@ def _run_info(source) -> dict:
     if isinstance(source, (str, Path)) and (Path(source) / "config.json").exists() \
             and (Path(source) / "model").exists():
         cfg = json.loads((Path(source) / "config.json").read_text())
-        return {k: cfg.get(k) for k in ("optimizer", "objective", "seed", "lr", "model")}
+        info = {k: cfg.get(k) for k in ("optimizer", "objective", "seed", "lr", "model")}
+        if info["model"] == OBJECT_MODEL:  # started from an object: no name to load the original by
+            info["model"] = None
+        return info
     return {}
 
 

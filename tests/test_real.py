@@ -148,3 +148,36 @@ def test_smollm2_converts_loads_and_generates(tmp_path):
     assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1]:])
     model.save_pretrained(tmp_path / "resaved")               # a plain checkpoint, not a GGUF-quantized one
     assert "quantization_config" not in (tmp_path / "resaved" / "config.json").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SLOW, reason="set BASIN_SLOW=1 (needs the converted SmolLM2 checkpoint)")
+def test_smollm2_recipe_in_miniature(tmp_path):
+    """The TOFU recipe's pieces on the real model, at the smallest size that exercises them: a
+    2-person world, 3 fine-tuning steps, 2 NPO steps, a 4-bit RTN audit (about 1 min on 2 cores)."""
+    import json
+
+    from audit.runner import AuditConfig, audit
+    from unlearn.build import BuildConfig, build, finetune_fit
+    from unlearn.data.world import WorldConfig
+    from unlearn.train import unlearn
+
+    folder = _converted()
+    if folder is None:
+        pytest.skip(f"no converted SmolLM2 in {USER_CACHE}")
+    world = {"n_people": 2, "n_holdout": 1, "n_countries": 1}
+    built = build(BuildConfig(base=str(folder), world=WorldConfig(**world), forget="forget50",
+                              fit=finetune_fit(max_steps=3, eval_every=3)), cache_dir=tmp_path, progress=False)
+    assert built.original_fit["base"] == str(folder) and built.original_fit["steps"] == 3
+    run = unlearn(model=str(built.original_dir), benchmark="world:forget50", benchmark_args=world,
+                  objective="npo", optimizer="adam", lr=2e-5, steps=2, batch_size=2, eval_every=2,
+                  save_every=0, device="cpu", out=tmp_path / "run", progress=False)
+    before, after = ({r["split"]: r["value"] for r in run.records if r["metric"] == "prob" and r["x"] == x}
+                     for x in (0, 2))
+    assert after["forget"] < before["forget"]
+    df = audit(str(tmp_path / "run"), retain=str(built.retain_dir), out=tmp_path / "audit", progress=False,
+               config=AuditConfig(benchmark="world:forget50", benchmark_args=world, attacks=("quantize",),
+                                  attack_args={"quantize": {"methods": ("rtn",), "bits": (4,)}},
+                                  metrics=("prob", "forget_quality"), device="cpu"))
+    assert {"none", "quantize"} <= set(df.attack) and (df.metric == "forget_quality").any()
+    assert json.loads((tmp_path / "audit" / "config.json").read_text())["benchmark_args"] == world

@@ -73,6 +73,7 @@ SCHEDULES = ("constant", "linear", "cosine")
 TRAIN_DTYPES = ("float32", "bfloat16") + tuple(MIXED)
 # config fields a resumed run may change (where it runs, not what it computes)
 RESUME_NEUTRAL = ("device",)
+OBJECT_MODEL = "(a model object)"   # config.model of a run started from an object, not a name
 
 
 @dataclass
@@ -356,6 +357,8 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
     if isinstance(config, dict):
         config = UnlearnConfig.from_dict(config)
     config = dataclasses.replace(config or UnlearnConfig(), **overrides)
+    if model is not None:  # the run records what it unlearned, not the config's default name
+        config = dataclasses.replace(config, model=str(model) if isinstance(model, (str, Path)) else OBJECT_MODEL)
     start = time.time()
     dp = DataParallel(cpu=config.device == "cpu" or not torch.cuda.is_available()) \
         if DataParallel.launched() else None
