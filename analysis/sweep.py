@@ -162,8 +162,10 @@ def run_local(jobs: list[Job], progress: bool = True) -> list[dict]:
 
 def run_ray(jobs: list[Job], progress: bool = True, address: str | None = None, num_cpus: float = 1,
             num_gpus: float = 0, **init_args) -> list[dict]:
-    """One Ray task per job, on a local Ray instance (``address=None``) or a cluster (``"auto"`` or
-    ``ray://host:port``); results in job order."""
+    """One Ray task per job, on a local Ray instance or a cluster (address auto or ray://host:port).
+
+    ``address=None`` starts a local instance and shuts it down afterwards; results come back in job
+    order; ``num_cpus`` / ``num_gpus`` are reserved per job."""
     try:
         import ray
     except ImportError:

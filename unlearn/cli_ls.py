@@ -14,6 +14,7 @@ SECTIONS = [
     ("attacks", "audit.attacks", "ATTACKS"),
     ("quantization methods", "audit.attacks.quantize", "METHODS"),
     ("metrics", "audit.metrics", "METRICS"),
+    ("sweep engines", "analysis.sweep", "ENGINES"),
 ]
 
 

@@ -143,7 +143,7 @@ BENCHMARK_NAMES = {
     "tofu:forget05": "TOFU, forget 5%",
     "tofu:forget10": "TOFU, forget 10%",
     "muse:news": "MUSE-News (muse-bench/MUSE-News or a local folder via MUSE_DIR): KnowMem QA as "
-                 "forget/retain rows; VerbMem, KnowMem, PrivLeak via audit.metrics.muse",
+                 "forget/retain rows; VerbMem, KnowMem, PrivLeak in basin audit (--generate for the first two)",
     "muse:books": "MUSE-Books (muse-bench/MUSE-Books or MUSE_DIR), as muse:news",
     "wmdp-corpus:bio": "RMU's WMDP bio forget/retain text corpora (a local folder via WMDP_CORPORA_DIR)",
     "wmdp-corpus:cyber": "RMU's WMDP cyber forget/retain text corpora (WMDP_CORPORA_DIR)",
