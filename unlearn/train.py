@@ -359,6 +359,8 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
     config = dataclasses.replace(config or UnlearnConfig(), **overrides)
     if model is not None:  # the run records what it unlearned, not the config's default name
         config = dataclasses.replace(config, model=str(model) if isinstance(model, (str, Path)) else OBJECT_MODEL)
+    elif out is not None and _saved_model(Path(out)) == OBJECT_MODEL and (Path(out) / "manifest.json").exists():
+        config = dataclasses.replace(config, model=OBJECT_MODEL)  # a finished run from an object: reload it
     start = time.time()
     dp = DataParallel(cpu=config.device == "cpu" or not torch.cuda.is_available()) \
         if DataParallel.launched() else None
@@ -485,6 +487,13 @@ def _rewrite_records(out: Path, records: list[dict]) -> None:
     os.replace(tmp, out / "records.jsonl")
 
 
+def _saved_model(out: Path) -> str | None:
+    try:
+        return json.loads((out / "config.json").read_text()).get("model")
+    except (OSError, ValueError):
+        return None
+
+
 def _check_run_folder(out: Path, config: UnlearnConfig) -> None:
     """Create the run folder, or check that an existing one belongs to the same config."""
     try:
@@ -501,7 +510,9 @@ def _check_run_folder(out: Path, config: UnlearnConfig) -> None:
             previous.pop(key, None)
             current.pop(key, None)
         if previous != current:
-            raise BasinError(f"{out} holds a run with a different config; pass another --out "
+            started = " (it was started from a model object: pass the same object to resume it)" \
+                if previous.get("model") == OBJECT_MODEL and current.get("model") != OBJECT_MODEL else ""
+            raise BasinError(f"{out} holds a run with a different config{started}; pass another --out "
                              "(or delete the folder to start over)")
     else:
         write_json_atomic(saved, asdict(config))
