@@ -232,7 +232,8 @@ def _score(model, tok, bench, config, retain_stats, base, attack, setting, x, sp
 def _context(tok, bench, config, stats, reference) -> dict:
     """What an attack may ask for by keyword (each takes the ones in its signature)."""
     return {"tokenizer": tok, "forget_rows": bench.forget, "seed": config.seed, "stats": stats,
-            "calibration": [f"{r['question']} {r['answer']}" for r in bench.retain], "reference": reference}
+            "calibration": [r["text"] if "question" not in r else f"{r['question']} {r['answer']}"
+                            for r in bench.retain], "reference": reference}
 
 
 def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base, done) -> list[dict]:

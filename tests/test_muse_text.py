@@ -72,3 +72,40 @@ def test_rmu_unlearns_a_text_corpus(micro_model, micro_tokenizer):
     assert forget_error(model) < 0.5 * start                    # forget activations pushed to c u/|u|
     changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
     assert changed and all(k.endswith("mlp.down_proj.weight") for k in changed)
+
+
+def test_audit_of_a_text_corpus_scores_passages_and_lm_eval(micro_model, micro_tokenizer, tmp_path):
+    """RMU's setting in an audit: the forget / retain sets are WMDP-style passages (scored as text:
+    per-token NLL and probability over the passage), utility comes from an MMLU-style lm-eval task."""
+    pytest.importorskip("lm_eval")
+    from audit.metrics import evaluate
+    from audit.metrics.evaluation import score_texts
+    from audit.metrics.lmeval import write_mc_task
+    from audit.runner import AuditConfig, audit
+
+    data = load_muse("news", path=FIXTURES)
+    for kind, texts in (("forget", data.raw["forget"]), ("retain", data.raw["retain1"])):
+        (tmp_path / f"cyber-{kind}-corpus.jsonl").write_text("\n".join(json.dumps({"text": t}) for t in texts))
+    bench = load_benchmark("wmdp-corpus:cyber", path=tmp_path)
+    # the text score is the model's own loss on the passage (HF's mean over shifted tokens)
+    one = bench.forget[0]["text"]
+    ids = micro_tokenizer(one, return_tensors="pt")["input_ids"][:, :128]
+    with torch.no_grad():
+        loss = micro_model(input_ids=ids, labels=ids).loss.item()
+    got = score_texts(micro_model, micro_tokenizer, bench.forget[:1], max_length=128)
+    assert got["nll"][0] == pytest.approx(loss, rel=1e-4) and got["prob"][0] == pytest.approx(torch.tensor(-loss).exp().item(), rel=1e-4)
+    records, table = evaluate(micro_model, micro_tokenizer, bench, metrics=["prob", "nll"])
+    assert {(r["metric"], r["split"]) for r in records} == {(m, s) for m in ("prob", "nll") for s in ("forget", "retain")}
+    assert set(table.split) == {"forget", "retain"} and "text" in table
+    with pytest.raises(BasinError, match="truth_ratio"):
+        evaluate(micro_model, micro_tokenizer, bench, metrics=["truth_ratio"])
+    tasks = write_mc_task(tmp_path / "tasks", "mmlu_like", Path(__file__).parent / "fixtures" / "lmeval" / "mc4.jsonl")
+    config = AuditConfig(benchmark="wmdp-corpus:cyber", benchmark_args={"path": str(tmp_path)},
+                         attacks=("relearn", "quantize"), metrics=("prob", "nll"), score_references=False,
+                         attack_args={"relearn": {"steps": (5,), "size": 0.5, "lr": 3e-3},
+                                      "quantize": {"methods": ("rtn",), "bits": (4,)}},
+                         lmeval={"tasks": ["mmlu_like"], "include_path": str(tasks)})
+    df = audit(micro_model, micro_tokenizer, config=config, progress=False)
+    nll = df[(df.metric == "nll") & (df.split == "forget")].set_index("attack")["value"]
+    assert nll["relearn"] < nll["none"]                     # relearning on passages lowers their NLL
+    assert set(df[df.metric == "lmeval_acc"].attack) == {"none", "relearn", "quantize"}

@@ -366,6 +366,30 @@ def _benchmark_splits(benchmark) -> dict[str, tuple[str, list[dict]]]:
     return out
 
 
+TEXT_TOKENS = 512   # a plain-text passage is scored on its first TEXT_TOKENS tokens
+
+
+def text_splits(benchmark, splits: Sequence[str] | None) -> list[str]:
+    """The asked-for splits (default: every non-empty one) whose rows are plain-text passages, as
+    RMU's WMDP corpora are: they have no question, so they are scored as text, not as QA."""
+    from unlearn.data.benchmarks import is_text_row
+
+    available = _benchmark_splits(benchmark)
+    names = [n for n, (_, rows) in available.items() if rows] if splits is None else list(dict.fromkeys(splits))
+    return [n for n in names if n in available and available[n][1] and all(is_text_row(r) for r in available[n][1])]
+
+
+def score_texts(model, tokenizer, rows: Sequence[dict], max_length: int = TEXT_TOKENS) -> dict[str, np.ndarray]:
+    """Per passage: ``nll``, the mean negative log-likelihood of its tokens (every token after the
+    first, up to ``max_length``), and ``prob`` = exp(-nll), the per-token probability: the same
+    normalisation as a QA answer's ``prob``, over the whole passage."""
+    from unlearn.data.format import encode_rows, pad_id_of
+    from unlearn.scoring import answer_stats
+
+    stats = answer_stats(model, encode_rows(tokenizer, rows, max_length=max_length), pad_id_of(tokenizer))
+    return {"nll": stats.mean_nll.double().numpy(), "prob": stats.p_norm.double().numpy()}
+
+
 def plan(pool: AnswerPool, benchmark, metrics: Sequence[str],
          splits: Sequence[str] | None) -> dict[str, SplitScores]:
     """Add every pair the metrics need to ``pool``; return the splits' index arrays (empty splits
@@ -536,6 +560,10 @@ def evaluate(model, tokenizer, benchmark, metrics: Iterable[str] | None = None,
                       strict=False, muse_options=muse_options)
     reference = _as_reference(retain_stats if wants_ref else None, ref_kwargs)
 
+    texts = text_splits(bench, splits)   # plain-text passages: prob / nll over the whole text
+    if texts:
+        qa = [n for n, (_, rows) in _benchmark_splits(bench).items() if rows] if splits is None else splits
+        splits = [n for n in qa if n not in texts]
     pool = AnswerPool(tokenizer, max_length or model_max_length(model))
     planned = plan(pool, bench, names, splits)
     pool.run(model, batch_size)
@@ -559,11 +587,19 @@ def evaluate(model, tokenizer, benchmark, metrics: Iterable[str] | None = None,
         scored = Scored(pool, planned, float(k), reference)
 
     records: list[dict] = []
+    frames = []
+    text_metrics = [m for m in ("prob", "nll") if m in names]
+    for name in texts if text_metrics else []:
+        rows = _benchmark_splits(bench)[name][1]
+        values = score_texts(model, tokenizer, rows, min(max_length or TEXT_TOKENS, model_max_length(model)))
+        records += [{"metric": m, "split": name, "value": float(values[m].mean())} for m in text_metrics]
+        frames.append(pd.DataFrame({"split": name, "row": np.arange(len(rows), dtype=np.int64),
+                                    "text": [r["text"][:200] for r in rows], **{m: values[m] for m in text_metrics}}))
     columns: dict[str, dict[str, np.ndarray]] = {name: {} for name in planned}
     muse_columns: dict[str, dict] = {}
     for m in names:
         results = METRICS[m].compute(scored)
-        if explicit and not results:
+        if explicit and not results and not (m in text_metrics and texts):
             why = METRICS[m].unavailable or "no scored split has what it needs"
             raise BasinError(f"metric {m!r} cannot be computed on {bench.name}: {why}")
         for res in results:
@@ -573,7 +609,6 @@ def evaluate(model, tokenizer, benchmark, metrics: Iterable[str] | None = None,
                 muse_columns.setdefault(m, {}).setdefault(res.split, {}).update(res.columns)
             elif res.split in columns:
                 columns[res.split].update(res.columns)
-    frames = []
     for name, s in planned.items():
         frame = pd.DataFrame({"split": name, "row": np.arange(len(s.rows), dtype=np.int64),
                               "question": [r["question"] for r in s.rows], **columns[name]})
