@@ -29,7 +29,7 @@ from audit.attacks.interpolate import loss_barrier
 from audit.attacks.relearn import relearn_subset
 from audit.metrics import METRICS, evaluate, reference_stats
 from unlearn.cache import write_json_atomic
-from unlearn.data.benchmarks import Benchmark, load_benchmark
+from unlearn.data.benchmarks import Benchmark, is_text_row, load_benchmark
 from unlearn.errors import BasinError, require
 from unlearn.models import DTYPES, canonical_dtype, check_device_name, load_model, resolve_device, weights_hash
 from unlearn.records import append_records, read_records
@@ -46,8 +46,6 @@ DEFAULT_ATTACK_ARGS = {
     "prune": {},
     "precision": {},
 }
-MUSE_OPTIONS = {k: k for k in ("limit", "verbmem_tokens", "knowmem_tokens", "score", "batch_size")}
-LMEVAL_OPTIONS = {k: k for k in ("tasks", "include_path", "batch_size", "limit", "num_fewshot", "offline")}
 NEEDS_RETAIN = ("forget_quality", "privleak", "privleak_pp", "muse_privleak")
 UNSEEN_METRICS = ("prob", "nll", "exact_match", "truth_ratio", "margin", "margin_win")
 FAST_METRICS = ("prob", "nll", "exact_match", "truth_ratio", "forget_quality", "mc_accuracy",
@@ -78,13 +76,23 @@ class AuditConfig:
         self.dtype = canonical_dtype(self.dtype, tuple(DTYPES))
         for metric in self.metrics or ():
             lookup(METRICS, metric, "metric")
+        from audit.metrics.lmeval import run_lmeval
+        from audit.metrics.muse import score_muse
+
+        # the options are the passes' own keywords, less what the audit passes itself
         for key in self.muse_options:
-            lookup(MUSE_OPTIONS, key, "MUSE option")
+            lookup(_keywords(score_muse, "model", "tokenizer", "data", "names", "reference", "k", "max_length"),
+                   key, "MUSE option")
         if self.lmeval is not None:
             require(isinstance(self.lmeval, dict) and self.lmeval.get("tasks"),
                     "lmeval must be a dict with tasks, e.g. {'tasks': ['mmlu'], 'limit': 100}")
             for key in self.lmeval:
-                lookup(LMEVAL_OPTIONS, key, "lm-eval option")
+                lookup(_keywords(run_lmeval, "model", "tokenizer"), key, "lm-eval option")
+
+
+def _keywords(fn, *taken: str) -> dict:
+    """The keyword arguments of ``fn`` a caller may set, as a registry (for did-you-mean errors)."""
+    return {k: k for k in inspect.signature(fn).parameters if k not in taken}
 
 
 def _subsample(rows: list[dict], n: int) -> list[dict]:
@@ -232,7 +240,7 @@ def _score(model, tok, bench, config, retain_stats, base, attack, setting, x, sp
 def _context(tok, bench, config, stats, reference) -> dict:
     """What an attack may ask for by keyword (each takes the ones in its signature)."""
     return {"tokenizer": tok, "forget_rows": bench.forget, "seed": config.seed, "stats": stats,
-            "calibration": [r["text"] if "question" not in r else f"{r['question']} {r['answer']}"
+            "calibration": [r["text"] if is_text_row(r) else f"{r['question']} {r['answer']}"
                             for r in bench.retain], "reference": reference}
 
 

@@ -104,7 +104,7 @@ def training_rows(world: World, split: str) -> list[dict]:
 
 def model_dir(config: BuildConfig, split: str, cache_dir=None) -> Path:
     if config.base is not None:
-        base = _base_identity(config.base, cache_dir)
+        base = _base_identity(config.base)
         key = digest({"world": config.world.key(), "base": base, "split": split, "fit": config.fit.as_dict(),
                       **_dtype_key(config)})
         stem = Path(str(config.base)).name.replace(":", "-") or "base"
@@ -119,7 +119,7 @@ def _dtype_key(config: BuildConfig) -> dict:
     return {} if config.dtype == "float32" else {"dtype": config.dtype}
 
 
-def _base_identity(base: str, cache_dir=None) -> str:
+def _base_identity(base: str) -> str:
     """What names a base model in the cache key: a known name as it is; a folder by the hash of
     its weight files' names, sizes and modification times (cheap, and changes when they do)."""
     path = Path(str(base)).expanduser()

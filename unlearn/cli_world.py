@@ -60,8 +60,9 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"done in {result.seconds:.1f} s; use them as --model world:{args.size} and "
               f"world:{args.size}:retain{100 - round(args.forget * 100)}")
     else:
-        opts = " ".join(f"--benchmark-arg {k}={v}" for k, v in (("n_people", world.n_people),
-                        ("n_holdout", world.n_holdout), ("n_countries", world.n_countries), ("seed", world.seed)))
+        from dataclasses import asdict
+
+        opts = " ".join(f"--benchmark-arg {k}={v}" for k, v in asdict(world).items())
         print(f"done in {result.seconds:.1f} s; use them as --model {result.original_dir} (and "
               f"{result.retain_dir}) with --benchmark world:{forget} {opts}")
     return 0

@@ -254,32 +254,19 @@ class DataParallel:
 
 def data_parallel_step(dp: DataParallel, optimizer, closure, n_micro: int) -> float:
     """One optimizer step over this process's micro-batches, summed over the processes."""
-    from unlearn.optim.estimators import Backprop, forward_losses
+    from unlearn.optim.estimators import Backprop, _backward_over, forward_losses
 
     mine = dp.mine(n_micro)
     estimator = optimizer.plan.phases[optimizer.next_phase].estimator
     if type(estimator) is Backprop:                      # g = sum_i grad f_i over every process
         optimizer.zero_grad(set_to_none=True)
-        local = _backward_local(closure, mine)
+        local = _backward_over(lambda k: closure(mine[k]), len(mine))
         dp.sum_grads(p for group in optimizer.param_groups for p in group["params"])
         optimizer.step(None)                             # the update from the summed .grad
         return dp.sum_value(local)
     # zeroth order: each probe's loss is the sum over processes; n_micro=1 carries it whole
     return optimizer.step(lambda _: dp.sum_value(forward_losses(lambda i: closure(mine[i]), len(mine))),
                           n_micro=1)
-
-
-def _backward_local(closure, indices: list[int]) -> float:
-    from unlearn.optim.estimators import total_loss
-
-    loss = 0.0
-    with torch.enable_grad():
-        for i in indices:
-            value = total_loss(closure(i))
-            if value.requires_grad:
-                value.backward()
-            loss += float(value.detach())
-    return loss
 
 
 def check_data_parallel(dp: DataParallel, config: UnlearnConfig, optimizer) -> None:
