@@ -100,7 +100,7 @@ def test_load_model_safely(trained_micro, tmp_path):
 
 
 def test_a_hub_id_without_network_is_one_clear_error(tmp_path, capsys):
-    from unlearn.cli import main
+    from basin.cli import main
 
     with pytest.raises(BasinError, match="without network, download it elsewhere and pass the local folder"):
         load_model("HuggingFaceTB/SmolLM2-360M")

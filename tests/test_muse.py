@@ -320,7 +320,7 @@ def test_audit_scores_muse_privleak_under_attack(micro_model, micro_tokenizer, t
 
 
 def test_cli_audit_on_muse(micro_model, micro_tokenizer, tmp_path, capsys):
-    from unlearn.cli import main
+    from basin.cli import main
 
     folder = tmp_path / "model"
     micro_model.save_pretrained(folder)

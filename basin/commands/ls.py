@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+from audit.attacks import ATTACKS
+from audit.attacks.quantize import METHODS
+from audit.metrics import METRICS
+from basin.sweep import ENGINES
+from unlearn.data.benchmarks import BENCHMARK_NAMES
+from unlearn.models import SIZES
+from unlearn.objectives import OBJECTIVES
+from unlearn.optim import OPTIMIZERS
 
-# (title, module, attribute): registries shown by `basin ls`, as far as they exist
+# (title, registry): the registries `basin ls` shows
 SECTIONS = [
-    ("benchmarks", "unlearn.data.benchmarks", "BENCHMARK_NAMES"),
-    ("model sizes", "unlearn.models", "SIZES"),
-    ("objectives", "unlearn.objectives", "OBJECTIVES"),
-    ("optimizers", "unlearn.optim", "OPTIMIZERS"),
-    ("attacks", "audit.attacks", "ATTACKS"),
-    ("quantization methods", "audit.attacks.quantize", "METHODS"),
-    ("metrics", "audit.metrics", "METRICS"),
-    ("sweep engines", "analysis.sweep", "ENGINES"),
+    ("benchmarks", BENCHMARK_NAMES),
+    ("model sizes", SIZES),
+    ("objectives", OBJECTIVES),
+    ("optimizers", OPTIMIZERS),
+    ("attacks", ATTACKS),
+    ("quantization methods", METHODS),
+    ("metrics", METRICS),
+    ("sweep engines", ENGINES),
 ]
 
 
@@ -45,10 +51,7 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    for title, module, attr in SECTIONS:
-        if importlib.util.find_spec(module.rsplit(".", 1)[0]) is None or importlib.util.find_spec(module) is None:
-            continue
-        registry = getattr(importlib.import_module(module), attr)
+    for title, registry in SECTIONS:
         print(f"{title}:")
         width = max(len(k) for k in registry)
         for name, value in registry.items():
