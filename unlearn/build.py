@@ -223,13 +223,23 @@ def parse_world_model(name: str) -> tuple[str, str]:
 def world_model_path(name: str, cache_dir=None, progress: bool = True,
                      world: WorldConfig | None = None, fit_config: FitConfig | None = None) -> Path:
     """The checkpoint folder of a ``world:`` model on the default world, built if missing."""
-    size, split = parse_world_model(name)
-    forget = "forget10" if split == "full" else f"forget{100 - int(split[6:]):02d}"
-    config = BuildConfig(world=world or WorldConfig(), size=size, forget=forget,
-                         fit=fit_config or FitConfig())
+    config, split = _world_model_config(name, world, fit_config)
     ensure_writable(cache_root(cache_dir))
     path, _ = ensure_model(config, split, cache_dir, progress)
     return path
+
+
+def world_model_dir(name: str, cache_dir=None, world: WorldConfig | None = None,
+                    fit_config: FitConfig | None = None) -> Path:
+    """Where the checkpoint of a ``world:`` model lives in the cache (built or not; nothing is built)."""
+    config, split = _world_model_config(name, world, fit_config)
+    return model_dir(config, split, cache_dir)
+
+
+def _world_model_config(name: str, world: WorldConfig | None, fit_config: FitConfig | None):
+    size, split = parse_world_model(name)
+    forget = "forget10" if split == "full" else f"forget{100 - int(split[6:]):02d}"
+    return BuildConfig(world=world or WorldConfig(), size=size, forget=forget, fit=fit_config or FitConfig()), split
 
 
 def load_world_data(world: WorldConfig | None = None) -> World:
@@ -238,4 +248,4 @@ def load_world_data(world: WorldConfig | None = None) -> World:
 
 
 __all__ = ["BuildConfig", "BuildResult", "build", "ensure_world", "ensure_model", "world_model_path",
-           "parse_world_model", "training_rows", "load_world_data", "BasinError"]
+           "world_model_dir", "parse_world_model", "training_rows", "load_world_data", "BasinError"]
