@@ -30,10 +30,11 @@ from unlearn.cache import atomic_dir, cache_root, digest, ensure_writable, write
 from unlearn.data.format import encode_rows, pad_id_of
 from unlearn.data.world import World, WorldConfig, split_name_to_fraction
 from unlearn.errors import BasinError, require
-from unlearn.models import SIZES, build_model, resolve_device
+from unlearn.models import SIZES, build_model, check_device_name, resolve_device
 from unlearn.pretrain import FitConfig, fit
 from unlearn.registry import lookup
 from unlearn.scoring import answer_stats
+from unlearn.sources import check_model_source, parse_world_model
 from unlearn.tokenizer import DEFAULT_VOCAB_SIZE, load_tokenizer, train_tokenizer, world_training_texts
 
 FIT_FILE = "basin_fit.json"
@@ -59,6 +60,7 @@ class BuildConfig:
         split_name_to_fraction(self.forget)
         require(self.dtype in ("float32", "bfloat16"),
                 f"dtype {self.dtype!r}: world models are fitted in float32 or bfloat16")
+        check_device_name(self.device)
 
 
 def finetune_fit(**overrides) -> FitConfig:
@@ -195,6 +197,8 @@ class BuildResult:
 def build(config: BuildConfig = BuildConfig(), cache_dir=None, progress: bool = True) -> BuildResult:
     """Build (or reuse) everything ``basin world build`` promises; see the module docstring."""
     start = time.perf_counter()
+    resolve_device(config.device)  # a missing GPU or base model is refused before the cache is written
+    check_model_source(config.base, what="base model")
     ensure_writable(cache_root(cache_dir))
     wdir, world_hit = ensure_world(config.world, config.vocab_size, cache_dir)
     odir, orig_hit = ensure_model(config, "full", cache_dir, progress)
@@ -205,20 +209,6 @@ def build(config: BuildConfig = BuildConfig(), cache_dir=None, progress: bool = 
 
 
 # ----------------------------------------------------------------------------- names
-
-def parse_world_model(name: str) -> tuple[str, str]:
-    """``world:tiny`` -> ('tiny', 'full'); ``world:tiny:retain90`` -> ('tiny', 'retain90')."""
-    parts = name.split(":")
-    require(parts[0] == "world" and len(parts) in (2, 3),
-            f"model name {name!r} must look like world:<size> or world:<size>:retainNN")
-    size = parts[1]
-    lookup(SIZES, size, "model size")
-    split = parts[2] if len(parts) == 3 else "full"
-    if split != "full":
-        require(split.startswith("retain") and split[6:].isdigit() and 0 < int(split[6:]) < 100,
-                f"model name {name!r}: the third part must be retainNN, e.g. retain90")
-    return size, split
-
 
 def world_model_path(name: str, cache_dir=None, progress: bool = True,
                      world: WorldConfig | None = None, fit_config: FitConfig | None = None) -> Path:

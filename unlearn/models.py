@@ -24,7 +24,6 @@ is a property of the loop, not of the loaded weights.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -264,99 +263,6 @@ def load_model(model, tokenizer=None, *, allow_pickle: bool = False, trust_remot
                             attn_implementation=attn_implementation, device_map=device_map)
 
 
-def local_folder(model, cache_dir=None) -> Path | None:
-    """The checkpoint folder a model name stands for, found without building or fetching anything:
-    a folder (a run folder's ``model/``), a ``world:`` model already in the cache, or None."""
-    if not isinstance(model, (str, Path)):
-        return None
-    name = str(model)
-    if name.startswith("world:"):
-        from unlearn.build import world_model_dir  # deferred: unlearn.build imports this module
-
-        path = world_model_dir(name, cache_dir=cache_dir)
-        return path if (path / "config.json").exists() else None
-    path = Path(name).expanduser()
-    if (path / "model" / "config.json").exists():
-        return path / "model"
-    return path if path.is_dir() else None
-
-
-def check_model_source(model, *, allow_pickle: bool = False, cache_dir=None, what: str = "model") -> None:
-    """Refuse a model name or folder that :func:`load_model` could not load, without loading it: a
-    malformed ``world:`` name, a missing folder, a folder without config.json or weights. Model
-    objects, known names and hub ids (owner/name) pass."""
-    if not isinstance(model, (str, Path)):
-        return
-    name = str(model)
-    if name.startswith("world:"):
-        from unlearn.build import parse_world_model  # deferred: unlearn.build imports this module
-
-        parse_world_model(name)
-        return
-    if name.lower() in _hub_models():
-        return
-    path = local_folder(name, cache_dir)
-    if path is None:
-        if Path(name).expanduser().exists():
-            raise BasinError(f"{what} {name!r} is a file, not a checkpoint folder; pass its folder")
-        require_hub_id = name.startswith((".", "/", "~")) or name.count("/") != 1
-        if require_hub_id:
-            raise BasinError(f"{what} {name!r} is neither a local folder nor a known name; "
-                             "pass a checkpoint folder, a run folder, a hub id (owner/name) or world:<size>")
-        return
-    if not (path / "config.json").exists():
-        raise BasinError(f"{what} {path} has no config.json: it is not a Hugging Face checkpoint or basin run folder")
-    has_safe = any(path.glob("*.safetensors"))
-    has_pickle = any(path.glob("*.bin")) or any(path.glob("*.pt"))
-    if not has_safe and has_pickle and not allow_pickle:
-        raise BasinError(f"{path} holds only pickle weights (*.bin), which can run code when "
-                         "loaded; convert them to safetensors or pass --allow-pickle if you trust them")
-    if not has_safe and not has_pickle:
-        raise BasinError(f"{what} {path} has no weight files (*.safetensors)")
-
-
-def weight_shapes(model, cache_dir=None) -> dict[str, tuple] | None:
-    """Tensor name -> shape of a model, from a folder's safetensors headers (nothing is loaded) or a
-    model object's state dict; None when neither is at hand (a name not yet built or fetched)."""
-    if isinstance(model, torch.nn.Module):
-        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    path = local_folder(model, cache_dir)
-    files = sorted(path.glob("*.safetensors")) if path is not None else []
-    if not files:
-        return None
-    shapes = {}
-    for file in files:
-        with open(file, "rb") as f:  # a safetensors file: 8 bytes of header length, then a JSON header
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
-        shapes.update({k: tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"})
-    return shapes
-
-
-def check_same_shapes(first, second, what: str = "models", cache_dir=None) -> None:
-    """Refuse two models whose tensors differ in name or shape, from their headers (see
-    :func:`weight_shapes`); models whose shapes are not at hand pass (they are checked once loaded)."""
-    a, b = weight_shapes(first, cache_dir), weight_shapes(second, cache_dir)
-    if a is None or b is None:
-        return
-    a, b = _untied(a), _untied(b)
-    for name in list(a) + [n for n in b if n not in a]:
-        if name not in a or name not in b:
-            where = "the first" if name in a else "the second"
-            raise BasinError(f"the {what} have different architectures: tensor {name!r} exists only in "
-                             f"{where} model; pass models of the same architecture")
-        if a[name] != b[name]:
-            raise BasinError(f"the {what} have different architectures: tensor {name!r} has shape "
-                             f"{a[name]} in the first and {b[name]} in the second; pass models of the same "
-                             "architecture")
-
-
-def _untied(shapes: dict) -> dict:
-    """Shapes without ``lm_head.weight`` when it is tied to the input embedding (a checkpoint stores
-    a tied pair once, a live model lists both)."""
-    emb = next((v for k, v in shapes.items() if k.endswith("embed_tokens.weight")), None)
-    return {k: v for k, v in shapes.items() if not (k == "lm_head.weight" and v == emb)}
-
-
 def _hub_models() -> dict:
     """Pretrained models known by name (``smollm2-135m``); see :mod:`unlearn.hub`."""
     from unlearn.hub import HUB_MODELS
@@ -374,21 +280,28 @@ def load_tokenizer_any(source):
                          "save the tokenizer beside the weights or pass --tokenizer") from None
 
 
+def check_model_folder(path: Path, *, allow_pickle: bool = False, what: str = "") -> None:
+    """Refuse a folder :func:`load_model` could not load, without loading it: no config.json, no
+    weight files, or pickle weights only (unless ``allow_pickle``)."""
+    label = f"{what} {path}" if what else str(path)
+    if not (path / "config.json").exists():
+        raise BasinError(f"{label} has no config.json: it is not a Hugging Face checkpoint folder")
+    has_safe = any(path.glob("*.safetensors"))
+    has_pickle = any(path.glob("*.bin")) or any(path.glob("*.pt"))
+    if not has_safe and has_pickle and not allow_pickle:
+        raise BasinError(f"{label} holds only pickle weights (*.bin), which can run code when "
+                         "loaded; convert them to safetensors or pass --allow-pickle if you trust them")
+    if not has_safe and not has_pickle:
+        raise BasinError(f"{label} has no weight files (*.safetensors)")
+
+
 def _from_pretrained(source, tokenizer, *, allow_pickle, trust_remote_code, dtype, attn_implementation,
                      device_map=None):
     from transformers import AutoModelForCausalLM
 
     local = Path(source) if isinstance(source, Path) else None
     if local is not None:
-        if not (local / "config.json").exists():
-            raise BasinError(f"{local} has no config.json: it is not a Hugging Face checkpoint folder")
-        has_safe = any(local.glob("*.safetensors"))
-        has_pickle = any(local.glob("*.bin")) or any(local.glob("*.pt"))
-        if not has_safe and has_pickle and not allow_pickle:
-            raise BasinError(f"{local} holds only pickle weights (*.bin), which can run code when "
-                             "loaded; convert them to safetensors or pass --allow-pickle if you trust them")
-        if not has_safe and not has_pickle:
-            raise BasinError(f"{local} has no weight files (*.safetensors)")
+        check_model_folder(local, allow_pickle=allow_pickle)
     kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=not allow_pickle or None)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

@@ -50,8 +50,8 @@ from unlearn import runs
 from unlearn.data.benchmarks import load_benchmark
 from unlearn.data.format import collate, encode_rows, pad_id_of
 from unlearn.errors import BasinError, require, require_number
-from unlearn.models import (MIXED, canonical_dtype, check_device_name, check_model_source, dtype_key, input_device,
-                            load_model, resolve_device, resolve_dtype)
+from unlearn.models import (MIXED, canonical_dtype, check_device_name, dtype_key, input_device, load_model,
+                            resolve_device, resolve_dtype)
 from unlearn.objectives import OBJECTIVES, make_objective
 from unlearn.optim import OPTIMIZERS, make_optimizer
 from unlearn.optim.aliases import build_plan
@@ -60,6 +60,7 @@ from unlearn.records import read_records
 from unlearn.registry import lookup
 from unlearn.runs import OBJECT_MODEL
 from unlearn.scoring import answer_stats
+from unlearn.sources import check_model_source
 
 SCHEDULES = ("constant", "linear", "cosine")
 # dtypes the loop trains in; float16 would need loss scaling, which the loop does not do

@@ -56,6 +56,9 @@ def run(args: argparse.Namespace) -> int:
             data = yaml.safe_load(Path(args.config).read_text()) or {}
         except (OSError, yaml.YAMLError) as err:
             raise BasinError(f"cannot read the config file {args.config}: {err}") from None
+        if not isinstance(data, dict):
+            raise BasinError(f"the config file {args.config} must be a mapping of UnlearnConfig fields "
+                             "(lines like `lr: 1.0e-4`)")
     for f in dataclasses.fields(UnlearnConfig):
         value = getattr(args, f.name, None)
         if value is not None and f.name not in ("objective_args", "optimizer_args", "benchmark_args"):
