@@ -198,6 +198,52 @@ def evaluate(model, tokenizer, benchmark, metrics: Iterable[str] | None = None,
     ``exact_match``, ``rouge``, ``generation``, ``truth_ratio``, ``truth_ratio_R``, ``mink``,
     ``minkpp``, ``mc_accuracy``, ``mc_choice``, ``margin``, ``margin_win``) that were computed.
     """
+    names, explicit = _metric_names(metrics, strict, generate, batch_size, max_new_tokens, k)
+    model, tokenizer = load_model(model, tokenizer)
+    bench = load_benchmark(benchmark)
+    splits = None if splits is None else list(splits)
+    reference = _reference(retain_stats, names, bench, dict(
+        tokenizer=tokenizer, benchmark=bench, batch_size=batch_size, k=k, max_length=max_length,
+        strict=False, muse_options=muse_options))
+
+    texts = text_splits(bench, splits)   # plain-text passages: prob / nll over the whole text
+    if texts:
+        qa = [n for n, (_, rows) in _benchmark_splits(bench).items() if rows] if splits is None else splits
+        splits = [n for n in qa if n not in texts]
+    pool = AnswerPool(tokenizer, max_length or model_max_length(model))
+    planned = plan(pool, bench, names, splits)
+    pool.run(model, batch_size)
+    _generate(model, tokenizer, planned, names, max_new_tokens, batch_size)
+    muse_names = [m for m in names if m in MUSE_METRICS]
+    muse = None
+    if getattr(bench, "muse", None) is not None and muse_names:
+        options = {"batch_size": min(batch_size, 8), **(muse_options or {})}
+        muse = score_muse(model, tokenizer, bench.muse, muse_names, reference=reference.muse_auc,
+                          k=k, max_length=max_length, **options)
+    scored = Scored(pool, planned, float(k), reference, muse=muse)
+
+    text_metrics = [m for m in ("prob", "nll") if m in names] if texts else []
+    records, frames = _text_records(model, tokenizer, bench, texts, text_metrics, max_length)
+    computed, by_metric = compute_metrics(METRICS, names, scored, explicit=explicit, where=bench.name,
+                                          may_be_empty=text_metrics)
+    records += computed
+    for name, s in planned.items():
+        columns = {}
+        for m in names:
+            if m not in MUSE_METRICS:
+                columns.update(by_metric.get(m, {}).get(name, {}))
+        frames.append(pd.DataFrame({"split": name, "row": np.arange(len(s.rows), dtype=np.int64),
+                                    "question": [r["question"] for r in s.rows], **columns}))
+    if muse is not None:
+        frames.append(muse_table(muse, {m: c for m, c in by_metric.items() if m in MUSE_METRICS}))
+    table = pd.concat(frames, ignore_index=True) if frames else \
+        pd.DataFrame(columns=["split", "row", "question"])
+    return records, table
+
+
+def _metric_names(metrics, strict: bool, generate: bool, batch_size, max_new_tokens, k) -> tuple[list[str], bool]:
+    """Check :func:`evaluate`'s options; return the metric names to compute and whether they were
+    asked for by name (then one that cannot be computed is refused)."""
     require(isinstance(batch_size, int) and batch_size >= 1,
             f"batch_size must be a positive whole number, got {batch_size!r}")
     require(isinstance(max_new_tokens, int) and max_new_tokens >= 1,
@@ -212,67 +258,44 @@ def evaluate(model, tokenizer, benchmark, metrics: Iterable[str] | None = None,
         require(not (explicit and slow), f"{', '.join(slow)} need(s) generation; drop them or "
                                          "pass generate=True")
         names = [m for m in names if m in FAST_METRICS]
-    model, tokenizer = load_model(model, tokenizer)
-    bench = load_benchmark(benchmark)
-    splits = None if splits is None else list(splits)
+    return names, explicit
 
-    muse_data = getattr(bench, "muse", None)
-    wants_ref = {"forget_quality", "privleak", "privleak_pp", "muse_privleak"} & set(names)
+
+def _reference(retain_stats, names: list[str], bench, kwargs: dict) -> Reference:
+    """The retain-only model's numbers that the metrics ``names`` need (scored here when
+    ``retain_stats`` is the model itself, on only what they need)."""
+    wants = {"forget_quality", "privleak", "privleak_pp", "muse_privleak"} & set(names)
     mia_ok = bool(bench.forget and bench.holdout)
-    ref_metrics = [m for m, want in (("truth_ratio", "forget_quality" in wants_ref),
-                                     ("mink_auc", mia_ok and "privleak" in wants_ref),
-                                     ("minkpp_auc", mia_ok and "privleak_pp" in wants_ref),
-                                     ("muse_auc", muse_data is not None and "muse_privleak" in wants_ref))
-                   if want]
-    ref_kwargs = dict(tokenizer=tokenizer, benchmark=bench, batch_size=batch_size, metrics=ref_metrics,
-                      splits=["forget", "holdout"] if mia_ok else ["forget"], k=k, max_length=max_length,
-                      strict=False, muse_options=muse_options)
-    reference = _as_reference(retain_stats if wants_ref else None, ref_kwargs)
+    metrics = [m for m, want in (("truth_ratio", "forget_quality" in wants),
+                                 ("mink_auc", mia_ok and "privleak" in wants),
+                                 ("minkpp_auc", mia_ok and "privleak_pp" in wants),
+                                 ("muse_auc", getattr(bench, "muse", None) is not None and "muse_privleak" in wants))
+               if want]
+    kwargs = dict(kwargs, metrics=metrics, splits=["forget", "holdout"] if mia_ok else ["forget"])
+    return _as_reference(retain_stats if wants else None, kwargs)
 
-    texts = text_splits(bench, splits)   # plain-text passages: prob / nll over the whole text
-    if texts:
-        qa = [n for n, (_, rows) in _benchmark_splits(bench).items() if rows] if splits is None else splits
-        splits = [n for n in qa if n not in texts]
-    pool = AnswerPool(tokenizer, max_length or model_max_length(model))
-    planned = plan(pool, bench, names, splits)
-    pool.run(model, batch_size)
+
+def _generate(model, tokenizer, planned: dict[str, SplitScores], names: list[str], max_new_tokens: int,
+              batch_size: int) -> None:
+    """One greedy answer per distinct question of the splits whose metrics decode (ROUGE, model
+    utility), stored on each split as ``generations``."""
     needs = set().union(*(METRICS[m].needs for m in names))
     to_generate = [s for s in planned.values() if needs_pass(needs, "generate", s.kind)]
-    if to_generate:
-        questions = list(dict.fromkeys(r["question"] for s in to_generate for r in s.rows))
-        generated = greedy_generate(model, tokenizer, questions, max_new_tokens, batch_size)
-        answers = dict(zip(questions, generated))
-        for s in to_generate:
-            s.generations = [answers[r["question"]] for r in s.rows]
-    muse_names = [m for m in names if m in MUSE_METRICS]
-    muse = None
-    if muse_data is not None and muse_names:
-        options = {"batch_size": min(batch_size, 8), **(muse_options or {})}
-        muse = score_muse(model, tokenizer, muse_data, muse_names, reference=reference.muse_auc,
-                          k=k, max_length=max_length, **options)
-    scored = Scored(pool, planned, float(k), reference, muse=muse)
+    if not to_generate:
+        return
+    questions = list(dict.fromkeys(r["question"] for s in to_generate for r in s.rows))
+    answers = dict(zip(questions, greedy_generate(model, tokenizer, questions, max_new_tokens, batch_size)))
+    for s in to_generate:
+        s.generations = [answers[r["question"]] for r in s.rows]
 
-    records: list[dict] = []
-    frames = []
-    text_metrics = [m for m in ("prob", "nll") if m in names]
-    for name in texts if text_metrics else []:
+
+def _text_records(model, tokenizer, bench, texts: list[str], metrics: list[str], max_length) -> tuple[list, list]:
+    """Records and per-passage tables of the plain-text splits ``texts`` (``prob`` / ``nll``)."""
+    records, frames = [], []
+    for name in texts if metrics else []:
         rows = _benchmark_splits(bench)[name][1]
         values = score_texts(model, tokenizer, rows, min(max_length or TEXT_TOKENS, model_max_length(model)))
-        records += [{"metric": m, "split": name, "value": float(values[m].mean())} for m in text_metrics]
+        records += [{"metric": m, "split": name, "value": float(values[m].mean())} for m in metrics]
         frames.append(pd.DataFrame({"split": name, "row": np.arange(len(rows), dtype=np.int64),
-                                    "text": [r["text"][:200] for r in rows], **{m: values[m] for m in text_metrics}}))
-    computed, by_metric = compute_metrics(METRICS, names, scored, explicit=explicit, where=bench.name,
-                                          may_be_empty=text_metrics if texts else ())
-    records += computed
-    for name, s in planned.items():
-        columns = {}
-        for m in names:
-            if m not in MUSE_METRICS:
-                columns.update(by_metric.get(m, {}).get(name, {}))
-        frames.append(pd.DataFrame({"split": name, "row": np.arange(len(s.rows), dtype=np.int64),
-                                    "question": [r["question"] for r in s.rows], **columns}))
-    if muse is not None:
-        frames.append(muse_table(muse, {m: c for m, c in by_metric.items() if m in MUSE_METRICS}))
-    table = pd.concat(frames, ignore_index=True) if frames else \
-        pd.DataFrame(columns=["split", "row", "question"])
-    return records, table
+                                    "text": [r["text"][:200] for r in rows], **{m: values[m] for m in metrics}}))
+    return records, frames
