@@ -37,7 +37,8 @@ def _resolve(node: ast.ImportFrom | ast.Import, module: str, is_package: bool, k
             parts = module.split(".")
             keep = len(parts) - node.level + (1 if is_package else 0)
             base = ".".join(parts[:keep] + ([base] if base else []))
-        names = [base] + [f"{base}.{alias.name}" for alias in node.names]
+        subs = [f"{base}.{alias.name}" for alias in node.names]
+        names = [n for n in subs if n in known] if all(n in known for n in subs) else [base] + subs
     out = []
     for name in names:
         while name and name not in known:

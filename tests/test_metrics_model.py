@@ -222,5 +222,8 @@ def test_basin_ls_lines_show_description_and_direction():
     for name, metric in METRICS.items():
         line = describe(metric)
         assert line.startswith(metric.description.splitlines()[0])
-        if metric.higher_is_better is not None:
+        if metric.higher_is_better is not None and metric.knowledge is not None:
+            good, bad = ("higher", "lower") if metric.higher_is_better else ("lower", "higher")
+            assert line.endswith(f"({good} is better on retain and utility sets, {bad} on the forget set)")
+        elif metric.higher_is_better is not None:
             assert line.endswith("(higher is better)" if metric.higher_is_better else "(lower is better)")

@@ -7,7 +7,8 @@ import torch
 from unlearn.build import training_rows
 from unlearn.data.format import IGNORE, encode_qa, encode_rows
 from unlearn.errors import BasinError
-from unlearn.models import build_model, load_model, weights_hash
+from unlearn.loading import load_model
+from unlearn.models import build_model, weights_hash
 from unlearn.pretrain import FitConfig, fit
 from unlearn.scoring import answer_stats
 

@@ -239,7 +239,7 @@ def test_evaluate_muse_end_to_end_and_registry(micro_model, micro_tokenizer, mic
     assert len(limited) == 1
     # registered for `basin ls`; elsewhere their computes find nothing and evaluate() says where
     # they run when asked for by name
-    from audit.metrics.evaluation import Scored
+    from audit.metrics.types import Scored
     from unlearn.data.benchmarks import world_benchmark
 
     assert set(mm.MUSE_METRICS) <= set(METRICS)

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from unlearn import __version__
 from unlearn.cache import atomic_dir, check_writable, write_json_atomic
 from unlearn.errors import BasinError
 from unlearn.records import append_records
@@ -147,9 +148,7 @@ def load_checkpoint(out: Path, model, optimizer) -> tuple[int, int]:
 
 def manifest(start: float, config, device: str = "cpu") -> dict:
     """Versions, platform, device, dtype, threads, git commit and wall time of a run."""
-    import transformers
-
-    from unlearn import __version__
+    import transformers  # deferred: transformers is slow to import and only the manifest needs it here
 
     gpu = {}
     if device != "cpu" and torch.cuda.is_available():

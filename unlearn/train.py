@@ -50,8 +50,9 @@ from unlearn import runs
 from unlearn.data.benchmarks import load_benchmark
 from unlearn.data.format import collate, encode_rows, pad_id_of
 from unlearn.errors import BasinError, require, require_number
-from unlearn.models import (MIXED, canonical_dtype, check_device_name, dtype_key, input_device, load_model,
-                            resolve_device, resolve_dtype)
+from unlearn.loading import load_model
+from unlearn.models import (MIXED, canonical_dtype, check_device_name, dtype_key, input_device, resolve_device,
+                            resolve_dtype)
 from unlearn.objectives import OBJECTIVES, make_objective
 from unlearn.optim import OPTIMIZERS, make_optimizer
 from unlearn.optim.aliases import build_plan

@@ -24,11 +24,7 @@ SECTIONS = [
 ]
 
 
-# Metrics that measure knowledge: on the forget split a *lower* knowledge score is the goal.
-KNOWLEDGE_METRICS = {"prob", "nll", "exact_match", "rouge", "margin", "margin_win", "verbmem", "knowmem"}
-
-
-def describe(value, name: str = "") -> str:
+def describe(value) -> str:
     """One line for a registry entry: a string, a size dict, or an object's docstring."""
     if isinstance(value, str):
         return value
@@ -37,7 +33,7 @@ def describe(value, name: str = "") -> str:
     text = getattr(value, "description", None) or (getattr(value, "__doc__", None) or "")
     line = text.strip().splitlines()[0] if text.strip() else ""
     hib = getattr(value, "higher_is_better", None)
-    if hib is not None and name in KNOWLEDGE_METRICS:
+    if hib is not None and getattr(value, "knowledge", None) is not None:  # knowledge: lower on forget
         good, bad = ("higher", "lower") if hib else ("lower", "higher")
         line += f" ({good} is better on retain and utility sets, {bad} on the forget set)"
     elif hib is not None:
@@ -55,6 +51,6 @@ def run(args) -> int:
         print(f"{title}:")
         width = max(len(k) for k in registry)
         for name, value in registry.items():
-            print(f"  {name:<{width}}  {describe(value, name)}")
+            print(f"  {name:<{width}}  {describe(value)}")
         print()
     return 0
