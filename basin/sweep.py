@@ -48,7 +48,7 @@ from unlearn.cache import check_writable, digest
 from unlearn.errors import BasinError, require
 from unlearn.registry import lookup
 from unlearn.optim import OPTIMIZERS
-from unlearn.train import UnlearnConfig, check, unlearn
+from unlearn.train import UnlearnConfig, check_unlearn, unlearn
 
 
 @dataclass
@@ -159,7 +159,7 @@ def check_sweep(config: SweepConfig, jobs: list[Job]) -> None:
     check_writable(Path(config.out), "sweep folder", "pass a writable out (or --out)")
     for job in jobs:
         unlearn_config = UnlearnConfig.from_dict(job.unlearn)
-        check(unlearn_config, out=job.run_dir)
+        check_unlearn(unlearn_config, out=job.run_dir)
         if job.audit is not None:  # the unlearned model will have its start's architecture
             check_audit(AuditConfig(**job.audit), unlearn_config.model, original=job.original, retain=job.retain,
                         out=job.audit_dir)

@@ -2,7 +2,7 @@
 
 It reads as config, batches, step, records:
 
-- **config**: :class:`UnlearnConfig`; :func:`check` refuses bad input (names, option types and
+- **config**: :class:`UnlearnConfig`; :func:`check_unlearn` refuses bad input (names, option types and
   ranges, the model and the run folder) before anything is loaded or written;
 - **batches**: step k draws a forget batch and a retain batch in a seeded, stateless order (a
   function of (seed, k) alone, so a resumed run sees the same data); the objective prepares its
@@ -95,7 +95,7 @@ class UnlearnConfig:
     dtype: str = "float32"                  # float32, bfloat16 (recommended on a GPU), bf16-mixed
 
     def __post_init__(self):
-        """Types, ranges and names of every field (the options' contents: :func:`check`)."""
+        """Types, ranges and names of every field (the options' contents: :func:`check_unlearn`)."""
         for name in ("model", "benchmark", "objective", "optimizer", "schedule", "device", "dtype"):
             require(isinstance(getattr(self, name), str), f"{name} must be a string, got {getattr(self, name)!r}")
         for name in ("benchmark_args", "objective_args", "optimizer_args"):
@@ -205,7 +205,7 @@ def evaluate_progress(model, tokenizer, forget_ex, retain_ex, step: int, base: d
 
 @dataclass
 class Checked:
-    """What :func:`check` built while checking: the objective and the benchmark."""
+    """What :func:`check_unlearn` built while checking: the objective and the benchmark."""
 
     objective: object
     benchmark: object
@@ -228,7 +228,7 @@ def resolve_config(config: UnlearnConfig | dict | None, model=None, out=None, **
     return config
 
 
-def check(config: UnlearnConfig, model=None, out=None) -> Checked:
+def check_unlearn(config: UnlearnConfig, model=None, out=None) -> Checked:
     """Refuse bad input before anything is loaded or written: the run folder (writable, or a run
     of the same config), the objective's options, the benchmark, the optimizer's options and the
     model's name or folder. Raises :class:`BasinError`; builds the objective and the benchmark
@@ -254,7 +254,7 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
     ``config.model``. ``overrides`` set config fields (``unlearn(objective="npo", steps=50)``).
     With ``out`` the run is written to that folder and resumed from its checkpoint if present.
     A model object passed in is updated in place (use ``copy.deepcopy`` to keep the original).
-    Bad input is refused (:func:`check`) before anything is loaded or written.
+    Bad input is refused (:func:`check_unlearn`) before anything is loaded or written.
     """
     config = resolve_config(config, model, out, **overrides)
     start = time.time()
@@ -267,7 +267,7 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
         runs.check_run_folder(out, config)
         loaded, tok = load_model(str(out / "model"), device=device, dtype=weight_dtype)
         return UnlearnResult(loaded, tok, read_records(out / "records.jsonl"), out)
-    checked = check(config, model, out)
+    checked = check_unlearn(config, model, out)
     objective, bench = checked.objective, checked.benchmark
 
     attn = config.attn_implementation or ("eager" if OPTIMIZERS[config.optimizer].needs_eager_attention else None)
