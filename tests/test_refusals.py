@@ -69,6 +69,8 @@ CASES = [
     ("unlearn-hybrid-zero-block", [*UNLEARN, "--optimizer", "hybrid", "--opt", "n_fo=0"], {}),
     ("unlearn-zo-unknown-directions", [*UNLEARN, "--optimizer", "adazo", "--opt", "directions=diagonal"], {}),
     ("unlearn-qsgd-nine-bits", [*UNLEARN, "--optimizer", "qsgd", "--opt", "bits=9"], {}),
+    ("unlearn-hybrid-options-not-a-mapping", [*UNLEARN, "--optimizer", "hybrid", "--opt", "fo_options=3"], {}),
+    ("unlearn-config-unknown-attention", [*UNLEARN, "--config", "{tmp}/a.yaml"], {"a.yaml": "attn_implementation: magic\n"}),
     ("unlearn-zero-lr", [*UNLEARN, "--lr", "0"], {}),
     ("unlearn-zero-steps", [*UNLEARN, "--steps", "0"], {}),
     ("unlearn-accum-not-dividing", [*UNLEARN, "--batch-size", "8", "--grad-accum", "3"], {}),

@@ -47,9 +47,9 @@ def check_writable(target: Path, what: str = "folder", fix: str = "pass a writab
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise BasinError(f"cannot create the {what} {target}: {existing} is a file, not a folder; {fix}")
+        raise BasinError(f"cannot write to the {what} {target}: {existing} is a file, not a folder; {fix}")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise BasinError(f"cannot write the {what} {target}: {existing} is not writable; {fix}")
+        raise BasinError(f"cannot write to the {what} {target}: {existing} is not writable; {fix}")
 
 
 def digest(obj) -> str:

@@ -47,7 +47,7 @@ import torch
 from tqdm.auto import tqdm
 
 from unlearn import runs
-from unlearn.data.benchmarks import load_benchmark
+from unlearn.data.benchmarks import Benchmark, load_benchmark
 from unlearn.data.format import collate, encode_rows, pad_id_of
 from unlearn.errors import BasinError, require, require_number
 from unlearn.loading import load_model
@@ -66,6 +66,8 @@ from unlearn.sources import check_model_source
 SCHEDULES = ("constant", "linear", "cosine")
 # dtypes the loop trains in; float16 would need loss scaling, which the loop does not do
 TRAIN_DTYPES = ("float32", "bfloat16") + tuple(MIXED)
+# attention kernels transformers knows (None: the model's default, or eager when the optimizer needs it)
+ATTENTION = (None, "eager", "sdpa", "flash_attention_2", "flex_attention")
 
 
 @dataclass
@@ -96,8 +98,12 @@ class UnlearnConfig:
 
     def __post_init__(self):
         """Types, ranges and names of every field (the options' contents: :func:`check_unlearn`)."""
-        for name in ("model", "benchmark", "objective", "optimizer", "schedule", "device", "dtype"):
+        for name in ("objective", "optimizer", "schedule", "device", "dtype"):
             require(isinstance(getattr(self, name), str), f"{name} must be a string, got {getattr(self, name)!r}")
+        require(isinstance(self.model, (str, Path)), f"model must be a name or folder, got {self.model!r} "
+                "(pass a model object to unlearn(model=...), not in the config)")
+        require(isinstance(self.benchmark, (str, Benchmark)), f"benchmark must be a name such as world:forget10 "
+                f"or a Benchmark, got {self.benchmark!r}")
         for name in ("benchmark_args", "objective_args", "optimizer_args"):
             require(isinstance(getattr(self, name), dict),
                     f"{name} must be a mapping of options, got {getattr(self, name)!r}")
@@ -113,6 +119,8 @@ class UnlearnConfig:
         for name in ("warmup_steps", "eval_every", "save_every", "seed"):
             require_number(name, getattr(self, name), 0, integer=True)
         require_number("eval_max_rows", self.eval_max_rows, 1, integer=True)
+        require(self.attn_implementation in ATTENTION, f"attn_implementation must be one of "
+                f"{', '.join(map(str, ATTENTION))}, got {self.attn_implementation!r}")
         self.device = check_device_name(self.device)
         if dtype_key(self.dtype) == "float16":
             raise BasinError("dtype float16 is not supported for training (it needs loss scaling, which "

@@ -283,6 +283,7 @@ def needs_eager_attention(name: str) -> bool:
 def build_plan(name: str, options: dict, total_steps: int | None = None) -> Plan:
     """Validate ``options`` for optimizer ``name`` and build its plan."""
     recipe = lookup(RECIPES, name, "optimizer")
+    require(isinstance(options, dict), f"the options of optimizer {name!r} must be a mapping, got {options!r}")
     allowed = option_names(name)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
