@@ -89,6 +89,7 @@ CASES = [
     ("unlearn-misspelt-benchmark-arg", [*UNLEARN, "--benchmark-arg", "n_peple=20"], {}),
     ("unlearn-config-not-a-mapping", [*UNLEARN, "--config", "{tmp}/list.yaml"], {"list.yaml": "- lr\n- steps\n"}),
     ("unlearn-config-lr-text", [*UNLEARN, "--config", "{tmp}/lr.yaml"], {"lr.yaml": "lr: fast\n"}),
+    ("unlearn-config-options-not-a-mapping", [*UNLEARN, "--config", "{tmp}/o.yaml"], {"o.yaml": "objective_args: 3\n"}),
     ("unlearn-config-unknown-field", [*UNLEARN, "--config", "{tmp}/f.yaml"], {"f.yaml": "learning_rate: 1\n"}),
     ("unlearn-missing-config", [*UNLEARN, "--config", "{tmp}/none.yaml"], {}),
     ("unlearn-out-is-a-file", [*UNLEARN[:-3], "--out", "{file}"], {}),

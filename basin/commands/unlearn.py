@@ -63,9 +63,12 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, f.name, None)
         if value is not None and f.name not in ("objective_args", "optimizer_args", "benchmark_args"):
             data[f.name] = value
-    data.setdefault("objective_args", {}).update(key_values(args.obj, "--obj"))
-    data.setdefault("optimizer_args", {}).update(key_values(args.opt, "--opt"))
-    data.setdefault("benchmark_args", {}).update(key_values(args.benchmark_arg, "--benchmark-arg"))
+    for key, flag, items in (("objective_args", "--obj", args.obj), ("optimizer_args", "--opt", args.opt),
+                             ("benchmark_args", "--benchmark-arg", args.benchmark_arg)):
+        saved = data.get(key) or {}
+        if not isinstance(saved, dict):
+            raise BasinError(f"{key} in {args.config} must be a mapping (e.g. {key}: {{beta: 0.1}}), got {saved!r}")
+        data[key] = {**saved, **key_values(items, flag)}
     config = UnlearnConfig.from_dict(data)
     result = unlearn(config, out=args.out, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) != 0:  # a data-parallel launch: the first process reports
