@@ -182,6 +182,20 @@ def _permutation(n: int, seed: int, stream: int, epoch: int) -> list[int]:
     return _PERMS[key]
 
 
+def step_batches(step: int, config: UnlearnConfig, forget_ex, retain_ex, owned, pad: int,
+                 device: torch.device) -> dict[int, dict]:
+    """Step ``step``'s micro-batches ``owned`` (of ``grad_accum``), each a forget and a retain half
+    of ``batch_size / grad_accum`` rows, collated and on ``device``."""
+    micro = config.batch_size // config.grad_accum
+    forget_idx = batch_indices(step, config.batch_size, len(forget_ex), config.seed, 0)
+    retain_idx = batch_indices(step, config.batch_size, len(retain_ex), config.seed, 1)
+
+    def part(examples, idx, m: int) -> dict:
+        return _to(collate([examples[i] for i in idx[m * micro:(m + 1) * micro]], pad), device)
+
+    return {m: {"forget": part(forget_ex, forget_idx, m), "retain": part(retain_ex, retain_idx, m)} for m in owned}
+
+
 def total_steps(config: UnlearnConfig, n_forget: int) -> int:
     if config.epochs is not None:
         return max(1, math.ceil(config.epochs * n_forget / config.batch_size))
@@ -313,7 +327,6 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
     if first == 0 and config.eval_every and main:
         records += runs.log_records(out, evaluate_progress(model, tokenizer, forget_ex, eval_retain, 0, base))
 
-    micro = config.batch_size // config.grad_accum
     model.train()
     last_good = first
     bar = tqdm(range(first, steps), desc=f"unlearn {config.objective}/{config.optimizer}",
@@ -322,11 +335,7 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
     for step in bar:
         for group in optimizer.param_groups:  # the schedule is a function of the step alone
             group["lr"] = config.lr * lr_multiplier(step, config, steps)
-        f_idx = batch_indices(step, config.batch_size, len(forget_ex), config.seed, 0)
-        r_idx = batch_indices(step, config.batch_size, len(retain_ex), config.seed, 1)
-        micro_batches = {m: {"forget": _to(collate([forget_ex[i] for i in f_idx[m * micro:(m + 1) * micro]], pad), where),
-                             "retain": _to(collate([retain_ex[i] for i in r_idx[m * micro:(m + 1) * micro]], pad), where)}
-                         for m in owned}
+        micro_batches = step_batches(step, config, forget_ex, retain_ex, owned, pad, where)
         with amp():
             preps = {m: objective.prepare(reference, mb) for m, mb in micro_batches.items()}
 
