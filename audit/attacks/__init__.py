@@ -22,6 +22,7 @@ import importlib.util
 
 from unlearn.registry import lookup
 
+from . import flatness as _flatness
 from . import interpolate as _interpolate
 from . import noise as _noise
 from . import precision as _precision
@@ -35,6 +36,10 @@ ATTACKS = {
     "prune": _prune.prune,
     "precision": _precision.precision,
 }
+# Diagnostics measure the model instead of attacking it: they yield ``(setting, x, {(split,
+# metric): value})`` rather than attacked models, and the audit writes those values as records.
+DIAGNOSTICS = {"flatness": _flatness.flatness}
+ATTACKS.update(DIAGNOSTICS)
 
 # ---- relearn ------------------------------------------------------------------------------------
 # The relearning attack lives in audit/attacks/relearn.py (written separately) and is registered
@@ -52,4 +57,4 @@ def get_attack(name: str):
     return lookup(ATTACKS, name, "attack")
 
 
-__all__ = ["ATTACKS", "get_attack"]
+__all__ = ["ATTACKS", "DIAGNOSTICS", "get_attack"]
