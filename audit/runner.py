@@ -23,9 +23,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from audit.attacks import get_attack
+from audit.attacks import DIAGNOSTICS, get_attack
 from audit.attacks._common import check_same_architecture
-from audit.attacks.interpolate import loss_barrier
+from audit.attacks.interpolate import distance, loss_barrier
 from audit.attacks.relearn import relearn_subset
 from audit.metrics import METRICS, evaluate, reference_stats
 from unlearn.cache import write_json_atomic
@@ -42,6 +42,7 @@ DEFAULT_ATTACK_ARGS = {
     "relearn": {"steps": (5, 10, 20, 40), "size": 0.2, "lr": 1e-3, "batch_size": 4},
     "quantize": {"methods": ("rtn", "nf4"), "bits": None},
     "interpolate": {"points": 11},
+    "flatness": {},
     "noise": {},
     "prune": {},
     "precision": {},
@@ -152,16 +153,21 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     for role, source in (("original", original), ("retain", retain)):
         if source is not None:
             refs[role] = load_model(source, None if isinstance(source, (str, Path)) else tok, **safety)[0]
-    require("interpolate" not in config.attacks or "original" in refs,
-            "interpolate needs the original model: pass --original (or audit a basin unlearn run folder)")
+    endpoint = config.attack_args.get("interpolate", {}).get("endpoint")
+    if endpoint is not None and "interpolate" in config.attacks:  # a path from another model, not the original
+        refs["endpoint"] = load_model(endpoint, None if isinstance(endpoint, (str, Path)) else tok, **safety)[0]
+    require("interpolate" not in config.attacks or "original" in refs or "endpoint" in refs,
+            "interpolate needs the original model: pass --original (or audit a basin unlearn run folder), "
+            "or another model as the interpolate option endpoint")
     for role, ref in refs.items():  # fail before anything is written
         check_same_architecture(ref, target, f"the {role} model and the audited model")
+    start_name = _model_label(endpoint) if "endpoint" in refs else "original"
 
     bench = load_benchmark(config.benchmark, **config.benchmark_args)
     bench = dataclasses.replace(bench, retain=_subsample(bench.retain, config.max_retain))  # keeps MUSE data
     for attack in config.attacks:  # bad attack options fail here, before anything is written
-        _call(attack, get_attack(attack), target, _context(tok, bench, config, {}, refs.get("original")),
-              {**DEFAULT_ATTACK_ARGS.get(attack, {}), **config.attack_args.get(attack, {})}).close()
+        _call(attack, get_attack(attack), target, _context(tok, bench, config, {}, _start(attack, refs)),
+              _attack_args(config, attack)).close()
     out = Path(out) if out is not None else None
     done = set()
     if out is not None:
@@ -189,7 +195,7 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     elif config.metrics:
         config = dataclasses.replace(config, metrics=tuple(m for m in config.metrics if m not in NEEDS_RETAIN))
 
-    roles = [("unlearned", target)] + [(r, m) for r, m in refs.items() if config.score_references]
+    roles = [("unlearned", target)] + [(r, m) for r, m in refs.items() if config.score_references and r != "endpoint"]
     plan = [(role, m, "none") for role, m in roles]
     for attack in config.attacks:
         for role, m in roles:
@@ -203,7 +209,7 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
         row_base = {**base, "role": role}
         if role != "unlearned":
             row_base.update({"model": role, "optimizer": None, "objective": None})
-        new = _audit_one(m, tok, bench, attack, role, refs, config, retain_stats, row_base, done)
+        new = _audit_one(m, tok, bench, attack, role, refs, config, retain_stats, row_base, done, start_name)
         if out is not None and new:
             append_records(out / "records.jsonl", new)
         records += new
@@ -237,24 +243,52 @@ def _score(model, tok, bench, config, retain_stats, base, attack, setting, x, sp
     return out
 
 
+def _attack_args(config, attack: str) -> dict:
+    """The attack's options: defaults, then the config's (less ``endpoint``, which the audit loads)."""
+    args = {**DEFAULT_ATTACK_ARGS.get(attack, {}), **config.attack_args.get(attack, {})}
+    return {k: v for k, v in args.items() if not (attack == "interpolate" and k == "endpoint")}
+
+
+def _start(attack: str, refs: dict):
+    """The reference an attack on the audited model gets: the interpolation endpoint if one was
+    named, else the original."""
+    return refs.get("endpoint", refs.get("original")) if attack == "interpolate" else refs.get("original")
+
+
+def _model_label(source) -> str:
+    """A short name for a model: a run folder's optimizer, else the folder's name."""
+    info = _run_info(source)
+    if info.get("optimizer"):
+        return str(info["optimizer"])
+    return Path(str(source)).name if isinstance(source, (str, Path)) else "endpoint"
+
+
 def _context(tok, bench, config, stats, reference) -> dict:
     """What an attack may ask for by keyword (each takes the ones in its signature)."""
-    return {"tokenizer": tok, "forget_rows": bench.forget, "seed": config.seed, "stats": stats,
+    return {"tokenizer": tok, "forget_rows": bench.forget, "retain_rows": bench.retain, "seed": config.seed,
+            "stats": stats,
             "calibration": [r["text"] if is_text_row(r) else f"{r['question']} {r['answer']}"
                             for r in bench.retain], "reference": reference}
 
 
-def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base, done) -> list[dict]:
+def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base, done,
+               start_name="original") -> list[dict]:
     if attack == "none":
         if (role, "none", "clean") in done:
             return []
         return _score(model, tok, bench, config, retain_stats, base, "none", "clean", None,
                       splits=config.clean_splits)
 
-    args = {**DEFAULT_ATTACK_ARGS.get(attack, {}), **config.attack_args.get(attack, {})}
+    args = _attack_args(config, attack)
     stats: dict = {}
-    context = _context(tok, bench, config, stats, refs.get("original") if role == "unlearned" else None)
+    context = _context(tok, bench, config, stats, _start(attack, refs) if role == "unlearned" else None)
     fn = get_attack(attack)
+    if attack in DIAGNOSTICS:  # measured values, not attacked models
+        return [{**base, "attack": attack, "setting": setting, "x": x, "metric": metric, "split": split,
+                 "value": float(value)}
+                for setting, x, values in _call(attack, fn, model, context, args) if (role, attack, setting) not in done
+                for (split, metric), value in values.items()]
+    pair = f"{start_name}->{base.get('optimizer') or base['model']}"
     unseen = None
     if attack == "relearn":
         used = set(relearn_subset(len(bench.forget), args.get("size", 0.2), config.seed))
@@ -274,17 +308,22 @@ def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base
             recs += [{**base, "attack": attack, "setting": setting, "x": x, "metric": k, "split": "weights",
                       "value": float(v)} for k, v in stats[setting].items()]
         if attack == "interpolate":  # a path between two models: name the pair
-            recs = [{**r, "model": f"original->{base.get('optimizer') or base['model']}"} for r in recs]
+            recs = [{**r, "model": pair} for r in recs]
         out += recs
         if attack == "interpolate":
             curve.append((x, {(r["split"], r["metric"]): r["value"] for r in recs}))
     if attack == "interpolate" and curve:
+        # the barrier, and the barrier per unit of weight-space distance ||theta_B - theta_A||
+        length = distance(context["reference"], model)
+        path = {**base, "model": pair, "attack": attack, "setting": "path", "x": None}
+        out.append({**path, "metric": "distance", "split": "weights", "value": length})
         for split in ("forget", "retain"):
             pts = [(a, vals.get((split, "nll"))) for a, vals in curve]
             if all(v is not None for _, v in pts) and {0.0, 1.0} <= {a for a, _ in pts}:
-                out.append({**base, "model": f"original->{base.get('optimizer') or base['model']}",
-                            "attack": attack, "setting": "path", "x": None, "metric": "barrier",
-                            "split": split, "value": loss_barrier(pts)})
+                b = loss_barrier(pts)
+                out.append({**path, "metric": "barrier", "split": split, "value": b})
+                out.append({**path, "metric": "barrier_per_distance", "split": split,
+                            "value": b / length if length > 0 else float("nan")})
     return out
 
 

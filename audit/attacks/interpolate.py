@@ -84,6 +84,24 @@ def loss_barrier(curve: Sequence[tuple[float, float]]) -> float:
     return max(loss - (l0 + a * (l1 - l0)) for a, loss in points)
 
 
+def distance(first: nn.Module, second: nn.Module) -> float:
+    """||theta_second - theta_first||: the Euclidean length of the interpolation path, over the
+    tensors :func:`interpolate` moves (every floating-point tensor, tied ones once), in float64.
+
+    ``loss_barrier / distance`` is the barrier per unit of weight-space distance: two pairs of
+    models whose paths differ in length can then be compared (a barrier grows with the distance
+    it is measured over; the same model pair at twice the distance would show a higher bump).
+    """
+    check_same_architecture(first, second, "models to measure the distance between")
+    a, b = named_tensors(first), named_tensors(second)
+    total = 0.0
+    with torch.no_grad():
+        for name, t in a.items():
+            if name in b:
+                total += float((b[name].double() - t.double()).pow(2).sum())
+    return math.sqrt(total)
+
+
 def plane(model: nn.Module, *, second: nn.Module, third: nn.Module, xs: Sequence[float] | None = None,
           ys: Sequence[float] | None = None, orthonormal: bool = False) -> Iterator[tuple[float, float, nn.Module]]:
     """The 2-D plane through three models: yields ``(x, y, model)`` on the grid ``xs`` x ``ys``.
