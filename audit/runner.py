@@ -4,7 +4,11 @@ For the audited model (role ``unlearned``), and, when given, the original model 
 ``original``: the ceiling, what the attack leaves of knowledge that was never removed) and the
 retain-only model (role ``retain``: the floor, what the attack produces from nothing), the audit
 scores the clean model (attack ``none``) and every setting of every attack with the benchmark
-metrics. ``interpolate`` runs only for the audited model, on the path from the original to it.
+metrics. ``interpolate`` runs only for the audited model, on the path from the original to it, or
+from another model named by the interpolate option ``endpoint`` (a run folder or model: adam ->
+hybrid, seed 0 -> seed 1); its ``path`` records hold the barrier, the distance ||theta_B -
+theta_A|| and the barrier per unit of distance. Diagnostics (``flatness``) write their measured
+values as records instead of scoring attacked models.
 Records are appended to ``OUT/records.jsonl`` after each setting; a rerun of the same audit skips
 what is already there, so an interrupted audit resumes. The audited model is never modified: its
 weight hash is checked before and after every attack.

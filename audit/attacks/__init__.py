@@ -11,6 +11,11 @@ sweep (deep-copy it to keep it). The input model is never modified. ``reference`
 model: the other endpoint for ``interpolate`` and the snap-back control for ``quantize``,
 ``prune`` and ``precision``.
 
+Diagnostics (:data:`DIAGNOSTICS`, also listed in :data:`ATTACKS`) measure the model instead of
+attacking it: ``diagnostic(model, ...) -> Iterator[(setting, x, {(split, metric): value})]``
+(``flatness``: Hessian trace, largest eigenvalue and random sharpness of the forget and retain
+losses); the audit writes each value as one record.
+
 :data:`ATTACKS` maps a name to the attack function; ``basin ls`` prints the first line of each
 docstring. The modules keep their names (``audit.attacks.quantize`` is the module; the function is
 ``audit.attacks.quantize.quantize`` or ``ATTACKS["quantize"]``).

@@ -120,9 +120,10 @@ def adam_noise(noise_std: float = 1.0, b1: float = 0.9, b2: float = 0.999, eps: 
     random displacement a zeroth-order step makes, without the zeroth-order estimate. ``noise_std``
     is the per-coordinate root mean square of the added step in units of lr, so the noise moves
     the weights by lr * noise_std * sqrt(D) per step (D coordinates; exact for E||.||^2, within
-    1/sqrt(2D) relative per step). To match a zeroth-order run, pass that run's ``update_rms``
-    (its per-step ||Delta p|| / (lr sqrt(D)), written to its records each step; e.g. its mean over
-    the run): the noise then has the ZO steps' update norm at the same lr. The default 1.0 is the
+    1/sqrt(2D) relative per step). To match a zeroth-order run, equate the step norms:
+    noise_std = update_rms_ZO * lr_ZO / lr, where ``update_rms`` is the ZO run's per-step
+    ||Delta p|| / (lr_ZO sqrt(D)), written to its records every step (for the hybrid: the mean
+    over its ``phase == "zo"`` steps; lr_ZO = lr * zo_lr_scale). The default 1.0 is the
     size of Adam's own first step (|m^/sqrt(v^)| = 1 per coordinate). Noise is seeded by
     (seed, step, tensor) (:class:`unlearn.optim.transforms.AddNoise`).
     """
