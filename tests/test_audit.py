@@ -144,3 +144,15 @@ def test_audit_flatness_records_and_interpolation_from_another_model(trained_mic
     assert set(flat.setting) == {"loss", "sharpness-tensor-0.01", "hutchinson-2", "power-2"}
     assert {"hessian_trace", "hessian_trace_se", "hessian_eig_max", "sharpness_mean", "sharpness_max"} <= set(flat.metric)
     assert set(flat.split) == {"forget", "retain"} and set(flat.role) == {"unlearned"}
+
+
+def test_interpolation_pair_is_named_by_the_endpoints_run(tmp_path):
+    import json
+
+    from audit.runner import _model_label
+
+    run = tmp_path / "adam-s1"
+    (run / "model").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"optimizer": "adam", "seed": 1, "model": "world:tiny"}))
+    assert _model_label(run) == "adam"                           # a run folder: its optimizer
+    assert _model_label(tmp_path / "some-checkpoint") == "some-checkpoint"  # a plain folder: its name
