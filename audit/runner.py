@@ -5,10 +5,10 @@ For the audited model (role ``unlearned``), and, when given, the original model 
 retain-only model (role ``retain``: the floor, what the attack produces from nothing), the audit
 scores the clean model (attack ``none``) and every setting of every attack with the benchmark
 metrics. ``interpolate`` runs only for the audited model, on the path from the original to it, or
-from another model named by the interpolate option ``endpoint`` (a run folder or model: adam ->
-hybrid, seed 0 -> seed 1); its ``path`` records hold the barrier, the distance ||theta_B -
-theta_A|| and the barrier per unit of distance. Diagnostics (``flatness``) write their measured
-values as records instead of scoring attacked models.
+from another model named by its option ``endpoint`` (a run folder or model: adam -> hybrid, seed 0
+-> seed 1); its ``path`` records hold the barrier, the distance ||theta_B - theta_A|| and the
+barrier per unit of distance. Diagnostics (``flatness``) write their measured values as records
+instead of scoring attacked models.
 Records are appended to ``OUT/records.jsonl`` after each setting; a rerun of the same audit skips
 what is already there, so an interrupted audit resumes. The audited model is never modified: its
 weight hash is checked before and after every attack.
@@ -27,29 +27,35 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from audit.attacks import DIAGNOSTICS, get_attack
-from audit.attacks._common import check_same_architecture
-from audit.attacks.interpolate import distance, loss_barrier
-from audit.attacks.relearn import relearn_subset
-from audit.metrics import METRICS, evaluate, reference_stats
+from audit.attacks import ATTACKS, Attack, describe_attacks, get_attack
+from audit.attacks.common import check_same_architecture
+from audit.attacks.interpolate import distance, loss_barrier, plane
+from audit.metrics import METRICS, describe_metrics, evaluate, reference_stats
+from audit.metrics.lmeval import run_lmeval
+from audit.metrics.muse import score_muse
 from unlearn.cache import write_json_atomic
 from unlearn.data.benchmarks import Benchmark, is_text_row, load_benchmark
-from unlearn.errors import BasinError, require
-from unlearn.models import DTYPES, canonical_dtype, check_device_name, load_model, resolve_device, weights_hash
+from unlearn.errors import require
+from unlearn.loading import load_model
+from unlearn.models import DTYPES, canonical_dtype, check_device_name, resolve_device, weights_hash
+from unlearn.optim import OPTIMIZERS
 from unlearn.records import append_records, read_records
 from unlearn.registry import lookup
 from unlearn.train import OBJECT_MODEL
 
 DEFAULT_ATTACKS = ("relearn", "quantize", "interpolate")
-# Defaults sized for the tiny models; every key can be overridden per attack.
-DEFAULT_ATTACK_ARGS = {
-    "relearn": {"steps": (5, 10, 20, 40), "size": 0.2, "lr": 1e-3, "batch_size": 4},
-    "quantize": {"methods": ("rtn", "nf4"), "bits": None},
-    "interpolate": {"points": 11},
-    "flatness": {},
-    "noise": {},
-    "prune": {},
-    "precision": {},
+# what the audit writes beside the registered metrics, described for the report like them
+AUDIT_METRICS = {
+    "barrier": {"label": "loss barrier along the path (nats)", "higher_is_better": False, "knowledge": None},
+    "barrier_per_distance": {"label": "loss barrier per unit of distance ||θ_B − θ_A||", "higher_is_better": False,
+                             "knowledge": None},
+    "distance": {"label": "weight-space distance between the path's ends", "higher_is_better": None,
+                 "knowledge": None},
+    "code_change": {"label": "fraction of quantization codes changed", "higher_is_better": None,
+                    "knowledge": None},
+    "lmeval_acc": {"label": "lm-eval accuracy", "higher_is_better": True, "knowledge": True},
+    "lmeval_acc_norm": {"label": "lm-eval accuracy (length-normalised)", "higher_is_better": True,
+                        "knowledge": True},
 }
 NEEDS_RETAIN = ("forget_quality", "privleak", "privleak_pp", "muse_privleak")
 UNSEEN_METRICS = ("prob", "nll", "exact_match", "truth_ratio", "margin", "margin_win")
@@ -81,9 +87,6 @@ class AuditConfig:
         self.dtype = canonical_dtype(self.dtype, tuple(DTYPES))
         for metric in self.metrics or ():
             lookup(METRICS, metric, "metric")
-        from audit.metrics.lmeval import run_lmeval
-        from audit.metrics.muse import score_muse
-
         # the options are the passes' own keywords, less what the audit passes itself
         for key in self.muse_options:
             lookup(_keywords(score_muse, "model", "tokenizer", "data", "names", "reference", "k", "max_length"),
@@ -107,14 +110,20 @@ def _subsample(rows: list[dict], n: int) -> list[dict]:
     return [rows[int(i * step)] for i in range(n)]
 
 
-def _call(attack_name: str, fn, model, context: dict, args: dict):
-    """Call an attack with the context keywords it accepts plus its own arguments."""
-    accepted = set(inspect.signature(fn).parameters)
+def _call(attack_name: str, attack: Attack, model, context: dict, args: dict):
+    """Call an attack with the context keywords it accepts plus its own options (its signature's
+    defaults fill the rest)."""
+    accepted = set(inspect.signature(attack.run).parameters)
     kwargs = {k: v for k, v in context.items() if k in accepted and v is not None}
-    unknown = set(args) - accepted
+    unknown = set(args) - set(attack.options)
     require(not unknown, f"attack {attack_name!r} takes no option(s) {', '.join(sorted(unknown))}; "
-            f"its options: {', '.join(sorted(accepted - {'model'}))}")
-    return fn(model, **{**kwargs, **args})
+            f"its options: {', '.join(attack.options)}")
+    return attack.run(model, **{**kwargs, **args})
+
+
+def _tier(optimizer: str | None) -> str | None:
+    """The optimizer's tier as its recipe declares it (None for models no basin run made)."""
+    return OPTIMIZERS[optimizer].tier if optimizer in OPTIMIZERS else None
 
 
 def _run_info(source) -> dict:
@@ -135,7 +144,7 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     """Audit a model; return the records as a DataFrame (and append them to ``out``/records.jsonl).
 
     ``model``, ``original`` and ``retain`` are names, folders or model objects (see
-    :func:`unlearn.models.load_model`). If ``model`` is a ``basin unlearn`` run folder, its
+    :func:`unlearn.loading.load_model`). If ``model`` is a ``basin unlearn`` run folder, its
     original model is taken from the run's config unless ``original`` is given. Checkpoints load
     from safetensors only and without remote code unless ``allow_pickle`` / ``trust_remote_code``.
     ``config.device`` / ``config.dtype`` place every model (names and folders load there; model
@@ -157,21 +166,27 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     for role, source in (("original", original), ("retain", retain)):
         if source is not None:
             refs[role] = load_model(source, None if isinstance(source, (str, Path)) else tok, **safety)[0]
-    endpoint = config.attack_args.get("interpolate", {}).get("endpoint")
-    if endpoint is not None and "interpolate" in config.attacks:  # a path from another model, not the original
-        refs["endpoint"] = load_model(endpoint, None if isinstance(endpoint, (str, Path)) else tok, **safety)[0]
-    require("interpolate" not in config.attacks or "original" in refs or "endpoint" in refs,
-            "interpolate needs the original model: pass --original (or audit a basin unlearn run folder), "
-            "or another model as the interpolate option endpoint")
-    for role, ref in refs.items():  # fail before anything is written
-        check_same_architecture(ref, target, f"the {role} model and the audited model")
-    start_name = _model_label(endpoint) if "endpoint" in refs else "original"
+    endpoints = {}  # attack -> (label, model): another model in place of the reference it needs
+    for attack in config.attacks:
+        option = get_attack(attack).endpoint
+        source = config.attack_args.get(attack, {}).get(option) if option else None
+        if source is not None:
+            endpoints[attack] = (_model_label(source),
+                                 load_model(source, None if isinstance(source, (str, Path)) else tok, **safety)[0])
+    for attack in config.attacks:
+        for role in get_attack(attack).needs:
+            require(role in refs or attack in endpoints,
+                    f"{attack} needs the {role} model: pass --{role} (or audit a basin unlearn run folder, which "
+                    "names its original)" + (f", or another model as its option {get_attack(attack).endpoint}"
+                                            if get_attack(attack).endpoint else ""))
+    for role, ref in [*refs.items(), *((f"{a} endpoint", m) for a, (_, m) in endpoints.items())]:
+        check_same_architecture(ref, target, f"the {role} model and the audited model")  # fail before writing
 
     bench = load_benchmark(config.benchmark, **config.benchmark_args)
     bench = dataclasses.replace(bench, retain=_subsample(bench.retain, config.max_retain))  # keeps MUSE data
     for attack in config.attacks:  # bad attack options fail here, before anything is written
-        _call(attack, get_attack(attack), target, _context(tok, bench, config, {}, _start(attack, refs)),
-              _attack_args(config, attack)).close()
+        _call(attack, get_attack(attack), target, _context(tok, bench, config, {}, refs.get("original")),
+              _options(config, attack, endpoints)).close()
     out = Path(out) if out is not None else None
     done = set()
     if out is not None:
@@ -185,7 +200,8 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     start = time.time()
     fingerprint = weights_hash(target)
     base = {"model": name, "seed": info.get("seed", 0) if info.get("seed") is not None else 0,
-            "attack_seed": config.seed, "optimizer": info.get("optimizer"), "objective": info.get("objective")}
+            "attack_seed": config.seed, "optimizer": info.get("optimizer"), "objective": info.get("objective"),
+            "tier": _tier(info.get("optimizer"))}
     records: list[dict] = [r for r in (read_records(out / "records.jsonl") if done else [])]
 
     # the retain-only model's clean per-question truth ratios feed forget quality for every model
@@ -199,29 +215,32 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     elif config.metrics:
         config = dataclasses.replace(config, metrics=tuple(m for m in config.metrics if m not in NEEDS_RETAIN))
 
-    roles = [("unlearned", target)] + [(r, m) for r, m in refs.items() if config.score_references and r != "endpoint"]
+    roles = [("unlearned", target)] + [(r, m) for r, m in refs.items() if config.score_references]
     plan = [(role, m, "none") for role, m in roles]
     for attack in config.attacks:
-        for role, m in roles:
-            if attack == "interpolate" and role != "unlearned":
-                continue
-            plan.append((role, m, attack))
+        plan += [(role, m, attack) for role, m in roles if role in ATTACKS[attack].roles]
 
     bar = tqdm(plan, desc=f"audit {name}", disable=not progress)
     for role, m, attack in bar:
         bar.set_postfix(role=role, attack=attack)
         row_base = {**base, "role": role}
         if role != "unlearned":
-            row_base.update({"model": role, "optimizer": None, "objective": None})
-        new = _audit_one(m, tok, bench, attack, role, refs, config, retain_stats, row_base, done, start_name)
+            row_base.update({"model": role, "optimizer": None, "objective": None, "tier": None})
+        new = _audit_one(m, tok, bench, attack, role, refs, config, retain_stats, row_base, done, endpoints)
         if out is not None and new:
             append_records(out / "records.jsonl", new)
         records += new
         if weights_hash(target) != fingerprint:
             raise RuntimeError(f"attack {attack} modified the audited model; this is a bug in basin")
     if out is not None:
+        written = sorted({r["metric"] for r in records})
+        extra = {**AUDIT_METRICS, **{k: v for a in config.attacks for k, v in (ATTACKS[a].metrics or {}).items()}}
         write_json_atomic(out / "manifest.json", {"wall_seconds": round(time.time() - start, 2),
-                                                  "model_hash": fingerprint, "torch": torch.__version__})
+                                                  "model_hash": fingerprint, "torch": torch.__version__,
+                                                  "describe": {"metrics": {**describe_metrics(written),
+                                                                           **{m: extra[m] for m in written
+                                                                              if m in extra}},
+                                                               "attacks": describe_attacks(config.attacks)}})
     return pd.DataFrame(records)
 
 
@@ -234,8 +253,6 @@ def _score(model, tok, bench, config, retain_stats, base, attack, setting, x, sp
                                  generate=config.generate, max_new_tokens=config.max_new_tokens,
                                  splits=splits or config.splits, strict=False, muse_options=config.muse_options)
     if config.lmeval is not None and with_lmeval:  # lm-eval's tasks, in process, on this very model
-        from audit.metrics.lmeval import run_lmeval
-
         recs = recs + run_lmeval(model, tok, **{"seed": config.seed, **config.lmeval})[0]
     out = [{**base, **r, "attack": attack, "setting": setting, "x": x} for r in recs]
     if unseen is not None:
@@ -247,16 +264,12 @@ def _score(model, tok, bench, config, retain_stats, base, attack, setting, x, sp
     return out
 
 
-def _attack_args(config, attack: str) -> dict:
-    """The attack's options: defaults, then the config's (less ``endpoint``, which the audit loads)."""
-    args = {**DEFAULT_ATTACK_ARGS.get(attack, {}), **config.attack_args.get(attack, {})}
-    return {k: v for k, v in args.items() if not (attack == "interpolate" and k == "endpoint")}
-
-
-def _start(attack: str, refs: dict):
-    """The reference an attack on the audited model gets: the interpolation endpoint if one was
-    named, else the original."""
-    return refs.get("endpoint", refs.get("original")) if attack == "interpolate" else refs.get("original")
+def _options(config, attack: str, endpoints: dict) -> dict:
+    """The attack's options from the config, with a named endpoint model loaded in place."""
+    args = dict(config.attack_args.get(attack, {}))
+    if attack in endpoints:
+        args[get_attack(attack).endpoint] = endpoints[attack][1]
+    return args
 
 
 def _model_label(source) -> str:
@@ -276,26 +289,26 @@ def _context(tok, bench, config, stats, reference) -> dict:
 
 
 def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base, done,
-               start_name="original") -> list[dict]:
+               endpoints=None) -> list[dict]:
     if attack == "none":
         if (role, "none", "clean") in done:
             return []
         return _score(model, tok, bench, config, retain_stats, base, "none", "clean", None,
                       splits=config.clean_splits)
 
-    args = _attack_args(config, attack)
+    spec = get_attack(attack)
+    endpoints = endpoints or {}
+    args = _options(config, attack, endpoints)
     stats: dict = {}
-    context = _context(tok, bench, config, stats, _start(attack, refs) if role == "unlearned" else None)
-    fn = get_attack(attack)
-    if attack in DIAGNOSTICS:  # measured values, not attacked models
+    context = _context(tok, bench, config, stats, refs.get("original") if role == "unlearned" else None)
+    if spec.diagnostic:  # measured values, not attacked models
         return [{**base, "attack": attack, "setting": setting, "x": x, "metric": metric, "split": split,
                  "value": float(value)}
-                for setting, x, values in _call(attack, fn, model, context, args) if (role, attack, setting) not in done
+                for setting, x, values in _call(attack, spec, model, context, args) if (role, attack, setting) not in done
                 for (split, metric), value in values.items()]
-    pair = f"{start_name}->{base.get('optimizer') or base['model']}"
     unseen = None
-    if attack == "relearn":
-        used = set(relearn_subset(len(bench.forget), args.get("size", 0.2), config.seed))
+    if spec.trained_rows is not None:
+        used = set(spec.trained_rows(len(bench.forget), {**spec.defaults, **args}, config.seed))
         unseen = [i for i in range(len(bench.forget)) if i not in used]
     out = []
     if unseen is not None and (role, "none", "clean-unseen") not in done:
@@ -304,30 +317,30 @@ def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base
                                   splits=["forget"], metrics=UNSEEN_METRICS, unseen=unseen, with_lmeval=False)
                 if r["split"] == "forget_unseen"]
     curve = []
-    for setting, x, attacked in _call(attack, fn, model, context, args):
+    start, start_model = endpoints.get(attack, ("original", refs.get("original")))
+    pair = f"{start}->{base.get('optimizer') or base['model']}"  # a path's records name both ends
+    for setting, x, attacked in _call(attack, spec, model, context, args):
         if (role, attack, setting) in done:
             continue
         recs = _score(attacked, tok, bench, config, retain_stats, base, attack, setting, x, unseen=unseen)
         if setting in stats:
             recs += [{**base, "attack": attack, "setting": setting, "x": x, "metric": k, "split": "weights",
                       "value": float(v)} for k, v in stats[setting].items()]
-        if attack == "interpolate":  # a path between two models: name the pair
+        if spec.path:
             recs = [{**r, "model": pair} for r in recs]
-        out += recs
-        if attack == "interpolate":
             curve.append((x, {(r["split"], r["metric"]): r["value"] for r in recs}))
-    if attack == "interpolate" and curve:
-        # the barrier, and the barrier per unit of weight-space distance ||theta_B - theta_A||
-        length = distance(context["reference"], model)
+        out += recs
+    if curve:  # the path's length ||theta_B - theta_A||, the barrier, and the barrier per unit length
         path = {**base, "model": pair, "attack": attack, "setting": "path", "x": None}
+        length = distance(start_model, model)
         out.append({**path, "metric": "distance", "split": "weights", "value": length})
-        for split in ("forget", "retain"):
-            pts = [(a, vals.get((split, "nll"))) for a, vals in curve]
-            if all(v is not None for _, v in pts) and {0.0, 1.0} <= {a for a, _ in pts}:
-                b = loss_barrier(pts)
-                out.append({**path, "metric": "barrier", "split": split, "value": b})
-                out.append({**path, "metric": "barrier_per_distance", "split": split,
-                            "value": b / length if length > 0 else float("nan")})
+    for split in ("forget", "retain") if curve else ():
+        pts = [(a, vals.get((split, "nll"))) for a, vals in curve]
+        if all(v is not None for _, v in pts) and {0.0, 1.0} <= {a for a, _ in pts}:
+            b = loss_barrier(pts)
+            out.append({**path, "metric": "barrier", "split": split, "value": b})
+            out.append({**path, "metric": "barrier_per_distance", "split": split,
+                        "value": b / length if length > 0 else float("nan")})
     return out
 
 
@@ -343,8 +356,6 @@ def audit_plane(first, second, third, tokenizer=None, *, names=("original", "sec
     ``plane``, setting ``x=..,y=..``, model ``"name1 | name2 | name3"``. No model is modified.
     ``device`` and ``dtype`` place the three models as in :class:`AuditConfig`.
     """
-    from audit.attacks.interpolate import plane
-
     place = dict(progress=progress, device=resolve_device(check_device_name(device)),
                  dtype=canonical_dtype(dtype, tuple(DTYPES)))
     a, tok = load_model(first, tokenizer, **place)

@@ -29,11 +29,11 @@ if str(ROOT) not in sys.path:
 
 
 def main(argv=None) -> None:
-    from audit.attacks.flatness import (_even, answer_loss, hutchinson_trace, hvp, power_iteration, rademacher,
+    from audit.attacks.flatness import (evenly_spaced, answer_loss, hutchinson_trace, hvp, power_iteration, rademacher,
                                         random_sharpness, working_copy)
     from unlearn.data.benchmarks import load_benchmark
     from unlearn.data.format import encode_rows, pad_id_of
-    from unlearn.models import load_model
+    from unlearn.loading import load_model
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="world:tiny")
@@ -47,7 +47,7 @@ def main(argv=None) -> None:
     model, tok = load_model(args.model, progress=False)
     buffer, params = working_copy(model)
     bench = load_benchmark("world:forget10")
-    examples = encode_rows(tok, _even(bench.forget, args.rows))
+    examples = encode_rows(tok, evenly_spaced(bench.forget, args.rows))
     loss = answer_loss(buffer, examples, pad_id_of(tok), args.batch_size)
 
     def fwd_bwd():

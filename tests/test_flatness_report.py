@@ -45,10 +45,11 @@ def _points(ax):
 def test_flatness_figure_draws_the_seed_means():
     fig = plots.flatness(_records())
     titles = {ax.get_title(): ax for ax in fig.axes if ax.get_title()}
-    trace = _points(titles["trace of the Hessian (Hutchinson)"])
+    label = lambda m: plots.METRIC_LABELS.get(m, m)
+    trace = _points(titles[label("hessian_trace")])
     assert trace["forget set (all items)"] == pytest.approx({"adam": 11.0, "adazo": 5.0})
     assert trace["retain set"] == pytest.approx({"adam": 1.0, "adazo": 1.0})
-    eig = _points(titles["largest Hessian eigenvalue"])
+    eig = _points(titles[label("hessian_eig_max")])
     assert eig["forget set (all items)"] == pytest.approx({"adam": 5.0, "adazo": 2.0})
 
 

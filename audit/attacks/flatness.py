@@ -39,13 +39,28 @@ from typing import Callable, Iterable, Iterator, Sequence
 import torch
 from torch import nn
 
-from audit.attacks._common import as_tuple, fmt, make_buffer
+from audit.attacks.common import as_tuple, fmt, make_buffer
+from unlearn.data.format import batches, encode_rows, pad_id_of
 from unlearn.errors import BasinError, require
 from unlearn.optim.estimators import DOUBLE_BACKWARD_HINT
+from unlearn.scoring import token_logprobs
 
 LossTerms = Callable[[], Iterable[torch.Tensor]]
 MEASURES = ("sharpness", "trace", "eig")
 NORMS = ("tensor", "global")
+# what the diagnostic writes, described for the report like the registered metrics
+METRICS_WRITTEN = {
+    "hessian_trace": {"label": "trace of the Hessian (Hutchinson)", "higher_is_better": None, "knowledge": None},
+    "hessian_trace_se": {"label": "standard error of the Hessian trace", "higher_is_better": None, "knowledge": None},
+    "hessian_eig_max": {"label": "largest Hessian eigenvalue", "higher_is_better": None, "knowledge": None},
+    "hessian_eig_dominant": {"label": "dominant Hessian eigenvalue (largest |λ|)", "higher_is_better": None,
+                             "knowledge": None},
+    "hvp_count": {"label": "Hessian-vector products used", "higher_is_better": None, "knowledge": None},
+    "sharpness_mean": {"label": "random sharpness, mean loss rise (nats)", "higher_is_better": None,
+                       "knowledge": None},
+    "sharpness_max": {"label": "random sharpness, max loss rise (nats)", "higher_is_better": None,
+                      "knowledge": None},
+}
 DEFAULTS = dict(rho=(0.001, 0.01), draws=5, probes=16, iters=20, tol=1e-3, max_rows=32, batch_size=16)
 
 
@@ -248,9 +263,6 @@ def random_sharpness(loss_terms: LossTerms, params: Sequence[torch.Tensor], rho:
 def answer_loss(model: nn.Module, examples, pad_id: int, batch_size: int) -> LossTerms:
     """L = mean NLL over every answer token of ``examples`` (prompt masked), as terms: batch c
     contributes -sum(log p of its answer tokens) / N, N the answer tokens of all examples."""
-    from unlearn.data.format import batches
-    from unlearn.scoring import token_logprobs
-
     device = next(model.parameters()).device
     chunks = [{k: v.to(device) for k, v in b.items()} for b in batches(examples, batch_size, pad_id)]
     total = sum(int((b["labels"][:, 1:] != -100).sum()) for b in chunks)
@@ -264,7 +276,8 @@ def answer_loss(model: nn.Module, examples, pad_id: int, batch_size: int) -> Los
     return terms
 
 
-def _even(rows: list, n: int) -> list:
+def evenly_spaced(rows: list, n: int) -> list:
+    """``n`` evenly spaced rows (all of them if there are at most ``n``)."""
     if n <= 0 or len(rows) <= n:
         return list(rows)
     return [rows[int(i * len(rows) / n)] for i in range(n)]
@@ -309,8 +322,6 @@ def flatness(model: nn.Module, *, tokenizer, forget_rows: list[dict], retain_row
     gets its own seed drawn from it up front, so the same seed gives the same numbers whichever
     measures are run. Works on a float32 copy with eager attention; ``model`` is not modified.
     """
-    from unlearn.data.format import encode_rows, pad_id_of
-
     measures = as_tuple(measures, "measures")
     for m in measures:
         require(m in MEASURES, f"unknown flatness measure {m!r}; choose from {', '.join(MEASURES)}")
@@ -326,7 +337,7 @@ def flatness(model: nn.Module, *, tokenizer, forget_rows: list[dict], retain_row
     splits = {"forget": forget_rows, **({"retain": retain_rows} if retain_rows else {})}
     seeds = {(s, m): int(torch.randint(0, 2 ** 62, (1,), generator=gen)) for s in splits for m in MEASURES}
     pad = pad_id_of(tokenizer)
-    examples = {s: encode_rows(tokenizer, _even(rows, max_rows)) for s, rows in splits.items()}
+    examples = {s: encode_rows(tokenizer, evenly_spaced(rows, max_rows)) for s, rows in splits.items()}
     return _measure(model, examples, pad, measures, rhos, draws, norm, probes, iters, tol, batch_size, seeds)
 
 

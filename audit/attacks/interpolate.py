@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from audit.attacks._common import check_same_architecture, fmt, load_from, make_buffer, named_tensors
+from audit.attacks.common import check_same_architecture, fmt, load_from, make_buffer, named_tensors
 from unlearn.errors import BasinError
 
 DEFAULT_POINTS = 11
@@ -33,7 +33,8 @@ def _alphas(points: int | None, alphas: Sequence[float] | None) -> list[float]:
 
 
 def interpolate(model: nn.Module, *, reference: nn.Module | None = None, points: int = DEFAULT_POINTS,
-                alphas: Sequence[float] | None = None) -> Iterator[tuple[str, float, nn.Module]]:
+                alphas: Sequence[float] | None = None,
+                endpoint: nn.Module | None = None) -> Iterator[tuple[str, float, nn.Module]]:
     """Linear mode connectivity: theta(a) = (1 - a) theta_reference + a theta_model, every tensor, fp32.
 
     Yields ``(f"a={a:g}", a, model)`` for ``points`` evenly spaced a in [0, 1] (default 11: 0, 0.1,
@@ -43,7 +44,12 @@ def interpolate(model: nn.Module, *, reference: nn.Module | None = None, points:
     which is exact at both ends and when the two tensors are equal (Frankle et al. 2020, arXiv
     1912.05671). One buffer model for the whole path; neither input is modified. Score each point
     and pass ``[(a, loss), ...]`` to :func:`loss_barrier`.
+
+    ``endpoint``, when given, is the model at a = 0 instead of ``reference``: a path between two
+    unlearned models (adam -> hybrid, seed 0 -> seed 1) rather than from the original. (The audit
+    takes a run folder or model name here and loads it.)
     """
+    reference = endpoint if endpoint is not None else reference
     if reference is None:
         raise BasinError("interpolate needs the other endpoint: pass reference=<model at a=0>")
     check_same_architecture(reference, model, "models to interpolate")

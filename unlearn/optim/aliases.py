@@ -282,6 +282,16 @@ RECIPES = {
     "hybrid": hybrid, "sam": sam,
 }
 ZO_NAMES = ("zo-sgd", "zo-adam", "adazo")
+# each recipe's tier in the paper's ladder (written into records, so a report needs no table)
+TIERS = {
+    "sophia": "second order",
+    "sgd": "first order", "adam": "first order",
+    "signsgd": "compressed", "signadam": "compressed", "qsgd": "compressed", "qadam": "compressed",
+    "zo-sgd": "zeroth order", "zo-adam": "zeroth order", "adazo": "zeroth order",
+    "hybrid": "hybrid",
+    "sam": "sharpness-aware",
+    "adam-noise": "control",  # Adam + a zeroth-order step's worth of noise: a control, not a rung
+}
 
 
 def option_names(name: str) -> list[str]:
@@ -318,6 +328,7 @@ def _factory(name: str):
     factory.__name__ = factory.__qualname__ = name.replace("-", "_")
     factory.__doc__ = recipe.__doc__
     factory.options = option_names(name)
+    factory.tier = TIERS[name]
     return factory
 
 

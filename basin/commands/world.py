@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
+
+from unlearn.build import BuildConfig, build, finetune_fit
+from unlearn.cache import cache_root, ensure_writable
+from unlearn.data.world import WorldConfig, forget_count
+from unlearn.pretrain import FitConfig
 
 
 def register(sub) -> None:
@@ -31,11 +37,6 @@ def register(sub) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from unlearn.build import BuildConfig, build, finetune_fit
-    from unlearn.cache import cache_root, ensure_writable
-    from unlearn.data.world import WorldConfig, forget_count
-    from unlearn.pretrain import FitConfig
-
     world = WorldConfig(n_people=args.people, n_holdout=args.holdout, n_countries=args.countries,
                         seed=args.seed)
     n_forget = forget_count(world.n_people, args.forget)  # validates the fraction early
@@ -60,8 +61,6 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"done in {result.seconds:.1f} s; use them as --model world:{args.size} and "
               f"world:{args.size}:retain{100 - round(args.forget * 100)}")
     else:
-        from dataclasses import asdict
-
         opts = " ".join(f"--benchmark-arg {k}={v}" for k, v in asdict(world).items())
         print(f"done in {result.seconds:.1f} s; use them as --model {result.original_dir} (and "
               f"{result.retain_dir}) with --benchmark world:{forget} {opts}")

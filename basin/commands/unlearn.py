@@ -7,20 +7,11 @@ import dataclasses
 import os
 from pathlib import Path
 
+import yaml
 
-def _key_values(items: list[str] | None, flag: str) -> dict:
-    """Parse ``KEY=VALUE`` pairs; values are read as YAML scalars (numbers, booleans, strings)."""
-    import yaml
-
-    from unlearn.errors import BasinError
-
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise BasinError(f"{flag} expects KEY=VALUE, got {item!r} (e.g. {flag} beta=0.1)")
-        key, value = item.split("=", 1)
-        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
-    return out
+from basin.options import key_values
+from unlearn.errors import BasinError
+from unlearn.train import UnlearnConfig, unlearn
 
 
 def register(sub) -> None:
@@ -59,11 +50,6 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
-    from unlearn.errors import BasinError
-    from unlearn.train import UnlearnConfig, unlearn
-
     data = {}
     if args.config:
         try:
@@ -74,9 +60,9 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, f.name, None)
         if value is not None and f.name not in ("objective_args", "optimizer_args", "benchmark_args"):
             data[f.name] = value
-    data.setdefault("objective_args", {}).update(_key_values(args.obj, "--obj"))
-    data.setdefault("optimizer_args", {}).update(_key_values(args.opt, "--opt"))
-    data.setdefault("benchmark_args", {}).update(_key_values(args.benchmark_arg, "--benchmark-arg"))
+    data.setdefault("objective_args", {}).update(key_values(args.obj, "--obj"))
+    data.setdefault("optimizer_args", {}).update(key_values(args.opt, "--opt"))
+    data.setdefault("benchmark_args", {}).update(key_values(args.benchmark_arg, "--benchmark-arg"))
     config = UnlearnConfig.from_dict(data)
     result = unlearn(config, out=args.out, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) != 0:  # a data-parallel launch: the first process reports
