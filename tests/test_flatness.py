@@ -116,6 +116,17 @@ def test_power_iteration_finds_the_largest_eigenvalue(eigenvalues):
     lam = torch.linalg.eigvalsh(a)
     assert est.largest == pytest.approx(float(lam[-1]), rel=1e-6)
     assert est.dominant == pytest.approx(float(lam[lam.abs().argmax()]), rel=1e-6)
+    assert est.converged
+
+
+def test_power_iteration_with_a_small_budget_is_a_lower_bound_and_says_so():
+    # the dominant eigenvalue is -50, far below lambda_max = 1: the shifted run converges at the
+    # rate (0.9 + 50) / (1 + 50), so 5 iterations cannot meet a 1e-6 tolerance
+    a = _symmetric(8, 4, [1.0, 0.9, 0.5, 0.1, -0.2, -1.0, -3.0, -50.0])
+    terms, params = _quadratic(a)
+    est = power_iteration(terms, params, 5, torch.Generator().manual_seed(0), tol=1e-6)
+    assert not est.converged and est.iterations == 10
+    assert est.largest <= 1.0 + 1e-9
 
 
 def test_power_iteration_on_a_tiny_mlp_matches_eigvalsh():

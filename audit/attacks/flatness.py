@@ -56,6 +56,8 @@ METRICS_WRITTEN = {
     "hessian_eig_dominant": {"label": "dominant Hessian eigenvalue (largest |λ|)", "higher_is_better": None,
                              "knowledge": None},
     "hvp_count": {"label": "Hessian-vector products used", "higher_is_better": None, "knowledge": None},
+    "hessian_eig_converged": {"label": "power iteration converged (1) or hit its budget (0)",
+                              "higher_is_better": None, "knowledge": None},
     "sharpness_mean": {"label": "random sharpness, mean loss rise (nats)", "higher_is_better": None,
                        "knowledge": None},
     "sharpness_max": {"label": "random sharpness, max loss rise (nats)", "higher_is_better": None,
@@ -148,17 +150,22 @@ def hutchinson_trace(loss_terms: LossTerms, params: Sequence[torch.Tensor], prob
 
 @dataclass
 class EigenEstimate:
-    """The largest eigenvalue of H, the dominant one (largest |lambda|), and the HVPs spent."""
+    """The largest eigenvalue of H, the dominant one (largest |lambda|), the HVPs spent, and
+    whether both iterations met the tolerance within their budget. ``largest`` is a Rayleigh
+    quotient, so it never exceeds the true lambda_max: unconverged, it is a lower bound."""
 
     largest: float
     dominant: float
     iterations: int
+    converged: bool
 
 
 def _power(apply: Callable[[list[torch.Tensor]], list[torch.Tensor]], start: list[torch.Tensor],
-           iters: int, tol: float) -> tuple[float, int]:
+           iters: int, tol: float, offset: float = 0.0) -> tuple[float, int, bool]:
     """Power iteration v <- A v / ||A v||, lambda = v^T A v (Rayleigh quotient); stops when lambda
-    changes by at most tol |lambda| between iterations. Returns (lambda, iterations)."""
+    changes by at most tol |offset + lambda| between iterations (``offset``: the shift, so that
+    the tolerance is relative to the eigenvalue of H, not of the shifted matrix). Returns
+    (lambda, iterations, converged)."""
     norm = math.sqrt(dot(start, start))
     v = [t / norm for t in start]
     lam = None
@@ -167,12 +174,12 @@ def _power(apply: Callable[[list[torch.Tensor]], list[torch.Tensor]], start: lis
         new = dot(v, av)
         size = math.sqrt(dot(av, av))
         if size == 0.0:
-            return 0.0, k
+            return 0.0, k, True
         v = [t / size for t in av]
-        if lam is not None and abs(new - lam) <= tol * abs(new):
-            return new, k
+        if lam is not None and abs(new - lam) <= tol * abs(offset + new):
+            return new, k, True
         lam = new
-    return lam, iters
+    return lam, iters, False
 
 
 def power_iteration(loss_terms: LossTerms, params: Sequence[torch.Tensor], iters: int, generator: torch.Generator,
@@ -183,19 +190,22 @@ def power_iteration(loss_terms: LossTerms, params: Sequence[torch.Tensor], iters
     "PyHessian", arXiv 1912.07145). Away from a minimum (the forget loss of an unlearned model, for
     one) mu can be negative; then a second power iteration on H - mu I, whose eigenvalues
     lambda - mu lie in [0, lambda_max - mu], gives lambda_max = mu + its dominant eigenvalue. At
-    most ``iters`` HVPs per run; each stops once lambda changes by at most ``tol`` relative.
-    The start vector is Gaussian from ``generator``.
+    most ``iters`` HVPs per run; each stops once its estimate of the eigenvalue of H changes by at
+    most ``tol`` relative. The shifted run converges at the rate (lambda_2 - mu) / (lambda_max - mu),
+    slowly when |mu| >> lambda_max; every estimate is a Rayleigh quotient, hence a lower bound
+    on lambda_max, and ``converged`` says whether the tolerance was met. The start vectors are
+    Gaussian from ``generator``.
     """
     require(isinstance(iters, int) and not isinstance(iters, bool) and iters >= 1,
             f"iters must be a positive integer, not {iters!r}")
     require(isinstance(tol, (int, float)) and tol >= 0, f"tol must be a number >= 0, not {tol!r}")
     start = gaussian(params, generator)
-    mu, used = _power(lambda v: hvp(loss_terms, params, v), start, iters, tol)
+    mu, used, ok = _power(lambda v: hvp(loss_terms, params, v), start, iters, tol)
     if mu >= 0:
-        return EigenEstimate(mu, mu, used)
-    shifted, more = _power(lambda v: [h - mu * t for h, t in zip(hvp(loss_terms, params, v), v)],
-                           gaussian(params, generator), iters, tol)
-    return EigenEstimate(mu + shifted, mu, used + more)
+        return EigenEstimate(mu, mu, used, ok)
+    shifted, more, ok_shift = _power(lambda v: [h - mu * t for h, t in zip(hvp(loss_terms, params, v), v)],
+                                     gaussian(params, generator), iters, tol, offset=mu)
+    return EigenEstimate(mu + shifted, mu, used + more, ok and ok_shift)
 
 
 # ----------------------------------------------------------------------------- random sharpness
@@ -314,7 +324,9 @@ def flatness(model: nn.Module, *, tokenizer, forget_rows: list[dict], retain_row
     - ``f"hutchinson-{probes}"`` (x = probes): ``hessian_trace`` and its standard error
       ``hessian_trace_se``;
     - ``f"power-{iters}"`` (x = iters): ``hessian_eig_max`` (largest eigenvalue),
-      ``hessian_eig_dominant`` (largest |lambda|) and ``hvp_count`` (HVPs used).
+      ``hessian_eig_dominant`` (largest |lambda|), ``hvp_count`` (HVPs used) and
+      ``hessian_eig_converged`` (1 if the tolerance was met within ``iters``, else 0: then
+      ``hessian_eig_max`` is a lower bound).
 
     ``measures`` picks among "sharpness", "trace", "eig". The loss is the mean answer-token NLL
     on ``max_rows`` evenly spaced rows of each split, in micro-batches of ``batch_size``. Random
@@ -367,5 +379,6 @@ def _measure(model, examples, pad, measures, rhos, draws, norm, probes, iters, t
         for s, f in losses.items():
             est = power_iteration(f, params, iters, rng(s, "eig"), tol)
             values.update({(s, "hessian_eig_max"): est.largest, (s, "hessian_eig_dominant"): est.dominant,
-                           (s, "hvp_count"): float(est.iterations)})
+                           (s, "hvp_count"): float(est.iterations),
+                           (s, "hessian_eig_converged"): float(est.converged)})
         yield f"power-{iters}", float(iters), values
