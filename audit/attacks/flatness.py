@@ -313,8 +313,9 @@ def flatness(model: nn.Module, *, tokenizer, forget_rows: list[dict], retain_row
              iters: int = DEFAULTS["iters"], tol: float = DEFAULTS["tol"], max_rows: int = DEFAULTS["max_rows"],
              batch_size: int = DEFAULTS["batch_size"], seed: int = 0,
              generator: torch.Generator | None = None) -> Iterator[tuple[str, float | None, dict]]:
-    """Flatness of the forget and retain answer NLL around ``model``: random sharpness, Hutchinson
-    trace of the Hessian, largest Hessian eigenvalue (a diagnostic: it yields values, not models).
+    """Flatness around a model: random sharpness, Hessian trace (Hutchinson), largest eigenvalue.
+
+    A diagnostic on the forget and retain answer NLL: it yields measured values, not models.
 
     Yields ``(setting, x, {(split, metric): value})``:
 
