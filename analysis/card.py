@@ -17,8 +17,8 @@ import pandas as pd
 
 from analysis.names import optimizer_tier
 from analysis.plots import ATTACK_NAMES, METRIC_LABELS, SPLIT_LABELS
-from analysis.tables import (format_ci, knowledge_sign, latest_step, mean_ci, model_rows, per_seed,
-                             recovery_table)
+from analysis.tables import (format_ci, is_control, knowledge_sign, latest_step, mean_ci, model_rows,
+                             per_seed, recovery_table)
 
 # what an attacker needs to do, per attack, in words
 ATTACK_ACCESS = {
@@ -85,10 +85,12 @@ def _recovery_reading(row) -> str:
 
 def worst_cases(df: pd.DataFrame, metric: str, splits: Sequence[str]) -> pd.DataFrame:
     """Per attack and split, the setting with the highest mean recovery (ties: the first); where
-    recovery is undefined everywhere, the setting with the most knowledge by the raw metric."""
+    recovery is undefined everywhere, the setting with the most knowledge by the raw metric.
+    Controls (``-snapback`` settings, :func:`analysis.tables.is_control`) are never a worst case."""
     rec = recovery_table(df, metrics=[metric], splits=list(splits))
     if rec.empty:
         return rec
+    rec = rec[~rec["setting"].map(is_control)]
     rows = []
     sign = knowledge_sign(metric) or 1
     order = {a: i for i, a in enumerate(MODEL_ATTACKS)}

@@ -26,11 +26,40 @@ from scipy import stats
 from analysis.names import DESCENDING_ATTACKS, KNOWLEDGE_SIGN, attack_rank, optimizer_rank
 
 GROUP_KEYS = ("objective", "optimizer", "label", "role", "attack", "setting", "x", "metric", "split")
-UNIT_KEYS = ("objective", "optimizer")  # what identifies an unlearning recipe across seeds
+# what identifies an unlearning recipe across seeds: runs that differ in any config field other
+# than the seed (lr, steps, optimizer or objective arguments: the ``recipe`` column of
+# analysis.load) are different units and are never pooled
+UNIT_KEYS = ("objective", "optimizer", "recipe")
+# settings that are controls, not attacks: "<setting>-snapback" is Q(W_o) + (W_u - W_o) (DESIGN
+# section 5); they never count as an attack setting (pooled verdicts, worst cases)
+CONTROL_SUFFIXES = ("-snapback",)
 CONFIDENCE = 0.95
 # attacks that walk a path between several models rather than attack one model
 PATH_ATTACKS = ("interpolate", "plane")
 TRAJECTORY = ("training",)  # evaluations logged during unlearning: not an attack on a finished model
+
+def is_control(setting) -> bool:
+    """True for a control setting (:data:`CONTROL_SUFFIXES`), which is never an attack setting."""
+    return isinstance(setting, str) and setting.endswith(CONTROL_SUFFIXES)
+
+
+def barrier(alphas: Sequence[float], values: Sequence[float]) -> tuple[float, float]:
+    """Loss barrier of a path: max_a [L(a) - ((1 - a) L(a0) + a L(a1))] over the sampled points,
+    with a rescaled to [0, 1] between the first and the last point. Returns (barrier, a at the
+    max). Points are sorted by a; NaN values are dropped; fewer than two points give (NaN, NaN)."""
+    a = np.asarray(alphas, float)
+    v = np.asarray(values, float)
+    ok = np.isfinite(a) & np.isfinite(v)
+    a, v = a[ok], v[ok]
+    if a.size < 2:
+        return math.nan, math.nan
+    order = np.argsort(a)
+    a, v = a[order], v[order]
+    t = (a - a[0]) / (a[-1] - a[0]) if a[-1] != a[0] else np.zeros_like(a)
+    chord = (1 - t) * v[0] + t * v[-1]
+    i = int(np.argmax(v - chord))
+    return float(v[i] - chord[i]), float(a[i])
+
 
 def knowledge_sign(metric: str) -> int | None:
     """+1 if a higher ``metric`` means more knowledge of the scored answers, -1 if lower does, None if
