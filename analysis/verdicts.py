@@ -68,7 +68,7 @@ KINDS = ("difference", "equivalence")
 BAND_OF = ("absolute", "gap", "b")
 REFERENCE_ROLES = {"original": "original", "retain": "retain", "retain-only": "retain"}
 LR_PICKS = ("highest", "lowest")
-CONNECTED_BARRIER = 0.1  # nats of retain loss: a path whose barrier stays below this is "connected"
+CONNECTED_BARRIER = 0.1  # nats of retain NLL: a path whose barrier stays below this is "connected"
 ZERO_SPREAD = 1e-12      # a standard error below this (relative to the values) is zero: rounding, not spread
 EXACT_LIMIT = 1 << 16     # the most relabelings an exact permutation test enumerates
 
@@ -267,13 +267,13 @@ PAPER_CLAIMS: list[Claim] = [
           "Adam under 4-bit quantization.", a="sophia", b="adam", direction="greater", **_QUANT4),
     Claim("zo-basin-not-connected",
           f"Zeroth-order unlearning (AdaZO) lands in a basin not linearly connected to Adam's: the retain "
-          f"loss barrier between the two exceeds {CONNECTED_BARRIER} nats.",
-          a="adazo", b=None, attack="interpolate", metric="loss", split="retain", quantity="barrier",
+          f"NLL barrier on the straight path between the two exceeds {CONNECTED_BARRIER} nats.",
+          a="adazo", b=None, attack="interpolate", metric="nll", split="retain", quantity="barrier",
           path_from="adam", than=CONNECTED_BARRIER, direction="greater"),
     Claim("signadam-basin-connected",
-          f"Compressed unlearning (signAdam) stays in Adam's basin: the retain loss barrier between the two "
-          f"is below {CONNECTED_BARRIER} nats.",
-          a="signadam", b=None, attack="interpolate", metric="loss", split="retain", quantity="barrier",
+          f"Compressed unlearning (signAdam) stays in Adam's basin: the retain NLL barrier on the straight "
+          f"path between the two is below {CONNECTED_BARRIER} nats.",
+          a="signadam", b=None, attack="interpolate", metric="nll", split="retain", quantity="barrier",
           path_from="adam", than=CONNECTED_BARRIER, direction="less"),
     Claim("hybrid-keeps-adam-forgetting",
           "Hybrid FO-ZO unlearning forgets as much as Adam (TOST: clean forget probability within 10% of "

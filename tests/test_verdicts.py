@@ -323,3 +323,25 @@ def test_higher_learning_rate_claim_compares_two_adam_recipes():
     assert "lr=0.0001" in v.recipe_a and "lr=1e-05" in v.recipe_b and v.verdict == "reproduced"
     one = evaluate(frame({"adam": arms["adam@lo"]}), claim)
     assert one.verdict == "inconclusive" and "one recipe" in one.reason
+
+
+def test_basin_claims_read_the_barrier_between_two_unlearned_models():
+    from analysis.verdicts import PAPER_CLAIMS
+
+    claim = next(c for c in PAPER_CLAIMS if c.name == "zo-basin-not-connected")
+    rows = []
+    bumps = {0: 0.5, 1: 0.6, 2: 0.7}  # retain NLL 0.2 at both ends, 0.2 + bump in the middle
+    for seed, bump in bumps.items():
+        for a in (0.0, 0.25, 0.5, 0.75, 1.0):
+            v = 0.2 + bump * (1 - abs(2 * a - 1))
+            rows.append({"model": f"adam-s{seed}->adazo-s{seed}", "attack": "interpolate", "setting": f"a={a:g}",
+                         "metric": "nll", "value": v, "split": "retain", "seed": seed, "role": "unlearned",
+                         "optimizer": "adazo", "x": a})
+            # the original->adazo path is not the one the claim reads
+            rows.append({**rows[-1], "model": f"original->adazo", "value": 0.2})
+    v = evaluate(load_records(rows), claim)
+    assert v.values_a == pytest.approx([0.5, 0.6, 0.7]) and v.test == "one-sample t"
+    assert v.p_value == pytest.approx(stats.ttest_1samp([0.5, 0.6, 0.7], 0.1).pvalue, rel=1e-9)
+    assert v.verdict == "reproduced"
+    missing = evaluate(load_records([r for r in rows if r["model"].startswith("original")]), claim)
+    assert missing.verdict == "inconclusive" and "interpolation records between adam and adazo" in missing.reason
