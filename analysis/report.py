@@ -228,9 +228,12 @@ def _card_selections(df: pd.DataFrame) -> list[dict]:
     sels = []
     for obj in objectives:
         for opt in order_optimizers(set(unl.loc[unl["objective"] == obj, "optimizer"])):
-            sel = {"optimizer": opt or None, "objective": obj or None}
-            name = " / ".join(x for x in (opt, obj) if x) or "unlearned model"
-            sels.append({"name": name, **sel})
+            recipes = sorted(set(unl.loc[(unl["objective"] == obj) & (unl["optimizer"] == opt), "recipe"]))
+            for recipe in recipes:  # runs at different settings get a card each
+                sel = {"optimizer": opt or None, "objective": obj or None,
+                       "recipe": recipe if len(recipes) > 1 else None}
+                name = " / ".join(x for x in (opt, obj, recipe if len(recipes) > 1 else "") if x) or "unlearned model"
+                sels.append({"name": name, **sel})
     return sels
 
 
