@@ -708,8 +708,11 @@ def _assess(df: pd.DataFrame, claim: Claim, bands: Bands) -> Verdict:
     else:
         t, v.test = welch(va, vb, claim.alpha), "Welch t"
         v.perm_p, v.perm_p_min, v.perm_text = permutation(va.to_numpy(), vb.to_numpy(), claim.direction, False)
-    if claim.kind == "equivalence":
+    if claim.kind == "equivalence":  # the permutation tests above test "no difference", not equivalence
         v.test = v.test.replace(" t", " TOST")
+        v.perm_p = math.nan
+        v.perm_text = (f"no exact permutation counterpart of TOST computed (a permutation test of these seeds "
+                       f"cannot go below p = {v.perm_p_min:.3g})")
     v.diff, v.dof = t["diff"], t["dof"]
     if t["se"] == 0:  # zero spread, see welch / one_sample
         v.reason = (f"every seed gave the same number on both sides: the interval has zero width, which says "
