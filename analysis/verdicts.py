@@ -58,7 +58,8 @@ import pandas as pd
 from scipy import stats
 
 from analysis.names import DESCENDING_ATTACKS
-from analysis.tables import PATH_ATTACKS, barrier, is_control, latest_step, model_rows, recovery_per_seed
+from analysis.tables import (PATH_ATTACKS, TRAJECTORY, barrier, is_control, latest_step, model_rows,
+                             recovery_per_seed)
 
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
@@ -430,7 +431,10 @@ def _lr_of(recipe: str) -> float:
 def _arm(df: pd.DataFrame, claim: Claim, who: str, pick, exclude: str | None = None) -> _Arm:
     if who in REFERENCE_ROLES:
         return _Arm(who, df[df["role"] == REFERENCE_ROLES[who]], reference=True)
-    rows = df[(df["role"] == "unlearned") & (df["optimizer"].str.lower() == who.lower())]
+    # evaluations logged during training are not about the finished model (and a run folder whose
+    # audit could not be traced back to it would otherwise add a second recipe)
+    rows = df[(df["role"] == "unlearned") & (df["optimizer"].str.lower() == who.lower())
+              & ~df["attack"].isin(TRAJECTORY)]
     if claim.objective is not None:
         rows = rows[rows["objective"] == claim.objective]
     if rows.empty:
@@ -441,12 +445,13 @@ def _arm(df: pd.DataFrame, claim: Claim, who: str, pick, exclude: str | None = N
                             "claim's objective")
     recipes = sorted(set(rows["recipe"]), key=lambda r: (_lr_of(r), r))
     if isinstance(pick, str):
-        lrs = [_lr_of(r) for r in recipes if r != exclude]
-        target = (max if pick == "highest" else min)(lrs) if lrs else math.nan
+        lrs = [_lr_of(r) for r in recipes if r != exclude and np.isfinite(_lr_of(r))]
+        if not lrs:
+            raise _Inconclusive(f"{who} has one recipe ({recipes[0] or 'no learning rate recorded'}); the claim "
+                                "compares two learning rates" if len(recipes) == 1 or exclude else
+                                f"no learning rate recorded for {who}")
+        target = (max if pick == "highest" else min)(lrs)
         chosen = [r for r in recipes if r != exclude and _lr_of(r) == target]
-        if not chosen:
-            raise _Inconclusive(f"{who} has one recipe ({recipes[0] or 'unknown settings'}); the claim compares "
-                                "two learning rates")
     elif pick is not None:
         chosen = [r for r in recipes if np.isclose(_lr_of(r), float(pick), rtol=1e-9, atol=0)]
         if not chosen:

@@ -345,3 +345,12 @@ def test_basin_claims_read_the_barrier_between_two_unlearned_models():
     assert v.verdict == "reproduced"
     missing = evaluate(load_records([r for r in rows if r["model"].startswith("original")]), claim)
     assert missing.verdict == "inconclusive" and "interpolation records between adam and adazo" in missing.reason
+
+
+def test_training_evaluations_do_not_add_a_recipe():
+    # a run folder's training log carries the run's recipe; an audit whose run could not be traced
+    # carries none: the two must not count as two settings of one optimizer
+    rows = _values_frame([0.10, 0.11, 0.12], [0.50, 0.52, 0.49])
+    rows += [{**r, "attack": "training", "setting": "step=60", "recipe": "lr=0.001 steps=60 cfg=0"} for r in rows]
+    v = evaluate(load_records(rows), CLEAN_CLAIM)
+    assert v.verdict == "reproduced" and v.recipe_a == ""
