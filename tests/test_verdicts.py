@@ -270,7 +270,7 @@ def test_verdict_reports_recovery_gold_and_margin_beside_recovery():
 
 def test_one_definition_per_claim_name_and_the_demo_uses_it():
     from analysis import verdicts
-    from analysis.demo import DemoConfig
+    from basin.demo import DemoConfig
 
     names = [c.name for c in verdicts.PAPER_CLAIMS]
     assert len(names) == len(set(names))
