@@ -17,8 +17,9 @@ import pandas as pd
 
 from analysis.names import optimizer_tier
 from analysis.plots import ATTACK_NAMES, METRIC_LABELS, SPLIT_LABELS
-from analysis.tables import (format_ci, is_control, knowledge_sign, latest_step, mean_ci, model_rows,
-                             per_seed, recovery_table)
+from analysis.tables import (format_ci, knowledge_sign, latest_step, mean_ci, model_rows, per_seed,
+                             recovery_table)
+from unlearn.records import is_control
 
 # what an attacker needs to do, per attack, in words
 ATTACK_ACCESS = {
@@ -87,7 +88,7 @@ def _recovery_reading(row) -> str:
 def worst_cases(df: pd.DataFrame, metric: str, splits: Sequence[str]) -> pd.DataFrame:
     """Per attack and split, the setting with the highest mean recovery (ties: the first); where
     recovery is undefined everywhere, the setting with the most knowledge by the raw metric.
-    Controls (``-snapback`` settings, :func:`analysis.tables.is_control`) are never a worst case."""
+    Controls (``-snapback`` settings, :func:`unlearn.records.is_control`) are never a worst case."""
     rec = recovery_table(df, metrics=[metric], splits=list(splits))
     if rec.empty:
         return rec

@@ -30,17 +30,10 @@ GROUP_KEYS = ("objective", "optimizer", "label", "role", "attack", "setting", "x
 # than the seed (lr, steps, optimizer or objective arguments: the ``recipe`` column of
 # analysis.load) are different units and are never pooled
 UNIT_KEYS = ("objective", "optimizer", "recipe")
-# settings that are controls, not attacks: "<setting>-snapback" is Q(W_o) + (W_u - W_o) (DESIGN
-# section 5); they never count as an attack setting (pooled verdicts, worst cases)
-CONTROL_SUFFIXES = ("-snapback",)
 CONFIDENCE = 0.95
 # attacks that walk a path between several models rather than attack one model
 PATH_ATTACKS = ("interpolate", "plane")
 TRAJECTORY = ("training",)  # evaluations logged during unlearning: not an attack on a finished model
-
-def is_control(setting) -> bool:
-    """True for a control setting (:data:`CONTROL_SUFFIXES`), which is never an attack setting."""
-    return isinstance(setting, str) and setting.endswith(CONTROL_SUFFIXES)
 
 
 def barrier(alphas: Sequence[float], values: Sequence[float]) -> tuple[float, float]:

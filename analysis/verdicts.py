@@ -58,8 +58,8 @@ import pandas as pd
 from scipy import stats
 
 from analysis.names import DESCENDING_ATTACKS
-from analysis.tables import (PATH_ATTACKS, TRAJECTORY, barrier, is_control, latest_step, model_rows,
-                             recovery_per_seed)
+from analysis.tables import PATH_ATTACKS, TRAJECTORY, barrier, latest_step, model_rows, recovery_per_seed
+from unlearn.records import is_control
 
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"

@@ -14,6 +14,10 @@ table and figure from records alone. Required keys (see :data:`REQUIRED`):
 Optional keys that reports understand: ``role`` (``unlearned`` / ``original`` / ``retain``:
 ceiling and floor references), ``optimizer``, ``objective``, ``run``, ``step``, ``attack_seed``,
 ``x`` (the numeric axis of a setting: steps, bits, alpha, scale).
+
+A setting that ends in :data:`CONTROL_SUFFIX` (``rtn-4bit-snapback``) is a *control*, not an
+attack: the original's attacked weights plus the unlearning update. Readers never count it as an
+attack setting (:func:`is_control`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,12 @@ from pathlib import Path
 from typing import Iterable
 
 REQUIRED = ("model", "attack", "setting", "metric", "value", "split", "seed")
+CONTROL_SUFFIX = "-snapback"
+
+
+def is_control(setting) -> bool:
+    """Whether a setting is a snap-back control (``rtn-4bit-snapback``), not an attack."""
+    return isinstance(setting, str) and setting.endswith(CONTROL_SUFFIX)
 
 
 def check_record(record: dict) -> dict:
