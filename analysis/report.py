@@ -183,7 +183,8 @@ def _verdicts_html(vt: pd.DataFrame) -> str:
         "mean A / B": [f"{_num(ma)} / {_num(mb)}" for ma, mb in zip(vt["mean_a"], vt["mean_b"])],
         "A − B [95% CI]": [f"{_num(d)} [{_num(lo)}, {_num(hi)}]" if np.isfinite(d) else ""
                            for d, lo, hi in zip(vt["diff"], vt["ci_low"], vt["ci_high"])],
-        "p (Holm)": [f"{_num(p)} ({_num(ph)})" if np.isfinite(p) else "" for p, ph in zip(vt["p_value"], vt["p_holm"])],
+        "p (Holm)": [f"{_num(p)} ({_num(ph)})" if np.isfinite(p) else ""
+                     for p, ph in zip(vt["p_value"], vt["p_holm"])],
         "recovery / recovery_gold / margin, A | B": [
             " | ".join(f"{_num(r)} / {_num(g)} / {_num(m)}" for r, g, m in ((ra, ga, ma), (rb, gb, mb)))
             if np.isfinite(ga) or np.isfinite(gb) else ""

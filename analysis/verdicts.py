@@ -349,7 +349,8 @@ def tost_p(diff: float, se: float, dof: float, band: float) -> float:
     return float(max(stats.t.sf((diff + band) / se, dof), stats.t.cdf((diff - band) / se, dof)))
 
 
-def permutation(a: Sequence[float], b: Sequence[float] | None, direction: str, paired: bool) -> tuple[float, float, str]:
+def permutation(a: Sequence[float], b: Sequence[float] | None, direction: str,
+                paired: bool) -> tuple[float, float, str]:
     """Exact permutation test of mean(a) - mean(b) (``b`` None: of mean(a), against 0).
 
     Paired (``a`` holds the differences, ``b`` None): all 2^n sign flips; two samples: all
@@ -792,7 +793,8 @@ def _finish(v: Verdict, p_adjusted: float, k: int) -> Verdict:
     side = "below" if c.direction == "less" else "above"
     if p_adjusted < c.alpha:
         if claimed:
-            v.verdict, v.reason = REPRODUCED, f"the CI of {c.a} - {vs} {interval} lies entirely {side} 0, as claimed" + tail
+            v.verdict, v.reason = REPRODUCED, (f"the CI of {c.a} - {vs} {interval} lies entirely {side} 0, as "
+                                               "claimed" + tail)
         else:
             v.verdict, v.reason = NOT_REPRODUCED, (f"the CI of {c.a} - {vs} {interval} lies entirely on the other "
                                                    "side of 0: the opposite holds" + tail)

@@ -338,7 +338,7 @@ def test_basin_claims_read_the_barrier_between_two_unlearned_models():
                          "metric": "nll", "value": v, "split": "retain", "seed": seed, "role": "unlearned",
                          "optimizer": "adazo", "x": a})
             # the original->adazo path is not the one the claim reads
-            rows.append({**rows[-1], "model": f"original->adazo", "value": 0.2})
+            rows.append({**rows[-1], "model": "original->adazo", "value": 0.2})
     v = evaluate(load_records(rows), claim)
     assert v.values_a == pytest.approx([0.5, 0.6, 0.7]) and v.test == "one-sample t"
     assert v.p_value == pytest.approx(stats.ttest_1samp([0.5, 0.6, 0.7], 0.1).pvalue, rel=1e-9)
