@@ -27,7 +27,7 @@ from matplotlib.figure import Figure
 from analysis.names import (ATTACK_AXES, ATTACK_NAMES, ATTACK_ORDER, DESCENDING_ATTACKS,  # noqa: F401
                             KNOWN_OPTIMIZERS, METRIC_LABELS,
                             TIERS, normalise_name, optimizer_rank, optimizer_tier, order_optimizers)
-from analysis.tables import barrier, knowledge_sign, latest_step, mean_ci, model_rows, per_seed  # noqa: F401
+from analysis.tables import knowledge_sign, latest_step, mean_ci, model_rows, per_seed
 
 # ---------------------------------------------------------------------------------------------
 # names, tiers, colours
@@ -271,6 +271,24 @@ def _format_x(ax, attack: str, xs: np.ndarray) -> None:
 
 # ---------------------------------------------------------------------------------------------
 # basins
+
+
+def barrier(alphas: Sequence[float], values: Sequence[float]) -> tuple[float, float]:
+    """Loss barrier of a path: max_a [L(a) - ((1 - a) L(a0) + a L(a1))] over the sampled points,
+    with a rescaled to [0, 1] between the first and the last point. Returns (barrier, a at the
+    max). Points are sorted by a; NaN values are dropped; fewer than two points give (NaN, NaN)."""
+    a = np.asarray(alphas, float)
+    v = np.asarray(values, float)
+    ok = np.isfinite(a) & np.isfinite(v)
+    a, v = a[ok], v[ok]
+    if a.size < 2:
+        return math.nan, math.nan
+    order = np.argsort(a)
+    a, v = a[order], v[order]
+    t = (a - a[0]) / (a[-1] - a[0]) if a[-1] != a[0] else np.zeros_like(a)
+    chord = (1 - t) * v[0] + t * v[-1]
+    i = int(np.argmax(v - chord))
+    return float(v[i] - chord[i]), float(a[i])
 
 
 def _pair_names(model: str) -> tuple[str, str]:

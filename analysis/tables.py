@@ -36,24 +36,6 @@ PATH_ATTACKS = ("interpolate", "plane")
 TRAJECTORY = ("training",)  # evaluations logged during unlearning: not an attack on a finished model
 
 
-def barrier(alphas: Sequence[float], values: Sequence[float]) -> tuple[float, float]:
-    """Loss barrier of a path: max_a [L(a) - ((1 - a) L(a0) + a L(a1))] over the sampled points,
-    with a rescaled to [0, 1] between the first and the last point. Returns (barrier, a at the
-    max). Points are sorted by a; NaN values are dropped; fewer than two points give (NaN, NaN)."""
-    a = np.asarray(alphas, float)
-    v = np.asarray(values, float)
-    ok = np.isfinite(a) & np.isfinite(v)
-    a, v = a[ok], v[ok]
-    if a.size < 2:
-        return math.nan, math.nan
-    order = np.argsort(a)
-    a, v = a[order], v[order]
-    t = (a - a[0]) / (a[-1] - a[0]) if a[-1] != a[0] else np.zeros_like(a)
-    chord = (1 - t) * v[0] + t * v[-1]
-    i = int(np.argmax(v - chord))
-    return float(v[i] - chord[i]), float(a[i])
-
-
 def knowledge_sign(metric: str) -> int | None:
     """+1 if a higher ``metric`` means more knowledge of the scored answers, -1 if lower does, None if
     neither holds (truth ratio, forget quality, AUCs: "worst case" then falls back to the mean over
