@@ -26,7 +26,7 @@ row per record with the columns of :data:`COLUMNS`:
 ``y``          second plane coordinate for ``plane`` settings ``x=0.5,y=0.25`` (float)
 ``lr``         learning rate from the record or the config (float, NaN when unknown)
 ``recipe``     the unlearning run's settings, everything in its config that is not the seed or
-               bookkeeping (:func:`recipe_of`): ``lr=0.001 steps=60 cfg=1a2b3c4d``; an audit folder
+               bookkeeping (:func:`unlearn.records.recipe_of`): ``lr=0.001 steps=60 cfg=1a2b3c4d``; an audit folder
                takes it from the config of the run it audited; records without a config get
                ``lr=<lr>`` (or ``""`` when no lr is known, and always for reference models). Runs
                with different recipes are different comparison units, never pooled.
@@ -40,7 +40,6 @@ Any other keys a record carries are kept as extra columns.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import numbers
@@ -54,7 +53,7 @@ import pandas as pd
 
 from analysis.names import learn, learn_tiers
 from unlearn.errors import BasinError
-from unlearn.records import REQUIRED
+from unlearn.records import REQUIRED, recipe_of
 
 RECORDS_FILE = "records.jsonl"
 CONFIG_FILE = "config.json"
@@ -65,9 +64,6 @@ NUMERIC_COLUMNS = ("value", "step", "attack_seed", "x", "y", "lr")
 COLUMNS = ("model", "attack", "setting", "metric", "value", "split", "seed", "role", "optimizer",
            "objective", "run", "step", "attack_seed", "x", "y", "lr", "recipe", "label", "source")
 CONFIG_FIELDS = ("optimizer", "objective", "seed", "lr", "role", "recipe")
-# config fields that do not change what a run computes (the seed is the replicate, not the recipe)
-RECIPE_IGNORED = ("seed", "device", "eval_every", "eval_max_rows", "save_every", "attn_implementation",
-                  "out", "synthetic", "kind", "role")
 
 
 
@@ -227,24 +223,6 @@ def config_fields(config: Mapping) -> dict:
     if recipe:
         out["recipe"] = recipe
     return out
-
-
-def recipe_of(config: Mapping) -> str:
-    """The comparison unit of an unlearning run's config: ``lr=<lr> steps=<steps> cfg=<hash>``.
-
-    ``cfg`` is the first 8 hex digits of the SHA-1 of the config as canonical JSON (sorted keys)
-    without the fields of :data:`RECIPE_IGNORED`, so it covers the optimizer's and the
-    objective's arguments, the step count, the batch size, the schedule, the model and the
-    benchmark. ``""`` when the config has no learning rate (not an unlearning run).
-    """
-    opt = config.get("optimizer")
-    lr = config.get("lr", opt.get("lr") if isinstance(opt, Mapping) else None)
-    if not _is_number(lr):
-        return ""
-    kept = {k: v for k, v in config.items() if k not in RECIPE_IGNORED}
-    digest = hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    steps = config.get("steps")
-    return f"lr={lr:g}" + (f" steps={steps}" if steps is not None else "") + f" cfg={digest}"
 
 
 def _audited_run(folder: Path, model) -> Path | None:
