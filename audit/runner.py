@@ -39,7 +39,7 @@ from unlearn.errors import require
 from unlearn.loading import load_model
 from unlearn.models import DTYPES, canonical_dtype, check_device_name, resolve_device, weights_hash
 from unlearn.optim import OPTIMIZERS
-from unlearn.records import append_records, read_records
+from unlearn.records import append_records, read_records, recipe_of
 from unlearn.registry import lookup
 from unlearn.train import OBJECT_MODEL
 
@@ -132,6 +132,7 @@ def _run_info(source) -> dict:
             and (Path(source) / "model").exists():
         cfg = json.loads((Path(source) / "config.json").read_text())
         info = {k: cfg.get(k) for k in ("optimizer", "objective", "seed", "lr", "model")}
+        info["recipe"] = recipe_of(cfg) or None  # the run's settings: runs at different ones are never pooled
         if info["model"] == OBJECT_MODEL:  # started from an object: no name to load the original by
             info["model"] = None
         return info
@@ -201,7 +202,7 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     fingerprint = weights_hash(target)
     base = {"model": name, "seed": info.get("seed", 0) if info.get("seed") is not None else 0,
             "attack_seed": config.seed, "optimizer": info.get("optimizer"), "objective": info.get("objective"),
-            "tier": _tier(info.get("optimizer"))}
+            "tier": _tier(info.get("optimizer")), "lr": info.get("lr"), "recipe": info.get("recipe")}
     records: list[dict] = [r for r in (read_records(out / "records.jsonl") if done else [])]
 
     # the retain-only model's clean per-question truth ratios feed forget quality for every model
@@ -225,7 +226,8 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
         bar.set_postfix(role=role, attack=attack)
         row_base = {**base, "role": role}
         if role != "unlearned":
-            row_base.update({"model": role, "optimizer": None, "objective": None, "tier": None})
+            row_base.update({"model": role, "optimizer": None, "objective": None, "tier": None, "lr": None,
+                             "recipe": None})
         new = _audit_one(m, tok, bench, attack, role, refs, config, retain_stats, row_base, done, endpoints)
         if out is not None and new:
             append_records(out / "records.jsonl", new)

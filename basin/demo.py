@@ -27,7 +27,7 @@ from pathlib import Path
 
 from analysis.load import load_records
 from analysis.report import write_report
-from analysis.verdicts import Claim, evaluate_claims, verdict_table
+from analysis.verdicts import PAPER_CLAIMS, claims_for, evaluate_claims, verdict_table
 from audit.runner import audit_plane
 from basin.sweep import SweepConfig, run_sweep
 from unlearn.build import BuildConfig, build, finetune_fit, retain_split
@@ -46,28 +46,8 @@ DEMO_OPTIMIZERS: dict[str, dict] = {
     "hybrid": {"lr": 1e-3, "optimizer_args": {"n_fo": 10, "n_zo": 10, "zo_lr_scale": 0.1}},
 }
 
-DEMO_CLAIMS = [
-    Claim("hybrid-vs-adam-relearn",
-          "Hybrid FO-ZO unlearning recovers less forgotten knowledge than Adam under relearning "
-          "(forget items not used by the attacker).",
-          a="hybrid", b="adam", attack="relearn", metric="prob", split="forget_unseen", quantity="recovery"),
-    Claim("hybrid-vs-adam-quantize",
-          "Hybrid FO-ZO unlearning recovers less forgotten knowledge than Adam under 4-bit quantization.",
-          a="hybrid", b="adam", attack="quantize", metric="prob", split="forget", quantity="recovery"),
-    Claim("zo-vs-adam-relearn",
-          "Zeroth-order unlearning (AdaZO) recovers less forgotten knowledge than Adam under relearning.",
-          a="adazo", b="adam", attack="relearn", metric="prob", split="forget_unseen", quantity="recovery"),
-    Claim("signadam-vs-adam-relearn",
-          "Compressed unlearning (signAdam) recovers less forgotten knowledge than Adam under relearning.",
-          a="signadam", b="adam", attack="relearn", metric="prob", split="forget_unseen", quantity="recovery"),
-    Claim("adam-vs-sophia-relearn",
-          "First-order unlearning (Adam) recovers less forgotten knowledge than second-order (Sophia) "
-          "under relearning.",
-          a="adam", b="sophia", attack="relearn", metric="prob", split="forget_unseen", quantity="recovery"),
-    Claim("hybrid-vs-adazo-retain",
-          "Hybrid FO-ZO unlearning keeps more retain knowledge than pure zeroth-order unlearning (AdaZO).",
-          a="hybrid", b="adazo", attack="none", metric="prob", split="retain", direction="greater"),
-]
+# the paper's claims, one definition per name (analysis.verdicts.PAPER_CLAIMS)
+DEMO_CLAIMS = PAPER_CLAIMS
 
 
 # The TOFU recipe on a real pretrained model (``basin demo --base smollm2-135m``): SmolLM2-135M
@@ -122,7 +102,7 @@ class DemoConfig:
 
     def claims(self) -> list:
         """The claims this configuration can test: both optimizers of a claim must be run."""
-        return [c for c in DEMO_CLAIMS if c.a in self.optimizers and c.b in self.optimizers]
+        return claims_for(self.optimizers, DEMO_CLAIMS)
 
 
 AUDIT_METRICS = ("prob", "nll", "exact_match", "truth_ratio", "forget_quality", "mc_accuracy", "margin",

@@ -32,13 +32,13 @@ import inspect
 from dataclasses import dataclass
 from typing import Callable
 
+from unlearn.records import CONTROL_SUFFIX, is_control  # noqa: F401 - the record schema's definition
 from unlearn.registry import lookup
 
 from . import flatness, interpolate, noise, precision, prune, quantize, relearn
 
 # the keywords the audit runner supplies to any attack that asks for them by name
 CONTEXT = ("tokenizer", "forget_rows", "retain_rows", "seed", "stats", "calibration", "reference")
-CONTROL_SUFFIX = "-snapback"
 ALL_ROLES = ("unlearned", "original", "retain")
 
 
@@ -122,11 +122,6 @@ ATTACKS: dict[str, Attack] = {
 def get_attack(name: str) -> Attack:
     """The attack called ``name``, or a :class:`BasinError` that suggests close names."""
     return lookup(ATTACKS, name, "attack")
-
-
-def is_control(setting: str) -> bool:
-    """Whether a setting is a snap-back control (``rtn-4bit-snapback``), not an attack."""
-    return str(setting).endswith(CONTROL_SUFFIX)
 
 
 def describe_attacks(names) -> dict[str, dict]:
