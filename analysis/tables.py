@@ -30,7 +30,7 @@ UNIT_KEYS = ("objective", "optimizer")  # what identifies an unlearning recipe a
 CONFIDENCE = 0.95
 # attacks that walk a path between several models rather than attack one model
 PATH_ATTACKS = ("interpolate", "plane")
-TRAJECTORY = ("training",)  # evaluations logged during unlearning: not an attack on a finished model
+TRAJECTORY = ("training", "calibrate")  # evaluations during unlearning / calibration probes: not attacks
 
 def knowledge_sign(metric: str) -> int | None:
     """+1 if a higher ``metric`` means more knowledge of the scored answers, -1 if lower does, None if
