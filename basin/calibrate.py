@@ -28,9 +28,11 @@ the target is bracketed by lo (g > 0) and hi (g < 0), then splits the bracket in
                                                       kept away from the bracket's ends)
 
 until a probe lands in the band or ``max_probes`` are spent. Choice (:func:`choose`): over the
-step counts tried, the in-band probe with the least retain loss (NLL on the retain set); with
-none in band the closest probe is reported and the setting is marked unmatched, which
-:func:`calibrated_fields` refuses.
+step counts and grid points tried, the in-band probe with the least retain loss (NLL on the
+retain set; it need not grow with lr, since NPO also optimises a retain term, so an extra
+``grid`` of lrs can only improve the choice); with none in band the closest probe is reported
+and the setting is marked unmatched, which :func:`calibrated_fields` refuses. The search itself
+stops at its first in-band probe: it matches the forgetting, and does not explore the band.
 
 Files. ``calibrate(config)`` writes ``OUT/config.json`` (the calibration's settings),
 ``OUT/records.jsonl`` (every probe, per seed: forget / retain / utility metrics, lr, steps,
@@ -210,13 +212,14 @@ def search_lr(measure: Callable[[float], Probe], target: Target, *, start: float
     return Search(steps, probes, None, f"no probe in the band after {max_probes} probes")
 
 
-def choose(searches: Sequence[Search], target: Target) -> tuple[Probe | None, bool]:
-    """The in-band probe with the least retain loss over all searches, and True; with no probe in
-    band, the finite probe closest to the target, and False."""
-    hits = [s.hit for s in searches if s.hit is not None and math.isfinite(s.hit.retain)]
+def choose(probes: Sequence[Probe], target: Target) -> tuple[Probe | None, bool]:
+    """The in-band probe with the least retain loss (over every search, step count and grid point),
+    and True; with no probe in band, the finite probe closest to the target, and False. The retain
+    loss need not grow with lr (NPO's retain term is optimised too), so every in-band probe counts."""
+    hits = [p for p in probes if target.hit(p.forget) and math.isfinite(p.retain)]
     if hits:
         return min(hits, key=lambda p: (p.retain, p.lr)), True
-    finite = [p for s in searches for p in s.probes if math.isfinite(p.forget)]
+    finite = [p for p in probes if math.isfinite(p.forget)]
     if not finite:
         return None, False
     return min(finite, key=lambda p: (abs(target.gap(p.forget)), p.retain)), False
@@ -364,7 +367,8 @@ class Prober:
         self.splits = ["forget", "retain"]
         if config.utility_split and self.benchmark.utility.get(config.utility_split):
             self.splits.append(config.utility_split)
-        self.keys = [(m, s) for m in dict.fromkeys((config.metric, RETAIN_LOSS[0])) for s in self.splits]
+        # the target's metric, and probability and NLL everywhere (the frontier plots probability)
+        self.keys = [(m, s) for m in dict.fromkeys((config.metric, "prob", RETAIN_LOSS[0])) for s in self.splits]
 
     def score(self, model) -> dict[tuple[str, str], float]:
         from audit.metrics import evaluate
@@ -534,10 +538,8 @@ def calibrate(config: CalibrationConfig | dict, progress: bool = True, log: Call
                               lr_range=(lo, hi), max_probes=config.max_probes, factor=config.factor,
                               method=config.method, steps=steps)
                     for steps in config.steps]
-        for steps in config.steps:
-            for lr in config.grid:
-                measure(lr, steps, "grid")
-        chosen, matched = choose(searches, target)
+        grid = [measure(lr, steps, "grid") for steps in config.steps for lr in config.grid]
+        chosen, matched = choose([p for s in searches for p in s.probes] + grid, target)
         entry = {"matched": matched, "optimizer_args": dict(config.optimizers[name].get("optimizer_args", {})),
                  "lr": chosen.lr if chosen else None, "steps": chosen.steps if chosen else None,
                  "forget": chosen.forget if chosen else None, "retain_loss": chosen.retain if chosen else None,

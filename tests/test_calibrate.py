@@ -69,13 +69,16 @@ def test_choice_is_the_least_retain_loss_over_step_counts():
     for steps in (2, 8):
         measure, _ = analytic(steps, retain=lambda lr, steps: lr * steps ** 2)
         searches.append(search_lr(measure, target, start=1e-3, lr_range=(1e-6, 10.0), max_probes=20, steps=steps))
-    best, matched = choose(searches, target)
+    best, matched = choose([p for s in searches for p in s.probes], target)
     assert matched and best.steps == 2
     assert best.lr == pytest.approx(C * math.log(F0 / 0.5) / 2, rel=0.02)
     # with retain loss lr alone the longer run wins (the same forgetting at a quarter of the lr)
     searches = [search_lr(analytic(steps)[0], target, start=1e-3, lr_range=(1e-6, 10.0), max_probes=20, steps=steps)
                 for steps in (2, 8)]
-    assert choose(searches, target)[0].steps == 8
+    assert choose([p for s in searches for p in s.probes], target)[0].steps == 8
+    # an in-band grid point with less retain loss beats the search's hit; out-of-band ones never do
+    extra = [Probe(0.2, 2, 0.503, 1e-9), Probe(0.3, 2, 0.9, 0.0)]
+    assert choose([p for s in searches for p in s.probes] + extra, target)[0] == extra[0]
 
 
 def test_an_unreachable_target_stops_at_the_range_and_is_unmatched():
@@ -85,7 +88,7 @@ def test_an_unreachable_target_stops_at_the_range_and_is_unmatched():
     s = search_lr(measure, target, start=1e-4, lr_range=(1e-5, 1e-2), max_probes=8)
     assert s.hit is None and "largest lr" in s.reason and calls[-1] == pytest.approx(1e-2)
     assert len(calls) == 5                                    # 1e-4, 4e-4, 1.6e-3, 6.4e-3, 1e-2
-    best, matched = choose([s], target)
+    best, matched = choose(s.probes, target)
     assert not matched and best.lr == pytest.approx(1e-2)
 
 
