@@ -593,7 +593,9 @@ def unlearning_frontier(df: pd.DataFrame, forget: tuple[str, str] = ("prob", "fo
     are the series' Pareto front (no other of its points forgets more *and* keeps more), hollow ones
     are dominated; front points are labelled with their lr. The original model (black star) and the
     retain-only gold model (grey cross) mark the two ends, and the calibration target, when the
-    records carry one, is a dotted vertical line. Points come from :func:`frontier_points`.
+    records carry one in the plotted metric (``target_metric``), is a dotted vertical line. The x
+    axis is logarithmic when the points span more than a factor of 100 (forgetting near the floor).
+    Points come from :func:`frontier_points`.
     """
     with mpl.rc_context(STYLE):
         data = df[df["attack"] == attack]
@@ -603,7 +605,9 @@ def unlearning_frontier(df: pd.DataFrame, forget: tuple[str, str] = ("prob", "fo
             return _no_data(fig, f"no {forget[0]} ({forget[1]}) records at several learning rates "
                             f"(attack {attack!r}): run basin calibrate, or a sweep over lr")
         axes = np.atleast_1d(fig.subplots(1, len(present), squeeze=False)[0])
-        target = pd.to_numeric(data["target"], errors="coerce").dropna() if "target" in data.columns else pd.Series([], dtype=float)
+        target = pd.Series([], dtype=float)   # drawn only when the records' target is in the plotted metric
+        if {"target", "target_metric"} <= set(data.columns) and forget[1] == "forget":
+            target = pd.to_numeric(data.loc[data["target_metric"] == forget[0], "target"], errors="coerce").dropna()
         for ax, other in zip(axes, present):
             pts = frontier_points(data, forget, other, attack)
             for name in _ordered_series(pts["series"]):
@@ -635,6 +639,9 @@ def unlearning_frontier(df: pd.DataFrame, forget: tuple[str, str] = ("prob", "fo
             if not target.empty:
                 ax.axvline(float(target.median()), color="#555555", linestyle=":", linewidth=1.2,
                            label="calibration target")
+            xs = pts["x"].to_numpy(float)
+            if (xs > 0).all() and xs.max() / xs.min() > 100:   # near the floor: a log axis keeps points apart
+                ax.set_xscale("log")
             ax.set_xlabel(short_label(*forget) + ": lower = more forgotten")
             ax.set_ylabel(short_label(*other) + ": higher = better")
             ax.set_title(SPLIT_LABELS.get(other[1], other[1]))

@@ -403,12 +403,13 @@ def _setting(lr: float, steps: int) -> str:
 
 
 def probe_records(name: str, objective: str, lr: float, steps: int, seed: int, scores: dict, seconds: float,
-                  phase: str, target: Target, run: str) -> list[dict]:
-    """One probe on one seed as long-form records (attack ``calibrate``, ``x`` = lr)."""
+                  phase: str, target: Target, metric: str, run: str) -> list[dict]:
+    """One probe on one seed as long-form records (attack ``calibrate``, ``x`` = lr; ``target`` and
+    ``tolerance`` are in units of ``target_metric`` on the forget split)."""
     base = {"model": f"{name}-lr{lr:.4g}-steps{steps}", "attack": ATTACK, "setting": _setting(lr, steps),
             "x": lr, "lr": lr, "steps": steps, "seed": seed, "role": "unlearned", "optimizer": name,
             "objective": objective, "phase": phase, "seconds": round(seconds, 3), "target": target.value,
-            "tolerance": target.tolerance, "run": run}
+            "tolerance": target.tolerance, "target_metric": metric, "run": run}
     return [{**base, "metric": m, "split": s, "value": v} for (m, s), v in scores.items()]
 
 
@@ -520,7 +521,7 @@ def calibrate(config: CalibrationConfig | dict, progress: bool = True, log: Call
                 else:
                     scores, secs = prober.run(name, lr, steps, seed)
                     append_records(out / "records.jsonl", probe_records(
-                        name, objective, lr, steps, seed, scores, secs, phase, target, out.name))
+                        name, objective, lr, steps, seed, scores, secs, phase, target, config.metric, out.name))
                     done[key] = (scores, secs)
                     counts["probes"] += 1
                     counts["seconds"] += secs
