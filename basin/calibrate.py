@@ -51,13 +51,26 @@ import copy
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
 
+import yaml
+
+from analysis.tables import knowledge_sign
+from audit.metrics import METRICS, evaluate
+from audit.runner import subsample
+from unlearn.cache import write_json_atomic
+from unlearn.data.benchmarks import load_benchmark
 from unlearn.errors import BasinError, require
+from unlearn.loading import load_model
+from unlearn.models import resolve_device, resolve_dtype
+from unlearn.optim import OPTIMIZERS
+from unlearn.records import append_records, read_records
 from unlearn.registry import lookup
+from unlearn.train import TRAIN_DTYPES, UnlearnConfig, unlearn
 
 KIND = "basin-calibration"
 CALIBRATION_FILE = "calibration.json"
@@ -253,10 +266,6 @@ class CalibrationConfig:
     max_retain: int = 60             # retain rows scored (evenly spaced)
 
     def __post_init__(self):
-        from analysis.tables import knowledge_sign
-        from audit.metrics import METRICS
-        from unlearn.optim import OPTIMIZERS
-
         if isinstance(self.optimizers, (list, tuple)):
             self.optimizers = {name: {} for name in self.optimizers}
         require(isinstance(self.optimizers, dict) and self.optimizers, "optimizers must name at least one optimizer")
@@ -307,8 +316,6 @@ class CalibrationConfig:
 
     def run_config(self, name: str, lr: float, steps: int, seed: int):
         """The UnlearnConfig of one probe (no evaluation during training, no checkpoints)."""
-        from unlearn.train import UnlearnConfig
-
         return UnlearnConfig.from_dict({**self.unlearn, "model": self.model, "optimizer": name,
                                         "optimizer_args": dict(self.optimizers[name].get("optimizer_args", {})),
                                         "lr": lr, "steps": steps, "seed": seed, "eval_every": 0, "save_every": 0})
@@ -323,8 +330,6 @@ class CalibrationConfig:
 
     @classmethod
     def from_yaml(cls, path) -> "CalibrationConfig":
-        import yaml
-
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as err:
@@ -345,13 +350,6 @@ class Prober:
     copy of the original at (optimizer, lr, steps, seed), then score forget / retain / utility."""
 
     def __init__(self, config: CalibrationConfig):
-        import dataclasses as dc
-
-        from audit.runner import _subsample
-        from unlearn.data.benchmarks import load_benchmark
-        from unlearn.models import load_model, resolve_device, resolve_dtype
-        from unlearn.train import TRAIN_DTYPES
-
         self.config = config
         base = config.run_config(next(iter(config.optimizers)), config.start_of(next(iter(config.optimizers))),
                                  config.steps[0], config.seeds[0])
@@ -363,7 +361,7 @@ class Prober:
             self.gold = load_model(config.retain, self.tokenizer, device=self.device, dtype=weights,
                                    progress=False)[0]
         bench = load_benchmark(base.benchmark, **base.benchmark_args)
-        self.benchmark = dc.replace(bench, retain=_subsample(bench.retain, config.max_retain))
+        self.benchmark = dataclasses.replace(bench, retain=subsample(bench.retain, config.max_retain))
         self.splits = ["forget", "retain"]
         if config.utility_split and self.benchmark.utility.get(config.utility_split):
             self.splits.append(config.utility_split)
@@ -371,8 +369,6 @@ class Prober:
         self.keys = [(m, s) for m in dict.fromkeys((config.metric, "prob", RETAIN_LOSS[0])) for s in self.splits]
 
     def score(self, model) -> dict[tuple[str, str], float]:
-        from audit.metrics import evaluate
-
         records, _ = evaluate(model, self.tokenizer, self.benchmark, metrics=[k[0] for k in self.keys],
                               generate=False, splits=self.splits, strict=False)
         got = {(r["metric"], r["split"]): r["value"] for r in records}
@@ -380,8 +376,6 @@ class Prober:
 
     def run(self, name: str, lr: float, steps: int, seed: int) -> tuple[dict, float]:
         """(scores, seconds) of one probe on one seed; a diverged run scores NaN."""
-        from unlearn.train import unlearn
-
         start = time.perf_counter()
         model = copy.deepcopy(self.original)
         try:
@@ -465,10 +459,6 @@ def calibrate(config: CalibrationConfig | dict, progress: bool = True, log: Call
     [gold, original], a folder holding another calibration) is refused before anything is written.
     ``prober`` (default :class:`Prober` on ``config``) runs the probes.
     """
-    from analysis.tables import knowledge_sign
-    from unlearn.cache import write_json_atomic
-    from unlearn.records import append_records, read_records
-
     if isinstance(config, dict):
         config = CalibrationConfig.from_dict(config)
     out = Path(config.out)
@@ -561,10 +551,6 @@ def calibrate(config: CalibrationConfig | dict, progress: bool = True, log: Call
 
 def _rewrite_records(path: Path, records: list[dict]) -> None:
     """Replace ``path`` by ``records`` atomically (a torn probe dropped, references added)."""
-    import os
-
-    from unlearn.records import append_records
-
     tmp = path.with_name(path.name + ".tmp")
     tmp.unlink(missing_ok=True)
     if records:
@@ -601,8 +587,6 @@ def calibrated_fields(fields: dict, calibration) -> dict:
     run whose model, benchmark, objective or batch settings differ from the calibration's (its
     setting would not apply).
     """
-    from unlearn.train import UnlearnConfig
-
     cal = calibration if isinstance(calibration, dict) else load_calibration(calibration)
     merged = {**cal["unlearn"], **fields}
     names = cal["optimizers"]

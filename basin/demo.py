@@ -29,6 +29,7 @@ from analysis.load import load_records
 from analysis.report import write_report
 from analysis.verdicts import Claim, evaluate_claims, verdict_table
 from audit.runner import audit_plane
+from basin.calibrate import load_calibration
 from basin.sweep import SweepConfig, run_sweep
 from unlearn.build import BuildConfig, build, finetune_fit, retain_split
 from unlearn.data.world import WorldConfig
@@ -154,8 +155,6 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
     t = time.perf_counter()
     optimizers = config.optimizers
     if config.calibrated:  # the calibrated optimizers, their lr / steps / options from the file
-        from basin.calibrate import load_calibration
-
         optimizers = {n: config.optimizers.get(n, {}) for n in load_calibration(config.calibrated)["optimizers"]}
     attack_args = {"relearn": {"steps": tuple(config.relearn_steps), "size": 0.2, "lr": config.relearn_lr},
                    "quantize": {"methods": ("rtn", "nf4"), "bits": (4,)},  # 4-bit RTN (g128), NF4

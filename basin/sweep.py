@@ -43,6 +43,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from audit.runner import AuditConfig, audit
+from basin.calibrate import calibrated_fields, load_calibration
 from unlearn.build import world_model_path
 from unlearn.cache import digest
 from unlearn.errors import BasinError, require
@@ -122,8 +123,6 @@ def plan_jobs(config: SweepConfig) -> list[Job]:
     keys = list(config.grid)
     jobs = []
     if config.calibrated:
-        from basin.calibrate import calibrated_fields, load_calibration
-
         calibration = load_calibration(config.calibrated)
     for combo in itertools.product(*(config.grid[k] for k in keys)):
         values = dict(zip(keys, combo))

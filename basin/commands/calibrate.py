@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import argparse
 
+import yaml
+
+from basin.calibrate import CALIBRATION_FILE, CalibrationConfig, calibrate
+from basin.options import key_values
+from unlearn.errors import BasinError, require
+
 
 def _numbers(text: str | None, kind=float, flag: str = "") -> tuple | None:
-    from unlearn.errors import BasinError
-
     if text is None:
         return None
     try:
@@ -57,12 +61,6 @@ def register(sub) -> None:
 
 def config_from_args(args: argparse.Namespace):
     """The CalibrationConfig of a command line (``--config`` first, flags over it)."""
-    import yaml
-
-    from basin.calibrate import CalibrationConfig
-    from basin.options import key_values
-    from unlearn.errors import BasinError, require
-
     data: dict = {}
     if args.config:
         try:
@@ -110,8 +108,6 @@ def config_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    from basin.calibrate import CALIBRATION_FILE, calibrate
-
     config = config_from_args(args)
     result = calibrate(config, progress=not args.quiet, log=(lambda _: None) if args.quiet else print)
     t = result["target"]

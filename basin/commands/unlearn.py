@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from basin.calibrate import calibrated_fields
 from basin.options import key_values
 from unlearn.errors import BasinError
 from unlearn.train import UnlearnConfig, unlearn
@@ -66,8 +67,6 @@ def run(args: argparse.Namespace) -> int:
     data.setdefault("optimizer_args", {}).update(key_values(args.opt, "--opt"))
     data.setdefault("benchmark_args", {}).update(key_values(args.benchmark_arg, "--benchmark-arg"))
     if args.calibrated:  # lr, steps and optimizer options from basin calibrate (checked against it)
-        from basin.calibrate import calibrated_fields
-
         if args.lr is not None or args.steps is not None or args.epochs is not None or args.opt:
             raise BasinError("--calibrated sets lr, steps and the optimizer options; drop --lr, --steps, --epochs, --opt")
         data = calibrated_fields({k: v for k, v in data.items() if v != {}}, args.calibrated)
