@@ -577,7 +577,7 @@ def frontier_points(df: pd.DataFrame, forget: tuple[str, str] = ("prob", "forget
         return pd.DataFrame(columns=cols)
     out = pd.DataFrame(rows).sort_values(["series", "steps", "lr"], na_position="last").reset_index(drop=True)
     out["pareto"] = False
-    for _, idx in out[out["role"] == "unlearned"].groupby("series").groups.items():
+    for idx in out[out["role"] == "unlearned"].groupby("series").groups.values():
         out.loc[idx, "pareto"] = pareto_front(out.loc[idx, "x"], out.loc[idx, "y"])
     return out[cols]
 

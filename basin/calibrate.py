@@ -252,7 +252,7 @@ class CalibrationConfig:
     tolerance: float | None = None   # band half-width in metric units (default 0.1 |original - gold|)
     metric: str = "prob"             # the forget metric (on split forget)
     utility_split: str | None = "world_facts"  # scored beside forget and retain for the frontier (None: none)
-    steps: tuple = ()                # step counts to try (default: unlearn.steps)
+    steps: tuple = ()                # step counts to try (default: UnlearnConfig's 200)
     lr_range: tuple = (1e-6, 1e-1)
     start: float | None = None       # first lr (default: the geometric mean of lr_range)
     max_probes: int = 8              # per optimizer and step count
@@ -287,7 +287,7 @@ class CalibrationConfig:
         for key in ("optimizer", "lr", "steps", "epochs", "seed", "optimizer_args"):
             require(key not in self.unlearn, f"unlearn.{key} is set by the calibration itself; "
                     f"remove it (optimizers, steps, seeds and lr_range say what to try)")
-        self.steps = tuple(int(s) for s in (self.steps or (self.unlearn.get("steps") or 200,)))
+        self.steps = tuple(int(s) for s in (self.steps or (UnlearnConfig.steps,)))
         require(all(s >= 1 for s in self.steps), f"steps must be >= 1, got {self.steps}")
         self.lr_range = tuple(float(x) for x in self.lr_range)
         self.grid = tuple(float(x) for x in self.grid)
@@ -465,7 +465,8 @@ def calibrate(config: CalibrationConfig | dict, progress: bool = True, log: Call
     saved = out / "config.json"
     if saved.exists():
         previous = json.loads(saved.read_text())
-        require(previous == config.plain(), f"{out} holds a calibration with different settings; pass another "
+        same = {k: v for k, v in previous.items() if k != "out"} == {k: v for k, v in config.plain().items() if k != "out"}
+        require(same, f"{out} holds a calibration with different settings; pass another "
                 "--out (or delete the folder to start over)")
         if (out / "manifest.json").exists() and (out / CALIBRATION_FILE).exists():
             return json.loads((out / CALIBRATION_FILE).read_text())
@@ -499,37 +500,16 @@ def calibrate(config: CalibrationConfig | dict, progress: bool = True, log: Call
               "calibration_seeds": list(config.seeds), "evaluation_seeds": list(config.evaluation_seeds),
               "unlearn": {**config.unlearn, "model": config.model}, "optimizers": {}}
 
+    probes = _Probes(config, prober, target, out, objective, done, log if progress else None)
     for name in config.optimizers:
-        counts = {"probes": 0, "reused": 0, "seconds": 0.0}
-
-        def measure(lr: float, steps: int, phase: str) -> Probe:
-            per_seed, seconds = [], 0.0
-            for seed in config.seeds:
-                key = (name, float(lr), int(steps), int(seed))
-                if key in done:
-                    counts["reused"] += 1
-                else:
-                    scores, secs = prober.run(name, lr, steps, seed)
-                    append_records(out / "records.jsonl", probe_records(
-                        name, objective, lr, steps, seed, scores, secs, phase, target, config.metric, out.name))
-                    done[key] = (scores, secs)
-                    counts["probes"] += 1
-                    counts["seconds"] += secs
-                per_seed.append(done[key][0])
-                seconds += done[key][1]
-            probe = Probe(lr, steps, _mean([s[forget_key] for s in per_seed]),
-                          _mean([s[RETAIN_LOSS] for s in per_seed]), seconds)
-            if progress:
-                log(f"  {name} {phase} lr {lr:.4g} steps {steps}: {config.metric} {probe.forget:.4f}, "
-                    f"retain {RETAIN_LOSS[0]} {probe.retain:.4f} ({seconds:.1f} s)")
-            return probe
-
+        ran, reused = probes.ran, probes.reused
         lo, hi = config.lr_range_of(name)
-        searches = [search_lr(lambda lr, s=steps: measure(lr, s, "search"), target, start=config.start_of(name),
+        searches = [search_lr(lambda lr, s=steps: probes.measure(name, lr, s, "search"), target,  # noqa: B023
+                              start=config.start_of(name),
                               lr_range=(lo, hi), max_probes=config.max_probes, factor=config.factor,
                               method=config.method, steps=steps)
                     for steps in config.steps]
-        grid = [measure(lr, steps, "grid") for steps in config.steps for lr in config.grid]
+        grid = [probes.measure(name, lr, steps, "grid") for steps in config.steps for lr in config.grid]
         chosen, matched = choose([p for s in searches for p in s.probes] + grid, target)
         entry = {"matched": matched, "optimizer_args": dict(config.optimizers[name].get("optimizer_args", {})),
                  "lr": chosen.lr if chosen else None, "steps": chosen.steps if chosen else None,
@@ -543,10 +523,50 @@ def calibrate(config: CalibrationConfig | dict, progress: bool = True, log: Call
         status = "matched" if matched else "NOT matched (" + "; ".join(s.reason for s in searches) + ")"
         log(f"{name}: {status}: lr {entry['lr']}, steps {entry['steps']}, forget {entry['forget']}, "
             f"{entry['search_probes']} search probes x {len(config.seeds)} seed(s), "
-            f"{entry['probe_seconds']:.1f} s of probes ({counts['probes']} run now, {counts['reused']} reused)")
+            f"{entry['probe_seconds']:.1f} s of probes ({probes.ran - ran} run now, {probes.reused - reused} reused)")
     write_json_atomic(out / "manifest.json", {"kind": KIND, "wall_seconds": round(time.time() - start, 2),
                                               "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(start))})
     return result
+
+
+@dataclass
+class _Probes:
+    """The probes of one calibration folder, one setting on every calibration seed at a time: a
+    (optimizer, lr, steps, seed) already in ``done`` (the folder's records) is reused, any other is
+    run and its records appended at once."""
+
+    config: CalibrationConfig
+    prober: object
+    target: Target
+    out: Path
+    objective: str
+    done: dict
+    log: Callable[[str], None] | None = None
+    ran: int = 0
+    reused: int = 0
+
+    def measure(self, name: str, lr: float, steps: int, phase: str) -> Probe:
+        forget_key = (self.config.metric, "forget")
+        per_seed, seconds = [], 0.0
+        for seed in self.config.seeds:
+            key = (name, float(lr), int(steps), int(seed))
+            if key in self.done:
+                self.reused += 1
+            else:
+                scores, secs = self.prober.run(name, lr, steps, seed)
+                append_records(self.out / "records.jsonl", probe_records(
+                    name, self.objective, lr, steps, seed, scores, secs, phase, self.target, self.config.metric,
+                    self.out.name))
+                self.done[key] = (scores, secs)
+                self.ran += 1
+            per_seed.append(self.done[key][0])
+            seconds += self.done[key][1]
+        probe = Probe(lr, steps, _mean([s[forget_key] for s in per_seed]), _mean([s[RETAIN_LOSS] for s in per_seed]),
+                      seconds)
+        if self.log is not None:
+            self.log(f"  {name} {phase} lr {lr:.4g} steps {steps}: {self.config.metric} {probe.forget:.4f}, "
+                     f"retain {RETAIN_LOSS[0]} {probe.retain:.4f} ({seconds:.1f} s)")
+        return probe
 
 
 def _rewrite_records(path: Path, records: list[dict]) -> None:

@@ -123,7 +123,7 @@ def test_targets():
 class FakeProber:
     """The Prober interface on the closed-form model: forget prob F0 exp(-lr steps / C)."""
 
-    keys = [(m, s) for m in ("prob", "nll") for s in ("forget", "retain", "world_facts")]
+    keys = tuple((m, s) for m in ("prob", "nll") for s in ("forget", "retain", "world_facts"))
     original, gold = "original", "gold"
 
     def __init__(self):

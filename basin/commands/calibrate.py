@@ -5,6 +5,7 @@ level with the least retain loss, on calibration seeds kept apart from the evalu
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import yaml
 
@@ -64,7 +65,7 @@ def config_from_args(args: argparse.Namespace):
     data: dict = {}
     if args.config:
         try:
-            data = yaml.safe_load(open(args.config).read()) or {}
+            data = yaml.safe_load(Path(args.config).read_text()) or {}
         except (OSError, yaml.YAMLError) as err:
             raise BasinError(f"cannot read the calibration spec {args.config}: {err}") from None
         require(isinstance(data, dict), f"the calibration spec {args.config} must be a mapping")
