@@ -552,11 +552,14 @@ def frontier_points(df: pd.DataFrame, forget: tuple[str, str] = ("prob", "forget
     """One row per (series, steps, lr): the forget and the ``other`` (metric, split) as mean and 95% CI
     over seeds, and whether the point is on its series' Pareto front (:func:`pareto_front`).
 
-    Reads the records of ``attack`` (``calibrate``: the probes of ``basin calibrate``; ``none``: the
-    clean models of a sweep over learning rates, whose ``lr`` comes from the run's config), with
-    ``lr`` and, when present, ``steps``. References (original, retain-only) come out as rows of their
-    own with ``lr`` NaN. Columns: series, role, steps, lr, x, x_half, y, y_half, n, pareto."""
+    Reads the records of ``attack``: ``calibrate``, the probes of ``basin calibrate`` (with ``lr`` and
+    ``steps``), or ``training``, the last evaluation of each ``basin unlearn`` run (a sweep over
+    learning rates; ``lr`` comes from the run's config). References (original, retain-only) come out
+    as rows of their own with ``lr`` NaN. Columns: series, role, steps, lr, x, x_half, y, y_half, n,
+    pareto."""
     data = df[df["attack"] == attack]
+    if attack == "training" and len(data):   # each run's final evaluation
+        data = data[data["step"] == data.groupby("run")["step"].transform("max")]
     if "steps" not in data.columns:
         data = data.assign(steps=np.nan)
     data = data.assign(steps=pd.to_numeric(data["steps"], errors="coerce"), series=data["label"])

@@ -248,6 +248,24 @@ def test_frontier_reads_the_probe_records(tmp_path):
     assert "frontier" in [stem for stem, _, _ in plan_figures(df)]
 
 
+def test_frontier_of_a_sweep_over_lr_reads_each_run_s_last_evaluation():
+    from analysis import plots
+    from analysis.load import load_records
+
+    records = []
+    for lr, forget, retain in ((1e-4, 0.8, 0.99), (1e-3, 0.3, 0.9), (1e-2, 0.2, 0.5)):
+        for seed in (0, 1):
+            run = f"adam-lr{lr}-s{seed}"
+            for step, f in ((0, 0.99), (10, forget + 0.01 * seed)):   # the step-0 evaluation is left out
+                records += [{"model": run, "run": run, "attack": "training", "setting": f"step={step}", "x": step,
+                             "step": step, "seed": seed, "optimizer": "adam", "lr": lr, "metric": "prob",
+                             "split": split, "value": v} for split, v in (("forget", f), ("retain", retain))]
+    pts = plots.frontier_points(load_records(records), attack="training")
+    assert pts["lr"].tolist() == [1e-4, 1e-3, 1e-2] and (pts["n"] == 2).all()
+    assert pts["x"].tolist() == pytest.approx([0.805, 0.305, 0.205])
+    assert pts["pareto"].all()
+
+
 def test_pareto_front_by_hand():
     # x: forget (less better), y: kept (more better); (0.3, 0.5) is beaten by (0.2, 0.6)
     front = plots_pareto([0.1, 0.2, 0.3, 0.4, math.nan], [0.2, 0.6, 0.5, 0.9, 1.0])
