@@ -556,7 +556,7 @@ def frontier_points(df: pd.DataFrame, forget: tuple[str, str] = ("prob", "forget
     ``steps``), or ``training``, the last evaluation of each ``basin unlearn`` run (a sweep over
     learning rates; ``lr`` comes from the run's config). References (original, retain-only) come out
     as rows of their own with ``lr`` NaN. Columns: series, role, steps, lr, x, x_half, y, y_half, n,
-    pareto."""
+    pareto, and x_seeds / y_seeds (the per-seed values, paired by seed)."""
     data = df[df["attack"] == attack]
     if attack == "training" and len(data):   # each run's final evaluation
         data = data[data["step"] == data.groupby("run")["step"].transform("max")]
@@ -566,16 +566,19 @@ def frontier_points(df: pd.DataFrame, forget: tuple[str, str] = ("prob", "forget
     keys = ["series", "role", "steps", "lr"]
     rows = []
     for key, g in data.groupby(keys, dropna=False, sort=False):
-        stats = {}
+        stats, seeds = {}, {}
         for name, (metric, split) in (("x", forget), ("y", other)):
             sub = g[(g["metric"] == metric) & (g["split"] == split)]
-            stats[name] = mean_ci(latest_step(sub).groupby("seed")["value"].mean())
+            seeds[name] = latest_step(sub).groupby("seed")["value"].mean()
+            stats[name] = mean_ci(seeds[name])
         if stats["x"]["n"] == 0 or stats["y"]["n"] == 0:
             continue
+        paired = pd.concat(seeds, axis=1).dropna()
         rows.append({**dict(zip(keys, key)), "x": stats["x"]["mean"], "x_half": stats["x"]["ci_half"],
                      "y": stats["y"]["mean"], "y_half": stats["y"]["ci_half"],
-                     "n": min(stats["x"]["n"], stats["y"]["n"])})
-    cols = keys + ["x", "x_half", "y", "y_half", "n", "pareto"]
+                     "n": min(stats["x"]["n"], stats["y"]["n"]),
+                     "x_seeds": paired["x"].tolist(), "y_seeds": paired["y"].tolist()})
+    cols = keys + ["x", "x_half", "y", "y_half", "n", "pareto", "x_seeds", "y_seeds"]
     if not rows:
         return pd.DataFrame(columns=cols)
     out = pd.DataFrame(rows).sort_values(["series", "steps", "lr"], na_position="last").reset_index(drop=True)
@@ -592,7 +595,8 @@ def unlearning_frontier(df: pd.DataFrame, forget: tuple[str, str] = ("prob", "fo
     and utility (y, more = better), one panel per (metric, split) in ``others`` that the records hold.
 
     Each optimizer is one colour; each point one learning rate (and step count), the mean over seeds
-    with 95% CI bars on both axes where there are two or more seeds, joined in lr order. Filled markers
+    (large marker; each seed a small dot beside it, as 95% CIs from two or three seeds span the whole
+    axis), joined in lr order. Filled markers
     are the series' Pareto front (no other of its points forgets more *and* keeps more), hollow ones
     are dominated; front points are labelled with their lr. The original model (black star) and the
     retain-only gold model (grey cross) mark the two ends, and the calibration target, when the
@@ -628,8 +632,10 @@ def unlearning_frontier(df: pd.DataFrame, forget: tuple[str, str] = ("prob", "fo
                     ax.plot(line["x"], line["y"], color=style["color"], linewidth=1.0, alpha=0.6,
                             linestyle="-" if not several_steps else ["-", "--", ":", "-."][
                                 sorted(sub["steps"].unique()).index(steps) % 4])
-                    ax.errorbar(line["x"], line["y"], xerr=line["x_half"].fillna(0.0), yerr=line["y_half"].fillna(0.0),
-                                fmt="none", ecolor=style["color"], elinewidth=0.8, alpha=0.6)
+                    sx = [v for vs in line["x_seeds"] for v in vs]
+                    sy = [v for vs in line["y_seeds"] for v in vs]
+                    if line["n"].max() > 1:
+                        ax.plot(sx, sy, linestyle="none", marker=".", markersize=4, color=style["color"], alpha=0.4)
                     for on, face in ((True, style["color"]), (False, "white")):
                         part = line[line["pareto"] == on]
                         if not part.empty:
@@ -642,14 +648,21 @@ def unlearning_frontier(df: pd.DataFrame, forget: tuple[str, str] = ("prob", "fo
             if not target.empty:
                 ax.axvline(float(target.median()), color="#555555", linestyle=":", linewidth=1.2,
                            label="calibration target")
-            xs = pts["x"].to_numpy(float)
+            xs = np.concatenate([pts["x"].to_numpy(float)] + [np.asarray(v, float) for v in pts["x_seeds"]])
+            xs = xs[np.isfinite(xs)]
             if (xs > 0).all() and xs.max() / xs.min() > 100:   # near the floor: a log axis keeps points apart
                 ax.set_xscale("log")
+                edge = xs.max() * 1e-4                        # collapsed models: drawn at the edge, counted
+                if xs.min() < edge:
+                    ax.set_xlim(left=edge / 2)
+                    below = int((pts["x"] < edge / 2).sum())
+                    ax.text(0.01, 0.01, f"{below} point(s) below {edge / 2:.0e} off the axis", fontsize=7,
+                            transform=ax.transAxes, color="#555555")
             ax.set_xlabel(short_label(*forget) + ": lower = more forgotten")
             ax.set_ylabel(short_label(*other) + ": higher = better")
             ax.set_title(SPLIT_LABELS.get(other[1], other[1]))
             ax.grid(alpha=0.3)
         _suptitle(fig, "The unlearning frontier: forgetting against what is kept, one point per learning rate "
-                  "(mean, 95% CI over seeds; filled = Pareto front)")
+                  "(mean over seeds, dots = single seeds; filled = Pareto front)")
         _legend(fig, axes)
         return fig

@@ -75,7 +75,7 @@ def plan_figures(df: pd.DataFrame) -> list[tuple[str, str, Callable[[], object]]
     if ((df["attack"] == "calibrate") & (df["metric"] == "prob") & (df["split"] == "forget")).any():
         out.append(("frontier", "The unlearning frontier: forget-set answer probability against retain-set "
                     "probability and utility, one point per learning rate of basin calibrate's probes "
-                    "(mean, 95% CI over the calibration seeds); filled markers are each optimizer's Pareto front.",
+                    "(mean over the calibration seeds, small dots = single seeds); filled markers are each optimizer's Pareto front.",
                     lambda: plots.unlearning_frontier(df)))
     if (df["role"] == "unlearned").any():
         fmetric = next((m for m in FORGET_METRICS if ((df["metric"] == m) & (df["split"] == "forget")).any()), None)
