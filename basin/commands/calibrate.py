@@ -28,7 +28,8 @@ def register(sub) -> None:
                        "the least retain loss, on seeds kept apart from the evaluation seeds",
                        description=__doc__ + " Writes OUT/records.jsonl (every probe), OUT/calibration.json "
                        "(the chosen settings, for basin unlearn --calibrated, a sweep's calibrated: key and "
-                       "basin demo --calibrated); rerun to resume.")
+                       "basin demo --calibrated); rerun to resume. Exit status 1 when an optimizer did not "
+                       "reach the target band.")
     p.add_argument("--config", help="YAML file with CalibrationConfig fields (flags given here override it)")
     p.add_argument("--model", help="the model to unlearn (world:<size>, a run or checkpoint folder)")
     p.add_argument("--retain", help="the retain-only (gold) model, e.g. world:tiny:retain90")
