@@ -64,7 +64,7 @@ from audit.metrics import METRICS, evaluate
 from audit.runner import subsample
 from unlearn.cache import write_json_atomic
 from unlearn.data.benchmarks import load_benchmark
-from unlearn.errors import BasinError, require
+from unlearn.errors import BasinError, LossDiverged, require
 from unlearn.loading import load_model
 from unlearn.models import resolve_device, resolve_dtype
 from unlearn.optim import OPTIMIZERS
@@ -382,9 +382,7 @@ class Prober:
             unlearn(self.config.run_config(name, lr, steps, seed), model=model, tokenizer=self.tokenizer,
                     progress=False)
             scores = self.score(model)
-        except BasinError as err:
-            if "loss became" not in str(err):
-                raise
+        except LossDiverged:
             scores = {k: math.nan for k in self.keys}
         return scores, time.perf_counter() - start
 
