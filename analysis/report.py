@@ -81,6 +81,11 @@ def plan_figures(df: pd.DataFrame) -> list[tuple[str, str, Callable[[], object]]
     for model in sorted(df.loc[df["attack"] == "plane", "model"].unique())[:3]:
         out.append((f"basin-2d-{_slug(model)}", f"Loss over the plane through three models ({model}).",
                     lambda mo=model: plots.basin_2d(df, model=mo)))
+    if ((df["attack"] == "calibrate") & (df["metric"] == "prob") & (df["split"] == "forget")).any():
+        out.append(("frontier", "The unlearning frontier: forget-set answer probability against retain-set "
+                    "probability and utility, one point per learning rate of basin calibrate's probes "
+                    "(mean over the calibration seeds, small dots = single seeds); filled markers are each optimizer's Pareto front.",
+                    lambda: plots.unlearning_frontier(df)))
     if (df["role"] == "unlearned").any():
         fmetric = next((m for m in FORGET_METRICS if ((df["metric"] == m) & (df["split"] == "forget")).any()), None)
         if fmetric:

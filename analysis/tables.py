@@ -33,7 +33,7 @@ UNIT_KEYS = ("objective", "optimizer", "recipe")
 CONFIDENCE = 0.95
 # attacks that walk a path between several models rather than attack one model
 PATH_ATTACKS = ("interpolate", "plane")
-TRAJECTORY = ("training",)  # evaluations logged during unlearning: not an attack on a finished model
+TRAJECTORY = ("training", "calibrate")  # evaluations during unlearning / calibration probes: not attacks
 
 
 def knowledge_sign(metric: str) -> int | None:

@@ -103,7 +103,8 @@ def _keywords(fn, *taken: str) -> dict:
     return {k: k for k in inspect.signature(fn).parameters if k not in taken}
 
 
-def _subsample(rows: list[dict], n: int) -> list[dict]:
+def subsample(rows: list[dict], n: int) -> list[dict]:
+    """``n`` rows evenly spaced over ``rows`` (all of them when n <= 0 or there are no more)."""
     if n <= 0 or len(rows) <= n:
         return rows
     step = len(rows) / n
@@ -184,7 +185,7 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
         check_same_architecture(ref, target, f"the {role} model and the audited model")  # fail before writing
 
     bench = load_benchmark(config.benchmark, **config.benchmark_args)
-    bench = dataclasses.replace(bench, retain=_subsample(bench.retain, config.max_retain))  # keeps MUSE data
+    bench = dataclasses.replace(bench, retain=subsample(bench.retain, config.max_retain))  # keeps MUSE data
     for attack in config.attacks:  # bad attack options fail here, before anything is written
         _call(attack, get_attack(attack), target, _context(tok, bench, config, {}, refs.get("original")),
               _options(config, attack, endpoints)).close()
@@ -364,7 +365,7 @@ def audit_plane(first, second, third, tokenizer=None, *, names=("original", "sec
     b = load_model(second, None if isinstance(second, (str, Path)) else tok, **place)[0]
     c = load_model(third, None if isinstance(third, (str, Path)) else tok, **place)[0]
     bench = load_benchmark(benchmark, **(benchmark_args or {}))
-    bench = Benchmark(bench.name, bench.forget, _subsample(bench.retain, max_retain), [], {})
+    bench = Benchmark(bench.name, bench.forget, subsample(bench.retain, max_retain), [], {})
     axis = sorted(set(grid) | {0.0, 1.0})
     label = " | ".join(names)
     records = []

@@ -29,6 +29,7 @@ from analysis.load import load_records
 from analysis.report import write_report
 from analysis.verdicts import PAPER_CLAIMS, claims_for, evaluate_claims, verdict_table
 from audit.runner import audit_plane
+from basin.calibrate import load_calibration
 from basin.sweep import SweepConfig, run_sweep
 from unlearn.build import BuildConfig, build, finetune_fit, retain_split
 from unlearn.data.world import WorldConfig
@@ -83,6 +84,7 @@ class DemoConfig:
     interpolation_points: int = 5
     max_retain: int = 60
     plane_grid: tuple = (-0.5, 0.5, 1.5)  # plus 0 and 1: a 5 x 5 grid through three models
+    calibrated: str | None = None   # basin calibrate's file: its optimizers, lr and steps replace `optimizers`
 
     @classmethod
     def quick(cls, **overrides) -> "DemoConfig":
@@ -131,6 +133,9 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
         f"retain-only forget prob {built.retain_fit['eval']['forget']['prob']:.3f})")
 
     t = time.perf_counter()
+    optimizers = config.optimizers
+    if config.calibrated:  # the calibrated optimizers, their lr / steps / options from the file
+        optimizers = {n: config.optimizers.get(n, {}) for n in load_calibration(config.calibrated)["optimizers"]}
     attack_args = {"relearn": {"steps": tuple(config.relearn_steps), "size": 0.2, "lr": config.relearn_lr},
                    "quantize": {"methods": ("rtn", "nf4"), "bits": (4,)},  # 4-bit RTN (g128), NF4
                    "interpolate": {"points": config.interpolation_points}}
@@ -140,9 +145,9 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
                  "objective": config.objective, "objective_args": dict(config.objective_args),
                  "steps": config.steps, "batch_size": config.batch_size, "eval_every": config.steps,
                  "eval_max_rows": config.max_retain, "save_every": config.steps // 2, **place},
-        grid={"optimizer": list(config.optimizers), "seed": list(config.seeds)},
+        grid={"optimizer": list(optimizers), "seed": list(config.seeds)},
         recipes={name: {"lr": r["lr"], "optimizer_args": dict(r.get("optimizer_args", {}))}
-                 for name, r in config.optimizers.items()},
+                 for name, r in optimizers.items() if "lr" in r}, calibrated=config.calibrated,
         audit={"attacks": ("relearn", "quantize", "interpolate"), "attack_args": attack_args,
                "metrics": AUDIT_METRICS, "max_retain": config.max_retain, "splits": ("forget", "retain"),
                "clean_splits": ("forget", "retain", "world_facts"), **place},
@@ -156,7 +161,7 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
 
     t = time.perf_counter()
     # the basin picture: the plane through the original, Adam's and the hybrid's first seed
-    corners = [n for n in ("adam", "hybrid") if n in config.optimizers]
+    corners = [n for n in ("adam", "hybrid") if n in optimizers]
     plane_dir = out / "audits" / "plane"
     if len(corners) == 2 and not (plane_dir / "records.jsonl").exists():
         s0 = config.seeds[0]
@@ -170,7 +175,7 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
 
     t = time.perf_counter()
     df = load_records(runs + audits)
-    claims = config.claims()
+    claims = [c for c in config.claims() if c.a in optimizers and c.b in optimizers]
     verdicts = verdict_table(evaluate_claims(df, claims))
     model_label = config.base or f"{config.size} model"
     report = write_report(df, out / "report", claims=claims,

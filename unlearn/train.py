@@ -60,7 +60,7 @@ from tqdm.auto import tqdm
 from unlearn.cache import atomic_dir, write_json_atomic
 from unlearn.data.benchmarks import load_benchmark
 from unlearn.data.format import collate, encode_rows, pad_id_of
-from unlearn.errors import BasinError, require
+from unlearn.errors import BasinError, LossDiverged, require
 from unlearn.loading import load_model
 from unlearn.models import (MIXED, canonical_dtype, check_device_name, dtype_key, input_device, resolve_device,
                             resolve_dtype)
@@ -438,7 +438,7 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
         if not math.isfinite(loss):
             where = f"; the last good checkpoint (step {last_good}) is kept in {out / CKPT}" \
                 if out is not None and last_good else ""
-            raise BasinError(f"the loss became {loss} at step {step + 1}{where}; "
+            raise LossDiverged(f"the loss became {loss} at step {step + 1}{where}; "
                              "lower the learning rate (--lr) or check the objective's options")
         bar.set_postfix(loss=f"{loss:.4f}", phase=getattr(optimizer, "phase", ""))
         done = step + 1
