@@ -197,3 +197,15 @@ def test_flatness_rejects_bad_options(micro_model, micro_tokenizer):
                  measures=("trace", "hessian"))
     with pytest.raises(BasinError, match="norm"):
         flatness(micro_model, tokenizer=micro_tokenizer, forget_rows=[{"question": "q", "answer": "a"}], norm="layer")
+
+
+def test_hvp_without_double_backward_says_how_to_fix_it(micro_model, micro_world, micro_tokenizer):
+    from audit.attacks.flatness import answer_loss
+    from unlearn.data.format import encode_rows
+
+    micro_model.set_attn_implementation("sdpa")
+    params = [p for p in micro_model.parameters()]
+    forget, _ = micro_world.split(0.25)
+    loss = answer_loss(micro_model, encode_rows(micro_tokenizer, forget[:2]), micro_tokenizer.pad_token_id, 2)
+    with pytest.raises(BasinError, match="eager"):
+        hvp(loss, params, [torch.ones_like(p) for p in params])

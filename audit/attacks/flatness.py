@@ -42,10 +42,12 @@ from torch import nn
 from audit.attacks.common import as_tuple, fmt, make_buffer
 from unlearn.data.format import batches, encode_rows, pad_id_of
 from unlearn.errors import BasinError, require
-from unlearn.optim.estimators import DOUBLE_BACKWARD_HINT
 from unlearn.scoring import token_logprobs
 
 LossTerms = Callable[[], Iterable[torch.Tensor]]
+HVP_HINT = ("a Hessian-vector product needs a double backward, which this model does not support ({err}); "
+            "PyTorch's SDPA attention on CPU has none: load the model with attn_implementation=\"eager\" "
+            "(flatness() does this for its working copy)")
 MEASURES = ("sharpness", "trace", "eig")
 NORMS = ("tensor", "global")
 # what the diagnostic writes, described for the report like the registered metrics
@@ -112,8 +114,7 @@ def hvp(loss_terms: LossTerms, params: Sequence[torch.Tensor], vector: Sequence[
                 parts = torch.autograd.grad([grads[k] for k in live], params,
                                             grad_outputs=[vector[k] for k in live], allow_unused=True)
             except (RuntimeError, NotImplementedError) as err:
-                raise BasinError(DOUBLE_BACKWARD_HINT.format(err=str(err).splitlines()[0])
-                                 .replace("Sophia's Hutchinson estimate", "A Hessian-vector product")) from None
+                raise BasinError(HVP_HINT.format(err=str(err).splitlines()[0])) from None
             for acc, part in zip(out, parts):
                 if part is not None:
                     acc.add_(part.detach())
