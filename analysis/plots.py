@@ -7,6 +7,9 @@ save it with ``fig.savefig(path)``.
 - :func:`basin_1d`: loss along the linear path between two models, forget and retain, with the
   barrier marked. :func:`barrier` computes it.
 - :func:`basin_2d`: a filled contour of the plane through three models, the models marked.
+- :func:`flatness`: Hessian trace, largest eigenvalue and random sharpness of the forget and retain
+  losses per optimizer (the ``flatness`` diagnostic), mean and 95% CI over seeds.
+- :func:`barriers`: the interpolation barrier per model pair, raw and per unit of distance.
 - :func:`tier_summary`: forget efficacy and utility per optimizer, clean and after each attack,
   optimizers ordered by tier (second order -> first order -> compressed -> zeroth order ->
   hybrid -> others -> sam).
@@ -37,7 +40,7 @@ from analysis.tables import knowledge_sign, latest_step, mean_ci, model_rows, pe
 _PALETTE = ["#7f3c8d", "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#17becf", "#8c564b",
             "#e377c2", "#bcbd22", "#9467bd", "#393b79", "#637939", "#8c6d31", "#843c39", "#5254a3"]
 _TIER_MARKERS = {"second order": "D", "first order": "o", "compressed": "s", "zeroth order": "^",
-                 "hybrid": "*", "other": "v", "sharpness-aware": "P"}
+                 "hybrid": "*", "control": "X", "other": "v", "sharpness-aware": "P"}
 REFERENCE_STYLE = {"original": dict(color="black", linestyle="--", marker=None),
                    "retain-only": dict(color="#888888", linestyle=":", marker=None)}
 
@@ -359,6 +362,80 @@ def basin_1d(df: pd.DataFrame, metric: str | None = None, splits: Sequence[str] 
             ax.axis("off")
         _suptitle(fig, f"Linear interpolation between models: {METRIC_LABELS.get(metric, metric)} "
                   "(dashed: straight chord; bar: barrier)")
+        _legend(fig, axes)
+        return fig
+
+
+FLATNESS_METRICS = ("hessian_trace", "hessian_eig_max", "sharpness_mean", "sharpness_max")
+_SPLIT_COLORS = {"forget": "#d62728", "retain": "#1f77b4"}
+
+
+def _points(ax, data: pd.DataFrame, category: str, categories: list[str], splits: Sequence[str]) -> None:
+    """Mean and 95% CI over seeds of ``value`` per category (x axis), one marker series per split,
+    side by side."""
+    width = 0.5 / max(1, len(splits))
+    for k, split in enumerate(splits):
+        sub = per_seed(data[data["split"] == split], [category])
+        stats = [mean_ci(sub.loc[sub[category] == c, "value"]) for c in categories]
+        xs = np.arange(len(categories)) + (k - (len(splits) - 1) / 2) * width
+        means = np.array([st["mean"] for st in stats], dtype=float)
+        half = np.array([st["ci_half"] for st in stats], dtype=float)
+        ax.errorbar(xs, means, yerr=np.where(np.isfinite(half), half, 0.0), fmt="o", capsize=3,
+                    color=_SPLIT_COLORS.get(split, "#444444"), label=SPLIT_LABELS.get(split, split))
+    ax.set_xticks(np.arange(len(categories)))
+    ax.set_xticklabels([_wrap(c, 14) for c in categories], rotation=30, ha="right")
+    ax.axhline(0.0, color="#999999", linewidth=0.8)
+    ax.grid(alpha=0.3, axis="y")
+
+
+def flatness(df: pd.DataFrame, metrics: Sequence[str] = FLATNESS_METRICS,
+             splits: Sequence[str] = ("forget", "retain")) -> Figure:
+    """Flatness of the forget and retain losses around each model (the ``flatness`` diagnostic):
+    one panel per measure (Hutchinson trace of the Hessian, largest Hessian eigenvalue, random
+    sharpness at each relative norm), one column per optimizer (and the original / retain-only
+    models), mean and 95% CI over seeds per split."""
+    with mpl.rc_context(STYLE):
+        data = _series(df[df["attack"] == "flatness"])
+        panels = []
+        for metric in metrics:
+            for setting in sorted(data.loc[data["metric"] == metric, "setting"].unique()):
+                panels.append((metric, setting))
+        ncols = min(3, max(1, len(panels)))
+        nrows = max(1, math.ceil(len(panels) / ncols))
+        fig = _new_figure(4.6 * ncols + 0.8, 3.6 * nrows + 0.6)
+        if not panels:
+            return _no_data(fig, "no flatness records (audit with the flatness diagnostic)")
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        names = _ordered_series(data["series"].unique())
+        for ax, (metric, setting) in zip(axes, panels):
+            sub = data[(data["metric"] == metric) & (data["setting"] == setting)]
+            _points(ax, sub, "series", names, [s for s in splits if (sub["split"] == s).any()])
+            label = METRIC_LABELS.get(metric, metric)
+            ax.set_title(_wrap(f"{label}, {setting.removeprefix('sharpness-')}" if metric.startswith("sharp")
+                               else label, 48))
+        for ax in axes[len(panels):]:
+            ax.axis("off")
+        _suptitle(fig, "Flatness around each model: higher = sharper (mean and 95% CI over seeds)")
+        _legend(fig, axes)
+        return fig
+
+
+def barriers(df: pd.DataFrame, splits: Sequence[str] = ("forget", "retain"), attack: str = "interpolate") -> Figure:
+    """The loss barrier of every interpolated pair (``original->adam``, ``adam->hybrid``, ...):
+    left the barrier in NLL, right the barrier per unit of weight-space distance
+    ||theta_B - theta_A||; mean and 95% CI over seeds per split."""
+    with mpl.rc_context(STYLE):
+        data = df[(df["attack"] == attack) & (df["setting"] == "path")]
+        fig = _new_figure(11.0, 4.2)
+        if not data["metric"].isin(["barrier", "barrier_per_distance"]).any():
+            return _no_data(fig, "no interpolation barriers in the records")
+        pairs = sorted(data["model"].unique(), key=lambda m: (not m.startswith("original"), m))
+        axes = fig.subplots(1, 2, squeeze=False).ravel()
+        for ax, metric in zip(axes, ("barrier", "barrier_per_distance")):
+            sub = data[data["metric"] == metric]
+            _points(ax, sub, "model", pairs, [s for s in splits if (sub["split"] == s).any()])
+            ax.set_title(METRIC_LABELS.get(metric, metric))
+        _suptitle(fig, "Linear-interpolation barriers between models (0 = linearly connected)")
         _legend(fig, axes)
         return fig
 

@@ -69,6 +69,15 @@ def plan_figures(df: pd.DataFrame) -> list[tuple[str, str, Callable[[], object]]
         out.append(("basin-1d", "Loss along the straight line between two models (mode connectivity); "
                     "the bar marks the barrier: the largest rise above the straight chord.",
                     lambda: plots.basin_1d(df)))
+    if ((df["attack"] == "interpolate") & df["metric"].isin(["barrier", "barrier_per_distance"])).any():
+        out.append(("barriers", "Loss barrier of each interpolated pair, raw (left) and per unit of "
+                    "weight-space distance ||θ_B − θ_A|| (right), mean and 95% CI over seeds.",
+                    lambda: plots.barriers(df)))
+    if (df["attack"] == "flatness").any():
+        out.append(("flatness", "Flatness of the forget and retain losses around each model: "
+                    "Hutchinson trace of the Hessian, its largest eigenvalue (power iteration) and "
+                    "the mean / max loss rise under random weight perturbations of fixed relative norm.",
+                    lambda: plots.flatness(df)))
     for model in sorted(df.loc[df["attack"] == "plane", "model"].unique())[:3]:
         out.append((f"basin-2d-{_slug(model)}", f"Loss over the plane through three models ({model}).",
                     lambda mo=model: plots.basin_2d(df, model=mo)))

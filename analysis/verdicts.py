@@ -551,7 +551,7 @@ def _barrier_seeds(df: pd.DataFrame, claim: Claim, split: str) -> pd.Series:
     ``audit.attacks.interpolate.loss_barrier`` on NLL) for the path between ``path_from`` and A."""
     sub = df[(df["attack"] == "interpolate") & (df["metric"] == claim.metric) & (df["split"] == split)]
     want = {claim.path_from.lower(), claim.a.lower()}
-    sub = sub[[set(_path_ends(m) or ()) == want for m in sub["model"]]]
+    sub = sub.loc[[set(_path_ends(m) or ()) == want for m in sub["model"]]]  # .loc: an empty mask keeps the columns
     return sub.groupby("seed")["value"].mean().dropna()
 
 

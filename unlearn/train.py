@@ -297,6 +297,16 @@ def evaluate_progress(model, tokenizer, forget_ex, retain_ex, step: int, base: d
     return out
 
 
+def step_diagnostics(optimizer, step: int, base: dict) -> list[dict]:
+    """The optimizer's numbers for the step just taken (``update_rms``; Sophia's
+    ``sophia_clip_fraction``; see :class:`unlearn.optim.BasinOptimizer`) as records, split
+    ``optimizer``, with the step's ``phase`` ("fo", "zo", ... for the hybrid)."""
+    phase = getattr(optimizer, "phase", None)
+    return [{**base, "attack": "training", "setting": f"step={step}", "x": step, "step": step,
+             "metric": metric, "split": "optimizer", "value": float(value), "phase": phase}
+            for metric, value in getattr(optimizer, "diagnostics", {}).items()]
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 CKPT = "checkpoint"
@@ -432,6 +442,8 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
                              "lower the learning rate (--lr) or check the objective's options")
         bar.set_postfix(loss=f"{loss:.4f}", phase=getattr(optimizer, "phase", ""))
         done = step + 1
+        if main:
+            records += _log(out, step_diagnostics(optimizer, done, base))
         if config.eval_every and (done % config.eval_every == 0 or done == steps) and main:
             records += _log(out, evaluate_progress(model, tokenizer, forget_ex, eval_retain, done, base))
             model.train()
