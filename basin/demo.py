@@ -27,8 +27,9 @@ from pathlib import Path
 
 from analysis.load import load_records
 from analysis.report import write_report
-from analysis.verdicts import Claim, evaluate_claims, verdict_table
+from analysis.verdicts import PAPER_CLAIMS, claims_for, evaluate_claims, verdict_table
 from audit.runner import audit_plane
+from basin.calibrate import load_calibration
 from basin.sweep import SweepConfig, plan_jobs, run_sweep
 from unlearn.build import BuildConfig, build, finetune_fit, model_dir, retain_split
 from unlearn.cache import cache_root, check_writable
@@ -50,28 +51,8 @@ DEMO_OPTIMIZERS: dict[str, dict] = {
     "hybrid": {"lr": 1e-3, "optimizer_args": {"n_fo": 10, "n_zo": 10, "zo_lr_scale": 0.1}},
 }
 
-DEMO_CLAIMS = [
-    Claim("hybrid-vs-adam-relearn",
-          "Hybrid FO-ZO unlearning recovers less forgotten knowledge than Adam under relearning "
-          "(forget items not used by the attacker).",
-          a="hybrid", b="adam", attack="relearn", metric="prob", split="forget_unseen", quantity="recovery"),
-    Claim("hybrid-vs-adam-quantize",
-          "Hybrid FO-ZO unlearning recovers less forgotten knowledge than Adam under 4-bit quantization.",
-          a="hybrid", b="adam", attack="quantize", metric="prob", split="forget", quantity="recovery"),
-    Claim("zo-vs-adam-relearn",
-          "Zeroth-order unlearning (AdaZO) recovers less forgotten knowledge than Adam under relearning.",
-          a="adazo", b="adam", attack="relearn", metric="prob", split="forget_unseen", quantity="recovery"),
-    Claim("signadam-vs-adam-relearn",
-          "Compressed unlearning (signAdam) recovers less forgotten knowledge than Adam under relearning.",
-          a="signadam", b="adam", attack="relearn", metric="prob", split="forget_unseen", quantity="recovery"),
-    Claim("adam-vs-sophia-relearn",
-          "First-order unlearning (Adam) recovers less forgotten knowledge than second-order (Sophia) "
-          "under relearning.",
-          a="adam", b="sophia", attack="relearn", metric="prob", split="forget_unseen", quantity="recovery"),
-    Claim("hybrid-vs-adazo-retain",
-          "Hybrid FO-ZO unlearning keeps more retain knowledge than pure zeroth-order unlearning (AdaZO).",
-          a="hybrid", b="adazo", attack="none", metric="prob", split="retain", direction="greater"),
-]
+# the paper's claims, one definition per name (analysis.verdicts.PAPER_CLAIMS)
+DEMO_CLAIMS = PAPER_CLAIMS
 
 
 # The TOFU recipe on a real pretrained model (``basin demo --base smollm2-135m``): SmolLM2-135M
@@ -107,6 +88,7 @@ class DemoConfig:
     interpolation_points: int = 5
     max_retain: int = 60
     plane_grid: tuple = (-0.5, 0.5, 1.5)  # plus 0 and 1: a 5 x 5 grid through three models
+    calibrated: str | None = None   # basin calibrate's file: its optimizers, lr and steps replace `optimizers`
 
     @classmethod
     def quick(cls, **overrides) -> "DemoConfig":
@@ -126,7 +108,7 @@ class DemoConfig:
 
     def claims(self) -> list:
         """The claims this configuration can test: both optimizers of a claim must be run."""
-        return [c for c in DEMO_CLAIMS if c.a in self.optimizers and c.b in self.optimizers]
+        return claims_for(self.optimizers, DEMO_CLAIMS)
 
 
 AUDIT_METRICS = ("prob", "nll", "exact_match", "truth_ratio", "forget_quality", "mc_accuracy", "margin",
@@ -153,6 +135,9 @@ def plan_demo(config: DemoConfig, cache_dir=None) -> tuple[BuildConfig, SweepCon
     else:  # where build() puts them
         original, retain = (str(model_dir(build_config, split, cache_dir)) for split in ("full", retain_split(forget)))
     place = {"device": config.device, "dtype": config.dtype}
+    optimizers = config.optimizers
+    if config.calibrated:  # the calibrated optimizers, their lr / steps / options from the file
+        optimizers = {n: config.optimizers.get(n, {}) for n in load_calibration(config.calibrated)["optimizers"]}
     attack_args = {"relearn": {"steps": tuple(config.relearn_steps), "size": 0.2, "lr": config.relearn_lr},
                    "quantize": {"methods": ("rtn", "nf4"), "bits": (4,)},  # 4-bit RTN (g128), NF4
                    "interpolate": {"points": config.interpolation_points}}
@@ -162,9 +147,9 @@ def plan_demo(config: DemoConfig, cache_dir=None) -> tuple[BuildConfig, SweepCon
                  "objective": config.objective, "objective_args": dict(config.objective_args),
                  "steps": config.steps, "batch_size": config.batch_size, "eval_every": config.steps,
                  "eval_max_rows": config.max_retain, "save_every": config.steps // 2, **place},
-        grid={"optimizer": list(config.optimizers), "seed": list(config.seeds)},
+        grid={"optimizer": list(optimizers), "seed": list(config.seeds)},
         recipes={name: {"lr": r["lr"], "optimizer_args": dict(r.get("optimizer_args", {}))}
-                 for name, r in config.optimizers.items()},
+                 for name, r in optimizers.items() if "lr" in r}, calibrated=config.calibrated,
         audit={"attacks": ("relearn", "quantize", "interpolate"), "attack_args": attack_args,
                "metrics": AUDIT_METRICS, "max_retain": config.max_retain, "splits": ("forget", "retain"),
                "clean_splits": ("forget", "retain", "world_facts"), **place},
@@ -183,6 +168,7 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
     t = time.perf_counter()
     built = build(build_config, cache_dir=cache_dir, progress=progress)
     original, place = sweep.original, {"device": config.device, "dtype": config.dtype}
+    optimizers = sweep.grid["optimizer"]
     seconds["build"] = time.perf_counter() - t
     log(f"[1/3] world and models ready in {seconds['build']:.0f} s "
         f"(original forget prob {built.original_fit['eval']['forget']['prob']:.3f}, "
@@ -198,7 +184,7 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
 
     t = time.perf_counter()
     # the basin picture: the plane through the original, Adam's and the hybrid's first seed
-    corners = [n for n in ("adam", "hybrid") if n in config.optimizers]
+    corners = [n for n in ("adam", "hybrid") if n in optimizers]
     plane_dir = out / "audits" / "plane"
     if len(corners) == 2 and not (plane_dir / "records.jsonl").exists():
         s0 = config.seeds[0]
@@ -212,7 +198,7 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
 
     t = time.perf_counter()
     df = load_records(runs + audits)
-    claims = config.claims()
+    claims = [c for c in config.claims() if c.a in optimizers and c.b in optimizers]
     verdicts = verdict_table(evaluate_claims(df, claims))
     model_label = config.base or f"{config.size} model"
     report = write_report(df, out / "report", claims=claims,

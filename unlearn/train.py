@@ -49,7 +49,7 @@ from tqdm.auto import tqdm
 from unlearn import runs
 from unlearn.data.benchmarks import Benchmark, load_benchmark
 from unlearn.data.format import collate, encode_rows, pad_id_of
-from unlearn.errors import BasinError, require, require_number
+from unlearn.errors import BasinError, LossDiverged, require, require_number
 from unlearn.loading import load_model
 from unlearn.models import (MIXED, canonical_dtype, check_device_name, dtype_key, input_device, resolve_device,
                             resolve_dtype)
@@ -223,6 +223,16 @@ def evaluate_progress(model, tokenizer, forget_ex, retain_ex, step: int, base: d
     return out
 
 
+def step_diagnostics(optimizer, step: int, base: dict) -> list[dict]:
+    """The optimizer's numbers for the step just taken (``update_rms``; Sophia's
+    ``sophia_clip_fraction``; see :class:`unlearn.optim.BasinOptimizer`) as records, split
+    ``optimizer``, with the step's ``phase`` ("fo", "zo", ... for the hybrid)."""
+    phase = getattr(optimizer, "phase", None)
+    return [{**base, "attack": "training", "setting": f"step={step}", "x": step, "step": step,
+             "metric": metric, "split": "optimizer", "value": float(value), "phase": phase}
+            for metric, value in getattr(optimizer, "diagnostics", {}).items()]
+
+
 # ----------------------------------------------------------------------------- checks
 
 @dataclass
@@ -351,10 +361,12 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
         if not math.isfinite(loss):
             kept = f"; the last good checkpoint (step {last_good}) is kept in {out / runs.CKPT}" \
                 if out is not None and last_good else ""
-            raise BasinError(f"the loss became {loss} at step {step + 1}{kept}; "
+            raise LossDiverged(f"the loss became {loss} at step {step + 1}{kept}; "
                              "lower the learning rate (--lr) or check the objective's options")
         bar.set_postfix(loss=f"{loss:.4f}", phase=getattr(optimizer, "phase", ""))
         done = step + 1
+        if main:
+            records += runs.log_records(out, step_diagnostics(optimizer, done, base))
         if config.eval_every and (done % config.eval_every == 0 or done == steps) and main:
             records += runs.log_records(out, evaluate_progress(model, tokenizer, forget_ex, eval_retain, done, base))
             model.train()

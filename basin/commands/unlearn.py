@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from basin.calibrate import calibrated_fields
 from basin.options import key_values
 from unlearn.errors import BasinError
 from unlearn.train import UnlearnConfig, unlearn
@@ -44,6 +45,8 @@ def register(sub) -> None:
                    "or auto-map (layers spread over every visible GPU, for a model larger than one)")
     p.add_argument("--dtype", help="float32 (default), bfloat16 (half the memory; small updates round "
                    "away) or bf16-mixed (float32 weights, bfloat16 autocast); see docs/real_world.md")
+    p.add_argument("--calibrated", metavar="FILE", help="take lr, steps and optimizer options from basin "
+                   "calibrate's calibration.json (or its folder); the seed must not be a calibration seed")
     p.add_argument("--out", required=True, help="run folder to write (or resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -69,6 +72,10 @@ def run(args: argparse.Namespace) -> int:
         if not isinstance(saved, dict):
             raise BasinError(f"{key} in {args.config} must be a mapping (e.g. {key}: {{beta: 0.1}}), got {saved!r}")
         data[key] = {**saved, **key_values(items, flag)}
+    if args.calibrated:  # lr, steps and optimizer options from basin calibrate (checked against it)
+        if args.lr is not None or args.steps is not None or args.epochs is not None or args.opt:
+            raise BasinError("--calibrated sets lr, steps and the optimizer options; drop --lr, --steps, --epochs, --opt")
+        data = calibrated_fields({k: v for k, v in data.items() if v != {}}, args.calibrated)
     config = UnlearnConfig.from_dict(data)
     result = unlearn(config, out=args.out, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) != 0:  # a data-parallel launch: the first process reports
