@@ -221,3 +221,22 @@ def test_refused_before_anything_is_written(argv, files, scene, tmp_path, capsys
 def test_catalogue_covers_every_command():
     commands = {c[1][0] for c in CASES}
     assert commands == {"world", "unlearn", "audit", "report", "sweep", "demo"} and len(CASES) >= 40
+
+
+def test_the_python_api_refuses_the_same_way(scene, tmp_path):
+    """unlearn() and audit() refuse before writing, like the commands in front of them."""
+    from audit.runner import AuditConfig, audit
+    from unlearn.errors import BasinError
+    from unlearn.train import UnlearnConfig, unlearn
+
+    world = {"n_people": 20, "n_holdout": 4, "n_countries": 4}
+    config = UnlearnConfig(model=str(scene / "model"), benchmark_args=world, objective_args={"beta": 0}, device="cpu")
+    with pytest.raises(BasinError, match="NPO beta must be a number > 0"):
+        unlearn(config, out=tmp_path / "run")
+    with pytest.raises(BasinError, match="which this audit does not run"):
+        audit(str(scene / "run"), config=AuditConfig(attacks=("quantize",), attack_args={"noise": {"draws": 2}},
+                                                     device="cpu"), out=tmp_path / "audit")
+    with pytest.raises(BasinError, match="different architectures: hidden_size is 128 in the first and 64"):
+        audit(str(scene / "run"), original=str(scene / "wide"), config=AuditConfig(device="cpu"),
+              out=tmp_path / "audit")
+    assert tree(tmp_path) == {}
