@@ -33,15 +33,16 @@ from audit.attacks.interpolate import distance, loss_barrier, plane
 from audit.metrics import METRICS, describe_metrics, evaluate, reference_stats
 from audit.metrics.lmeval import run_lmeval
 from audit.metrics.muse import score_muse
-from unlearn.cache import write_json_atomic
+from unlearn.cache import check_writable, write_json_atomic
 from unlearn.data.benchmarks import Benchmark, is_text_row, load_benchmark
-from unlearn.errors import require
+from unlearn.errors import require, require_number
 from unlearn.loading import load_model
 from unlearn.models import DTYPES, canonical_dtype, check_device_name, resolve_device, weights_hash
 from unlearn.optim import OPTIMIZERS
 from unlearn.records import append_records, read_records, recipe_of
 from unlearn.registry import lookup
-from unlearn.train import OBJECT_MODEL
+from unlearn.runs import OBJECT_MODEL
+from unlearn.sources import check_model_source, check_same_shapes
 
 DEFAULT_ATTACKS = ("relearn", "quantize", "interpolate")
 # what the audit writes beside the registered metrics, described for the report like them
@@ -140,6 +141,80 @@ def _run_info(source) -> dict:
     return {}
 
 
+def check_audit(config: AuditConfig, model, *, original=None, retain=None, out=None,
+                allow_pickle: bool = False) -> None:
+    """Refuse an audit before any model is loaded or anything is written: attack names, every
+    attack option (its attack must be run; its name and type against the attack's signature; the
+    ranges are the attack's own checks, run on the loaded model before the first write), the
+    numeric fields, the benchmark, the models each attack needs, the model folders and their
+    architectures (from configs and headers, see :func:`unlearn.sources.check_same_shapes`) and
+    the output folder."""
+    require(isinstance(config.attacks, (list, tuple)) and all(isinstance(a, str) for a in config.attacks),
+            f"attacks must be a list of attack names, got {config.attacks!r}")
+    for name in config.attacks:
+        get_attack(name)
+    require(isinstance(config.attack_args, dict), f"attack_args must map attacks to options, got {config.attack_args!r}")
+    for name, options in config.attack_args.items():
+        attack = get_attack(name)
+        require(name in config.attacks, f"--arg {name}.* sets an option of attack {name!r}, which this audit does "
+                f"not run (attacks: {', '.join(config.attacks) or 'none'}); add it to --attacks or drop the option")
+        require(isinstance(options, dict), f"attack_args[{name!r}] must map options to values, got {options!r}")
+        params = inspect.signature(attack.run).parameters
+        for key, value in options.items():
+            lookup(dict.fromkeys(attack.options), key, f"{name} option")
+            problem = _option_type_problem(value, params[key])
+            require(problem is None, f"--arg {name}.{key}={value!r}: {problem}")
+    require_number("max_retain", config.max_retain, 0, integer=True)
+    require_number("max_new_tokens", config.max_new_tokens, 1, integer=True)
+    require_number("seed", config.seed, 0, integer=True)
+    load_benchmark(config.benchmark, **config.benchmark_args)  # a bad name or loader option (cheap: no model)
+    given = {"original": original, "retain": retain}
+    for name in config.attacks:
+        for role in get_attack(name).needs:
+            require(given.get(role) is not None, f"{name} needs the {role} model: pass --{role} (or audit a basin "
+                    "unlearn run folder, which names its original)")
+    for role, source in (("audited", model), *given.items()):
+        check_model_source(source, allow_pickle=allow_pickle, what=f"the {role} model")
+    for role, source in given.items():
+        if source is not None:
+            check_same_shapes(source, model, f"{role} model and the audited model")
+    if out is not None:
+        out = Path(out)
+        require(not out.exists() or out.is_dir(), f"--out {out} is a file; pass a folder for the audit")
+        check_writable(out, "audit folder", "pass a writable --out")
+        saved = out / "config.json"
+        kind = json.loads(saved.read_text()).get("kind") if saved.is_file() else "audit"
+        require(kind == "audit", f"--out {out} holds a basin unlearn run, not an audit; pass another folder "
+                f"for the audit (e.g. {out}-audit)")
+
+
+def _option_type_problem(value, param: inspect.Parameter) -> str | None:
+    """Why ``value`` cannot be this attack option, judged from its default and annotation (None: it
+    can). Numbers, booleans, strings and lists of them; ranges are left to the attack."""
+    default, note = param.default, str(param.annotation)
+    many = isinstance(default, (list, tuple)) or "Sequence" in note
+    items = list(value) if many and isinstance(value, (list, tuple)) else [value]
+    sample = default[0] if isinstance(default, (list, tuple)) and default else default
+    if value is None:
+        return None if default is None or "None" in note else "must be set (not null)"
+    if isinstance(sample, bool) or (sample is None and note.strip() == "bool"):
+        ok, want = all(isinstance(v, bool) for v in items), "true or false"
+    elif isinstance(sample, (int, float)) or (sample is None and ("int" in note or "float" in note)
+                                               and "str" not in note):
+        integer = isinstance(sample, int) and "float" not in note
+        ok = all(isinstance(v, int if integer else (int, float)) and not isinstance(v, bool) for v in items)
+        want = "an integer" if integer else "a number"
+    elif isinstance(sample, str) or (sample is None and "str" in note):
+        ok, want = all(isinstance(v, str) for v in items), "a name"
+    elif "dict" in note:
+        ok, want = isinstance(value, dict), "a mapping {key: value}"
+    else:
+        return None
+    if many and not ok:
+        want += " or a [list] of them"
+    return None if ok else f"must be {want}"
+
+
 def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditConfig | None = None,
           out=None, name: str | None = None, progress: bool = True, allow_pickle: bool = False,
           trust_remote_code: bool = False, **overrides) -> pd.DataFrame:
@@ -155,11 +230,10 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
 
 
     config = dataclasses.replace(config or AuditConfig(), **overrides)
-    for a in config.attacks:
-        get_attack(a)
     info = _run_info(model)
     if original is None and info.get("model"):
         original = info["model"]
+    check_audit(config, model, original=original, retain=retain, out=out, allow_pickle=allow_pickle)
     name = name or (Path(str(model)).name if isinstance(model, (str, Path)) else "model")
     safety = dict(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, progress=progress,
                   device=resolve_device(config.device), dtype=config.dtype)

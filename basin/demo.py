@@ -30,10 +30,14 @@ from analysis.report import write_report
 from analysis.verdicts import PAPER_CLAIMS, claims_for, evaluate_claims, verdict_table
 from audit.runner import audit_plane
 from basin.calibrate import load_calibration
-from basin.sweep import SweepConfig, run_sweep
-from unlearn.build import BuildConfig, build, finetune_fit, retain_split
+from basin.sweep import SweepConfig, plan_jobs, run_sweep
+from unlearn.build import BuildConfig, build, finetune_fit, model_dir, retain_split
+from unlearn.cache import cache_root, check_writable
 from unlearn.data.world import WorldConfig
+from unlearn.errors import require
+from unlearn.models import resolve_device
 from unlearn.pretrain import FitConfig
+from unlearn.sources import check_model_source
 
 # Per-optimizer settings for NPO on the tiny model, chosen by a small learning-rate sweep on
 # seed 0 (docs/paper_index.md): each is the setting that forgot the forget set while keeping the
@@ -111,28 +115,26 @@ AUDIT_METRICS = ("prob", "nll", "exact_match", "truth_ratio", "forget_quality", 
                  "margin_win")
 
 
-def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool = True,
-             log=print) -> dict:
-    """Run every stage; return ``{"report": path, "verdicts": DataFrame, "seconds": {stage: s}}``."""
-
-    out = Path(config.out)
-    seconds: dict[str, float] = {}
-    t = time.perf_counter()
+def plan_demo(config: DemoConfig, cache_dir=None) -> tuple[BuildConfig, SweepConfig]:
+    """The build and the sweep a demo runs, checked (names, options, devices, folders) without
+    building, loading or writing anything."""
+    require(config.benchmark.startswith("world:"), f"the demo runs on the embedded world, not {config.benchmark!r}; "
+            "pass a benchmark such as world:forget10")
+    require(isinstance(config.seeds, (list, tuple)) and len(config.seeds) > 0, "the demo needs at least one seed")
+    require(len(config.optimizers) > 0, "the demo needs at least one optimizer")
+    resolve_device(config.device)  # a missing GPU is refused here, not after the models are built
+    check_writable(Path(config.out), "demo folder", "pass a writable --out")
+    check_writable(cache_root(cache_dir), "cache folder", "set BASIN_CACHE or pass --cache to a writable folder")
     forget = config.benchmark.split(":", 1)[1]
     fit = finetune_fit(**config.fit) if config.base else FitConfig(**config.fit)
-    built = build(BuildConfig(world=WorldConfig(**config.world), size=config.size, forget=forget, fit=fit,
-                              base=config.base, device=config.device), cache_dir=cache_dir, progress=progress)
+    build_config = BuildConfig(world=WorldConfig(**config.world), size=config.size, forget=forget, fit=fit,
+                               base=config.base, device=config.device)
+    check_model_source(config.base, what="base model")
     if config.base is None and not config.world and not config.fit:  # the default world: short names
         original, retain = f"world:{config.size}", f"world:{config.size}:{retain_split(forget)}"
-    else:
-        original, retain = str(built.original_dir), str(built.retain_dir)
+    else:  # where build() puts them
+        original, retain = (str(model_dir(build_config, split, cache_dir)) for split in ("full", retain_split(forget)))
     place = {"device": config.device, "dtype": config.dtype}
-    seconds["build"] = time.perf_counter() - t
-    log(f"[1/3] world and models ready in {seconds['build']:.0f} s "
-        f"(original forget prob {built.original_fit['eval']['forget']['prob']:.3f}, "
-        f"retain-only forget prob {built.retain_fit['eval']['forget']['prob']:.3f})")
-
-    t = time.perf_counter()
     optimizers = config.optimizers
     if config.calibrated:  # the calibrated optimizers, their lr / steps / options from the file
         optimizers = {n: config.optimizers.get(n, {}) for n in load_calibration(config.calibrated)["optimizers"]}
@@ -140,7 +142,7 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
                    "quantize": {"methods": ("rtn", "nf4"), "bits": (4,)},  # 4-bit RTN (g128), NF4
                    "interpolate": {"points": config.interpolation_points}}
     sweep = SweepConfig(
-        out=str(out), original=original, retain=retain,
+        out=str(config.out), original=original, retain=retain,
         unlearn={"model": original, "benchmark": config.benchmark, "benchmark_args": dict(config.world),
                  "objective": config.objective, "objective_args": dict(config.objective_args),
                  "steps": config.steps, "batch_size": config.batch_size, "eval_every": config.steps,
@@ -152,6 +154,27 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
                "metrics": AUDIT_METRICS, "max_retain": config.max_retain, "splits": ("forget", "retain"),
                "clean_splits": ("forget", "retain", "world_facts"), **place},
         engine=config.engine)
+    plan_jobs(sweep)  # every unlearn and audit config of the grid (the models are checked once built)
+    return build_config, sweep
+
+
+def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool = True,
+             log=print) -> dict:
+    """Run every stage; return ``{"report": path, "verdicts": DataFrame, "seconds": {stage: s}}``.
+    Bad settings are refused (:func:`plan_demo`) before anything is built or written."""
+    build_config, sweep = plan_demo(config, cache_dir)
+    out = Path(config.out)
+    seconds: dict[str, float] = {}
+    t = time.perf_counter()
+    built = build(build_config, cache_dir=cache_dir, progress=progress)
+    original, place = sweep.original, {"device": config.device, "dtype": config.dtype}
+    optimizers = sweep.grid["optimizer"]
+    seconds["build"] = time.perf_counter() - t
+    log(f"[1/3] world and models ready in {seconds['build']:.0f} s "
+        f"(original forget prob {built.original_fit['eval']['forget']['prob']:.3f}, "
+        f"retain-only forget prob {built.retain_fit['eval']['forget']['prob']:.3f})")
+
+    t = time.perf_counter()
     done = run_sweep(sweep, progress=progress)
     runs = [Path(r["run"]) for r in done]
     audits = [Path(r["audit"]) for r in done]

@@ -33,6 +33,7 @@ A spec (``SweepConfig``, or YAML with the same fields)::
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import itertools
 import os
 import time
@@ -42,13 +43,14 @@ from pathlib import Path
 import yaml
 from tqdm.auto import tqdm
 
-from audit.runner import AuditConfig, audit
+from audit.runner import AuditConfig, audit, check_audit
 from basin.calibrate import calibrated_fields, load_calibration
 from unlearn.build import world_model_path
-from unlearn.cache import digest
+from unlearn.cache import check_writable, digest
 from unlearn.errors import BasinError, require
 from unlearn.registry import lookup
-from unlearn.train import UnlearnConfig, unlearn
+from unlearn.optim import OPTIMIZERS
+from unlearn.train import UnlearnConfig, check_unlearn, unlearn
 
 
 @dataclass
@@ -66,7 +68,13 @@ class SweepConfig:
     calibrated: str | None = None                     # basin calibrate's file: lr, steps, optimizer options
 
     def __post_init__(self):
-        lookup(ENGINES, self.engine, "sweep engine")
+        """Types and names of every field (what they hold is checked job by job: :func:`check_sweep`)."""
+        engine = lookup(ENGINES, self.engine, "sweep engine")
+        require(isinstance(self.out, str) and self.out, f"out must be a folder name, got {self.out!r}")
+        for name in ("unlearn", "recipes", "engine_args"):
+            require(isinstance(getattr(self, name), dict), f"{name} must be a mapping, got {getattr(self, name)!r}")
+        require(self.audit is None or isinstance(self.audit, dict),
+                f"audit must be a mapping of AuditConfig fields or null, got {self.audit!r}")
         fixed = sorted({"lr", "steps", "epochs", "optimizer_args"} & set(self.grid))
         require(not (self.calibrated and fixed), f"grid over {', '.join(fixed)} conflicts with calibrated: "
                 "the calibration sets them; drop one of the two")
@@ -74,6 +82,14 @@ class SweepConfig:
         for key, values in self.grid.items():
             require(isinstance(values, (list, tuple)) and len(values) > 0,
                     f"grid[{key!r}] must be a non-empty list, got {values!r}")
+        for name, recipe in self.recipes.items():
+            lookup(OPTIMIZERS, name, "optimizer in recipes")
+            require(isinstance(recipe, dict), f"recipes[{name!r}] must map UnlearnConfig fields to values")
+        accepted = inspect.signature(engine).parameters
+        if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+            options = {k: k for k in accepted if k not in ("jobs", "progress")}
+            for key in self.engine_args:
+                lookup(options, key, f"option of the {self.engine} engine")
 
     @classmethod
     def from_yaml(cls, path) -> "SweepConfig":
@@ -146,6 +162,19 @@ def plan_jobs(config: SweepConfig) -> list[Job]:
     return jobs
 
 
+def check_sweep(config: SweepConfig, jobs: list[Job]) -> None:
+    """Refuse a sweep before any job runs or anything is written: every job's unlearn config
+    (options, model, its run folder) and audit config (attack options, models and their
+    architectures, its audit folder), and the output folder."""
+    check_writable(Path(config.out), "sweep folder", "pass a writable out (or --out)")
+    for job in jobs:
+        unlearn_config = UnlearnConfig.from_dict(job.unlearn)
+        check_unlearn(unlearn_config, out=job.run_dir)
+        if job.audit is not None:  # the unlearned model will have its start's architecture
+            check_audit(AuditConfig(**job.audit), unlearn_config.model, original=job.original, retain=job.retain,
+                        out=job.audit_dir)
+
+
 def run_job(job: Job, progress: bool = False) -> dict:
     """Unlearn (or resume, or reuse) and audit one grid point; return what was done and its time."""
     start = time.perf_counter()
@@ -216,6 +245,7 @@ def _prepare_models(jobs: list[Job]) -> None:
 def run_sweep(config: SweepConfig, progress: bool = True) -> list[dict]:
     """Plan the jobs, make sure the shared models exist, run the jobs on ``config.engine``."""
     jobs = plan_jobs(config)
+    check_sweep(config, jobs)
     _prepare_models(jobs)
     Path(config.out).mkdir(parents=True, exist_ok=True)
     engine = lookup(ENGINES, config.engine, "sweep engine")

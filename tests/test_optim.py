@@ -408,3 +408,32 @@ def test_every_optimizer_lowers_a_real_micro_llama_loss(name, micro_model, micro
     assert after < before - 1e-3, f"{name}: {before:.4f} -> {after:.4f}"
     if name.startswith(("zo", "adazo")):
         assert all(p.grad is None for p in model.parameters())
+
+
+def test_backward_then_step_none_is_step_with_the_closure():
+    """The public hook data parallel uses: backward() + (any reduction of .grad) + step(None) is the
+    same update as step(closure), bit for bit; a zeroth-order phase takes no gradient."""
+    def setup():
+        p = torch.nn.Parameter(torch.linspace(-1, 1, 12, dtype=torch.float32).reshape(3, 4))
+        return p, make_optimizer("hybrid", [p], lr=1e-2, total_steps=4, n_fo=2, n_zo=2, fo="adam")
+
+    def closure(p):
+        return lambda i: ((p * (i + 1)) ** 2).sum() / 2
+
+    p1, o1 = setup()
+    p2, o2 = setup()
+    assert o1.phases == ("fo", "zo") and o1.takes_gradient("fo") and not o1.takes_gradient("zo")
+    assert o1.is_zeroth_order("zo") and not o1.is_zeroth_order("fo")
+    for _ in range(2):                                   # blocks aligned to end with ZO: steps 0, 1 are "fo"
+        assert o2.takes_gradient()
+        loss1 = o1.step(closure(p1), n_micro=2)
+        loss2 = o2.backward(closure(p2), 2)
+        o2.step(None)
+        assert loss1 == loss2
+    for _ in range(2):                                   # steps 2, 3 are "zo"
+        assert not o2.takes_gradient()
+        with pytest.raises(BasinError, match="call step"):
+            o2.backward(closure(p2), 2)
+        o1.step(closure(p1), n_micro=2)
+        o2.step(closure(p2), n_micro=2)
+    assert torch.equal(p1, p2)

@@ -30,10 +30,11 @@ from unlearn.cache import atomic_dir, cache_root, digest, ensure_writable, write
 from unlearn.data.format import encode_rows, pad_id_of
 from unlearn.data.world import World, WorldConfig, split_name_to_fraction
 from unlearn.errors import BasinError, require
-from unlearn.models import SIZES, build_model, load_checkpoint, resolve_device
+from unlearn.models import SIZES, build_model, check_device_name, load_checkpoint, resolve_device
 from unlearn.pretrain import FitConfig, fit
 from unlearn.registry import lookup
 from unlearn.scoring import answer_stats
+from unlearn.sources import check_model_source, parse_world_model
 from unlearn.tokenizer import DEFAULT_VOCAB_SIZE, load_tokenizer, train_tokenizer, world_training_texts
 
 FIT_FILE = "basin_fit.json"
@@ -59,6 +60,7 @@ class BuildConfig:
         split_name_to_fraction(self.forget)
         require(self.dtype in ("float32", "bfloat16"),
                 f"dtype {self.dtype!r}: world models are fitted in float32 or bfloat16")
+        check_device_name(self.device)
 
 
 def finetune_fit(**overrides) -> FitConfig:
@@ -193,6 +195,8 @@ class BuildResult:
 def build(config: BuildConfig = BuildConfig(), cache_dir=None, progress: bool = True) -> BuildResult:
     """Build (or reuse) everything ``basin world build`` promises; see the module docstring."""
     start = time.perf_counter()
+    resolve_device(config.device)  # a missing GPU or base model is refused before the cache is written
+    check_model_source(config.base, what="base model")
     ensure_writable(cache_root(cache_dir))
     wdir, world_hit = ensure_world(config.world, config.vocab_size, cache_dir)
     odir, orig_hit = ensure_model(config, "full", cache_dir, progress)
@@ -204,30 +208,26 @@ def build(config: BuildConfig = BuildConfig(), cache_dir=None, progress: bool = 
 
 # ----------------------------------------------------------------------------- names
 
-def parse_world_model(name: str) -> tuple[str, str]:
-    """``world:tiny`` -> ('tiny', 'full'); ``world:tiny:retain90`` -> ('tiny', 'retain90')."""
-    parts = name.split(":")
-    require(parts[0] == "world" and len(parts) in (2, 3),
-            f"model name {name!r} must look like world:<size> or world:<size>:retainNN")
-    size = parts[1]
-    lookup(SIZES, size, "model size")
-    split = parts[2] if len(parts) == 3 else "full"
-    if split != "full":
-        require(split.startswith("retain") and split[6:].isdigit() and 0 < int(split[6:]) < 100,
-                f"model name {name!r}: the third part must be retainNN, e.g. retain90")
-    return size, split
-
-
 def world_model_path(name: str, cache_dir=None, progress: bool = True,
                      world: WorldConfig | None = None, fit_config: FitConfig | None = None) -> Path:
     """The checkpoint folder of a ``world:`` model on the default world, built if missing."""
-    size, split = parse_world_model(name)
-    forget = "forget10" if split == "full" else f"forget{100 - int(split[6:]):02d}"
-    config = BuildConfig(world=world or WorldConfig(), size=size, forget=forget,
-                         fit=fit_config or FitConfig())
+    config, split = _world_model_config(name, world, fit_config)
     ensure_writable(cache_root(cache_dir))
     path, _ = ensure_model(config, split, cache_dir, progress)
     return path
+
+
+def world_model_dir(name: str, cache_dir=None, world: WorldConfig | None = None,
+                    fit_config: FitConfig | None = None) -> Path:
+    """Where the checkpoint of a ``world:`` model lives in the cache (built or not; nothing is built)."""
+    config, split = _world_model_config(name, world, fit_config)
+    return model_dir(config, split, cache_dir)
+
+
+def _world_model_config(name: str, world: WorldConfig | None, fit_config: FitConfig | None):
+    size, split = parse_world_model(name)
+    forget = "forget10" if split == "full" else f"forget{100 - int(split[6:]):02d}"
+    return BuildConfig(world=world or WorldConfig(), size=size, forget=forget, fit=fit_config or FitConfig()), split
 
 
 def load_world_data(world: WorldConfig | None = None) -> World:
@@ -236,4 +236,4 @@ def load_world_data(world: WorldConfig | None = None) -> World:
 
 
 __all__ = ["BuildConfig", "BuildResult", "build", "ensure_world", "ensure_model", "world_model_path",
-           "parse_world_model", "training_rows", "load_world_data", "BasinError"]
+           "world_model_dir", "parse_world_model", "training_rows", "load_world_data", "BasinError"]

@@ -39,6 +39,19 @@ def ensure_writable(folder: Path) -> Path:
     return folder
 
 
+def check_writable(target: Path, what: str = "folder", fix: str = "pass a writable folder") -> None:
+    """Refuse ``target`` unless it could be created (or written, if it exists) here, without
+    creating anything: the nearest existing folder on its path must be a writable folder."""
+    target = Path(target).expanduser()
+    existing = target
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise BasinError(f"cannot write to the {what} {target}: {existing} is a file, not a folder; {fix}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise BasinError(f"cannot write to the {what} {target}: {existing} is not writable; {fix}")
+
+
 def digest(obj) -> str:
     """A short stable hash of a JSON-serialisable object."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

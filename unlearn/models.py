@@ -264,21 +264,28 @@ def load_tokenizer_any(source):
                          "save the tokenizer beside the weights or pass --tokenizer") from None
 
 
+def check_model_folder(path: Path, *, allow_pickle: bool = False, what: str = "") -> None:
+    """Refuse a folder :func:`load_model` could not load, without loading it: no config.json, no
+    weight files, or pickle weights only (unless ``allow_pickle``)."""
+    label = f"{what} {path}" if what else str(path)
+    if not (path / "config.json").exists():
+        raise BasinError(f"{label} has no config.json: it is not a Hugging Face checkpoint folder")
+    has_safe = any(path.glob("*.safetensors"))
+    has_pickle = any(path.glob("*.bin")) or any(path.glob("*.pt"))
+    if not has_safe and has_pickle and not allow_pickle:
+        raise BasinError(f"{label} holds only pickle weights (*.bin), which can run code when "
+                         "loaded; convert them to safetensors or pass --allow-pickle if you trust them")
+    if not has_safe and not has_pickle:
+        raise BasinError(f"{label} has no weight files (*.safetensors)")
+
+
 def _from_pretrained(source, tokenizer, *, allow_pickle, trust_remote_code, dtype, attn_implementation,
                      device_map=None):
     from transformers import AutoModelForCausalLM
 
     local = Path(source) if isinstance(source, Path) else None
     if local is not None:
-        if not (local / "config.json").exists():
-            raise BasinError(f"{local} has no config.json: it is not a Hugging Face checkpoint folder")
-        has_safe = any(local.glob("*.safetensors"))
-        has_pickle = any(local.glob("*.bin")) or any(local.glob("*.pt"))
-        if not has_safe and has_pickle and not allow_pickle:
-            raise BasinError(f"{local} holds only pickle weights (*.bin), which can run code when "
-                             "loaded; convert them to safetensors or pass --allow-pickle if you trust them")
-        if not has_safe and not has_pickle:
-            raise BasinError(f"{local} has no weight files (*.safetensors)")
+        check_model_folder(local, allow_pickle=allow_pickle)
     kwargs = dict(dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=not allow_pickle or None)
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from unlearn.data.format import Example, collate, pad_id_of
-from unlearn.errors import require
+from unlearn.errors import require, require_number
 from unlearn.scoring import answer_stats
 
 
@@ -31,9 +31,14 @@ class FitConfig:
     seed: int = 0
 
     def __post_init__(self):
-        require(self.max_steps >= 1, f"max_steps must be >= 1, got {self.max_steps}")
-        require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        require(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        require_number("max_steps", self.max_steps, 1, integer=True)
+        require_number("batch_size", self.batch_size, 1, integer=True)
+        require_number("lr", self.lr, 0, low_open=True)
+        require_number("eval_every", self.eval_every, 1, integer=True)
+        for name in ("warmup_steps", "seed"):
+            require_number(name, getattr(self, name), 0, integer=True)
+        require_number("weight_decay", self.weight_decay, 0)
+        require_number("target_prob", self.target_prob, 0, 1)
 
     def as_dict(self) -> dict:
         return asdict(self)

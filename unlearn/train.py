@@ -1,16 +1,21 @@
 """The unlearning loop: one explicit loop for every objective and every optimizer tier.
 
-Each step draws a forget batch and a retain batch (a seeded, stateless order: the batch of step k
-is a function of (seed, k) alone, so a resumed run sees the same data), lets the objective
-prepare its per-batch constants once (reference log-likelihoods, frozen activations) outside any
-closure, and hands the optimizer a forward-only closure over micro-batches. Backprop optimizers
-call ``backward`` inside ``step``; zeroth-order ones only run forwards. Every ``eval_every``
-steps the loop records forget / retain answer probability and exact match; every
-``save_every`` steps it writes a checkpoint (weights as safetensors, optimizer state, step)
-atomically, and a rerun of the same command resumes from it with bit-identical final weights.
+It reads as config, batches, step, records:
 
-A run folder holds ``config.json``, ``records.jsonl``, ``manifest.json`` and ``model/`` (a
-standard Hugging Face checkpoint with its tokenizer).
+- **config**: :class:`UnlearnConfig`; :func:`check_unlearn` refuses bad input (names, option types and
+  ranges, the model and the run folder) before anything is loaded or written;
+- **batches**: step k draws a forget batch and a retain batch in a seeded, stateless order (a
+  function of (seed, k) alone, so a resumed run sees the same data); the objective prepares its
+  per-batch constants once (reference log-likelihoods, frozen activations) outside any closure;
+- **step**: the optimizer gets a forward-only closure over micro-batches. Backprop optimizers call
+  ``backward`` inside ``step``; zeroth-order ones only run forwards;
+- **records**: every ``eval_every`` steps, forget / retain answer probability and exact match.
+
+Every ``save_every`` steps a checkpoint is written, and a rerun of the same command resumes from it
+with bit-identical final weights. Run folders, checkpoints and the manifest are :mod:`unlearn.runs`;
+data parallel (an ``accelerate`` / ``torchrun`` launch) is :mod:`unlearn.parallel`: the first
+process writes the run folder and evaluates, and the result equals the single-process run with
+the same ``grad_accum`` (bit for bit with 2 processes on the CPU; tested).
 
 Device and precision. ``device`` places the model, the NPO / RMU reference model and every batch
 (``"auto"``: CUDA when torch sees a GPU, else the CPU; ``"auto-map"``: the layers spread over all
@@ -26,17 +31,6 @@ graph) and restore the weights bit for bit in any dtype (``exact_restore``); in 
 the perturbation itself is made in the float32 master weights. The reference model is a copy
 of the model on the same device and in the same dtype; its per-batch constants are computed
 under the same autocast as the model's forwards, so the NPO log-ratio starts at exactly 0.
-
-Data parallel. Launched as several processes (``accelerate launch --multi_gpu --num_processes N``
-or ``torchrun --nproc_per_node N``), the loop runs data parallel through accelerate: every
-process draws the same step batch and takes the micro-batches i = rank, rank + N, ... of it
-(``grad_accum`` must be a multiple of N). A first-order step sums the processes' gradients
-(g = sum_i grad f_i, the single-process accumulation) before the update; a zeroth-order step sums
-their probe losses, so every process sees the same f(p + mu z) - f(p - mu z) and, with z drawn
-from the shared seed, makes the same update. The result equals the single-process run with the
-same ``grad_accum`` (bit for bit with 2 processes on the CPU; tested). The first process writes
-the run folder; evaluations run there. Sophia and SAM (closures inside the step) are not
-supported data parallel.
 """
 
 from __future__ import annotations
@@ -44,37 +38,36 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-import json
 import math
-import os
-import platform
-import shutil
-import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
-from unlearn.cache import atomic_dir, write_json_atomic
-from unlearn.data.benchmarks import load_benchmark
+from unlearn import runs
+from unlearn.data.benchmarks import Benchmark, load_benchmark
 from unlearn.data.format import collate, encode_rows, pad_id_of
-from unlearn.errors import BasinError, LossDiverged, require
+from unlearn.errors import BasinError, LossDiverged, require, require_number
 from unlearn.loading import load_model
 from unlearn.models import (MIXED, canonical_dtype, check_device_name, dtype_key, input_device, resolve_device,
                             resolve_dtype)
-from unlearn.objectives import make_objective
-from unlearn.records import append_records, read_records
+from unlearn.objectives import OBJECTIVES, make_objective
+from unlearn.optim import OPTIMIZERS, make_optimizer
+from unlearn.optim.aliases import build_plan
+from unlearn.parallel import DataParallel, check_data_parallel, data_parallel_step
+from unlearn.records import read_records
 from unlearn.registry import lookup
+from unlearn.runs import OBJECT_MODEL
 from unlearn.scoring import answer_stats
+from unlearn.sources import check_model_source
 
 SCHEDULES = ("constant", "linear", "cosine")
 # dtypes the loop trains in; float16 would need loss scaling, which the loop does not do
 TRAIN_DTYPES = ("float32", "bfloat16") + tuple(MIXED)
-# config fields a resumed run may change (where it runs, not what it computes)
-RESUME_NEUTRAL = ("device",)
-OBJECT_MODEL = "(a model object)"   # config.model of a run started from an object, not a name
+# attention kernels transformers knows (None: the model's default, or eager when the optimizer needs it)
+ATTENTION = (None, "eager", "sdpa", "flash_attention_2", "flex_attention")
 
 
 @dataclass
@@ -99,31 +92,46 @@ class UnlearnConfig:
     eval_max_rows: int = 200                # cap on retain rows scored at each evaluation
     save_every: int = 50
     seed: int = 0
-    attn_implementation: str | None = None  # "eager" is needed by sophia's double backward
+    attn_implementation: str | None = None  # None: eager when the optimizer needs it (sophia), else the default
     device: str = "auto"                    # auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps, auto-map
     dtype: str = "float32"                  # float32, bfloat16 (recommended on a GPU), bf16-mixed
 
     def __post_init__(self):
-        require(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        require(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
-        require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
-        require(self.grad_accum >= 1 and self.batch_size % self.grad_accum == 0,
-                f"grad_accum ({self.grad_accum}) must be >= 1 and divide batch_size ({self.batch_size})")
+        """Types, ranges and names of every field (the options' contents: :func:`check_unlearn`)."""
+        for name in ("objective", "optimizer", "schedule", "device", "dtype"):
+            require(isinstance(getattr(self, name), str), f"{name} must be a string, got {getattr(self, name)!r}")
+        require(isinstance(self.model, (str, Path)), f"model must be a name or folder, got {self.model!r} "
+                "(pass a model object to unlearn(model=...), not in the config)")
+        require(isinstance(self.benchmark, (str, Benchmark)), f"benchmark must be a name such as world:forget10 "
+                f"or a Benchmark, got {self.benchmark!r}")
+        for name in ("benchmark_args", "objective_args", "optimizer_args"):
+            require(isinstance(getattr(self, name), dict),
+                    f"{name} must be a mapping of options, got {getattr(self, name)!r}")
+        require_number("lr", self.lr, 0, low_open=True)
+        require_number("steps", self.steps, 1, integer=True)
+        if self.epochs is not None:
+            require_number("epochs", self.epochs, 0, low_open=True)
+        require_number("batch_size", self.batch_size, 1, integer=True)
+        require_number("grad_accum", self.grad_accum, 1, integer=True)
+        require(self.batch_size % self.grad_accum == 0,
+                f"grad_accum ({self.grad_accum}) must divide batch_size ({self.batch_size})")
         require(self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        require(self.eval_every >= 0 and self.save_every >= 0, "eval_every and save_every must be >= 0")
+        for name in ("warmup_steps", "eval_every", "save_every", "seed"):
+            require_number(name, getattr(self, name), 0, integer=True)
+        require_number("eval_max_rows", self.eval_max_rows, 1, integer=True)
+        require(self.attn_implementation in ATTENTION, f"attn_implementation must be one of "
+                f"{', '.join(map(str, ATTENTION))}, got {self.attn_implementation!r}")
         self.device = check_device_name(self.device)
         if dtype_key(self.dtype) == "float16":
             raise BasinError("dtype float16 is not supported for training (it needs loss scaling, which "
                              "basin's loop does not do); use bfloat16 or bf16-mixed")
         self.dtype = canonical_dtype(self.dtype, TRAIN_DTYPES)
-        from unlearn.objectives import OBJECTIVES
-        from unlearn.optim import OPTIMIZERS
-
         lookup(OBJECTIVES, self.objective, "objective")          # a misspelt name fails at once
         lookup(OPTIMIZERS, self.optimizer, "optimizer")
 
     @classmethod
     def from_dict(cls, data: dict) -> "UnlearnConfig":
+        require(isinstance(data, dict), f"an unlearn config must be a mapping of fields, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(data) - names
         require(not unknown, f"unknown config field(s) {', '.join(sorted(unknown))}; "
@@ -174,9 +182,22 @@ def _permutation(n: int, seed: int, stream: int, epoch: int) -> list[int]:
     return _PERMS[key]
 
 
+def step_batches(step: int, config: UnlearnConfig, forget_ex, retain_ex, owned, pad: int,
+                 device: torch.device) -> dict[int, dict]:
+    """Step ``step``'s micro-batches ``owned`` (of ``grad_accum``), each a forget and a retain half
+    of ``batch_size / grad_accum`` rows, collated and on ``device``."""
+    micro = config.batch_size // config.grad_accum
+    forget_idx = batch_indices(step, config.batch_size, len(forget_ex), config.seed, 0)
+    retain_idx = batch_indices(step, config.batch_size, len(retain_ex), config.seed, 1)
+
+    def part(examples, idx, m: int) -> dict:
+        return _to(collate([examples[i] for i in idx[m * micro:(m + 1) * micro]], pad), device)
+
+    return {m: {"forget": part(forget_ex, forget_idx, m), "retain": part(retain_ex, retain_idx, m)} for m in owned}
+
+
 def total_steps(config: UnlearnConfig, n_forget: int) -> int:
     if config.epochs is not None:
-        require(config.epochs > 0, f"epochs must be > 0, got {config.epochs}")
         return max(1, math.ceil(config.epochs * n_forget / config.batch_size))
     return config.steps
 
@@ -186,101 +207,6 @@ def freeze_all_but(model, names: list[str] | None) -> None:
     keep = None if names is None else set(names)
     for name, p in model.named_parameters():
         p.requires_grad_(keep is None or name in keep)
-
-
-def manifest(start: float, config: UnlearnConfig, device: str = "cpu") -> dict:
-    import transformers
-
-    from unlearn import __version__
-
-    gpu = {}
-    if device != "cpu" and torch.cuda.is_available():
-        gpu = {"gpu": torch.cuda.get_device_name(), "gpu_count": torch.cuda.device_count(),
-               "cuda": torch.version.cuda}
-    return {"basin": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
-            "python": platform.python_version(), "platform": platform.platform(),
-            "device": device, "dtype": config.dtype, **gpu, "threads": torch.get_num_threads(), "git": _git_hash(),
-            "wall_seconds": round(time.time() - start, 2),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(start))}
-
-
-def _git_hash() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True,
-                              text=True, timeout=5).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None
-
-
-# ----------------------------------------------------------------------------- data parallel
-
-class DataParallel:
-    """The processes of a data-parallel launch (accelerate sets them up): rank, size, device, and
-    the two sums a step needs. See the module docstring."""
-
-    def __init__(self, cpu: bool = False):
-        from accelerate import Accelerator
-
-        self.accelerator = Accelerator(cpu=cpu)  # without cpu=True accelerate runs one CPU process alone
-        self.rank, self.size = self.accelerator.process_index, self.accelerator.num_processes
-        self.device = self.accelerator.device
-        self.main = self.accelerator.is_main_process
-
-    @staticmethod
-    def launched() -> bool:
-        """Whether this process is one of several (a launcher set WORLD_SIZE > 1)."""
-        return int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-    def mine(self, n_micro: int) -> list[int]:
-        return list(range(self.rank, n_micro, self.size))
-
-    def sum_grads(self, params) -> None:
-        """g <- sum over processes of g, for every parameter that has a gradient."""
-        import torch.distributed as dist
-
-        for p in params:
-            if p.grad is not None:
-                dist.all_reduce(p.grad, op=dist.ReduceOp.SUM)
-
-    def sum_value(self, value: float) -> float:
-        import torch.distributed as dist
-
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-        return float(t.item())
-
-    def barrier(self) -> None:
-        self.accelerator.wait_for_everyone()
-
-
-def data_parallel_step(dp: DataParallel, optimizer, closure, n_micro: int) -> float:
-    """One optimizer step over this process's micro-batches, summed over the processes."""
-    from unlearn.optim.estimators import Backprop, _backward_over, forward_losses
-
-    mine = dp.mine(n_micro)
-    estimator = optimizer.plan.phases[optimizer.next_phase].estimator
-    if type(estimator) is Backprop:                      # g = sum_i grad f_i over every process
-        optimizer.zero_grad(set_to_none=True)
-        local = _backward_over(lambda k: closure(mine[k]), len(mine))
-        dp.sum_grads(p for group in optimizer.param_groups for p in group["params"])
-        optimizer.step(None)                             # the update from the summed .grad
-        return dp.sum_value(local)
-    # zeroth order: each probe's loss is the sum over processes; n_micro=1 carries it whole
-    return optimizer.step(lambda _: dp.sum_value(forward_losses(lambda i: closure(mine[i]), len(mine))),
-                          n_micro=1)
-
-
-def check_data_parallel(dp: DataParallel, config: UnlearnConfig, optimizer) -> None:
-    from unlearn.optim.estimators import Backprop
-
-    require(config.grad_accum % dp.size == 0,
-            f"with {dp.size} processes, grad_accum ({config.grad_accum}) must be a multiple of {dp.size}: "
-            f"each process takes grad_accum / {dp.size} of a step's micro-batches (e.g. --grad-accum {dp.size})")
-    for phase in optimizer.plan.phases.values():
-        est = phase.estimator
-        require(type(est) is Backprop or est.kind == "zo",
-                f"optimizer {config.optimizer!r} ({type(est).__name__}) does not run data parallel: only "
-                "backprop (first-order, compressed) and zeroth-order steps do; run it in one process")
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -307,36 +233,47 @@ def step_diagnostics(optimizer, step: int, base: dict) -> list[dict]:
             for metric, value in getattr(optimizer, "diagnostics", {}).items()]
 
 
-# ----------------------------------------------------------------------------- checkpoints
+# ----------------------------------------------------------------------------- checks
 
-CKPT = "checkpoint"
+@dataclass
+class Checked:
+    """What :func:`check_unlearn` built while checking: the objective and the benchmark."""
 
-
-def save_checkpoint(out: Path, model, optimizer, step: int, n_records: int) -> None:
-    from safetensors.torch import save_model
-
-    target = out / CKPT
-    with atomic_dir(out / f"{CKPT}.new") as tmp:
-        save_model(model, str(tmp / "model.safetensors"))  # handles tied embeddings
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        write_json_atomic(tmp / "trainer.json", {"step": step, "n_records": n_records})
-    old = out / f"{CKPT}.old"
-    if target.exists():
-        os.replace(target, old)
-    os.replace(out / f"{CKPT}.new", target)
-    shutil.rmtree(old, ignore_errors=True)
+    objective: object
+    benchmark: object
 
 
-def load_checkpoint(out: Path, model, optimizer) -> tuple[int, int]:
-    from safetensors.torch import load_model as load_weights
+def resolve_config(config: UnlearnConfig | dict | None, model=None, out=None, **overrides) -> UnlearnConfig:
+    """The run's config: a dict or None made a :class:`UnlearnConfig`, ``overrides`` applied, and
+    ``model`` recorded as what was unlearned (its name, or that it was an object)."""
+    if isinstance(config, dict):
+        config = UnlearnConfig.from_dict(config)
+    require(config is None or isinstance(config, UnlearnConfig),
+            f"config must be an UnlearnConfig or a dict of its fields, got {type(config).__name__}")
+    unknown = set(overrides) - {f.name for f in dataclasses.fields(UnlearnConfig)}
+    require(not unknown, f"unlearn() got unknown config field(s) {', '.join(sorted(unknown))}")
+    config = dataclasses.replace(config or UnlearnConfig(), **overrides)
+    if model is not None:  # the run records what it unlearned, not the config's default name
+        config = dataclasses.replace(config, model=str(model) if isinstance(model, (str, Path)) else OBJECT_MODEL)
+    elif out is not None and runs.saved_model(Path(out)) == OBJECT_MODEL and runs.is_finished(Path(out)):
+        config = dataclasses.replace(config, model=OBJECT_MODEL)  # a finished run from an object: reload it
+    return config
 
-    folder = out / CKPT
-    load_weights(model, str(folder / "model.safetensors"), strict=True)
-    # on the CPU first: the optimizer moves each state tensor to its parameter's device and dtype,
-    # so a run saved on a GPU resumes on another device
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True, map_location="cpu"))
-    info = json.loads((folder / "trainer.json").read_text())
-    return info["step"], info["n_records"]
+
+def check_unlearn(config: UnlearnConfig, model=None, out=None) -> Checked:
+    """Refuse bad input before anything is loaded or written: the run folder (writable, or a run
+    of the same config), the objective's options, the benchmark, the optimizer's options and the
+    model's name or folder. Raises :class:`BasinError`; builds the objective and the benchmark
+    (cheap: no model) and returns them."""
+    if out is not None:
+        runs.check_run_folder(Path(out), config)
+    objective = make_objective(config.objective, **config.objective_args)
+    bench = load_benchmark(config.benchmark, **config.benchmark_args)
+    require(bench.forget and bench.retain, f"benchmark {config.benchmark} has an empty forget or retain set")
+    build_plan(config.optimizer, config.optimizer_args, total_steps(config, len(bench.forget)))
+    if model is None or isinstance(model, (str, Path)):
+        check_model_source(model if model is not None else config.model)
+    return Checked(objective, bench)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -349,40 +286,29 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
     ``config.model``. ``overrides`` set config fields (``unlearn(objective="npo", steps=50)``).
     With ``out`` the run is written to that folder and resumed from its checkpoint if present.
     A model object passed in is updated in place (use ``copy.deepcopy`` to keep the original).
+    Bad input is refused (:func:`check_unlearn`) before anything is loaded or written.
     """
-    from unlearn.optim import OPTIMIZERS, make_optimizer
-
-    if isinstance(config, dict):
-        config = UnlearnConfig.from_dict(config)
-    config = dataclasses.replace(config or UnlearnConfig(), **overrides)
-    if model is not None:  # the run records what it unlearned, not the config's default name
-        config = dataclasses.replace(config, model=str(model) if isinstance(model, (str, Path)) else OBJECT_MODEL)
-    elif out is not None and _saved_model(Path(out)) == OBJECT_MODEL and (Path(out) / "manifest.json").exists():
-        config = dataclasses.replace(config, model=OBJECT_MODEL)  # a finished run from an object: reload it
+    config = resolve_config(config, model, out, **overrides)
     start = time.time()
     dp = DataParallel(cpu=config.device == "cpu" or not torch.cuda.is_available()) \
         if DataParallel.launched() else None
     device = str(dp.device) if dp else resolve_device(config.device)  # a missing GPU fails before anything is written
     weight_dtype, autocast_dtype = resolve_dtype(config.dtype, TRAIN_DTYPES)
     out = Path(out) if out is not None else None
-    if out is not None:
-        _check_run_folder(out, config)
-        if (out / "model" / "config.json").exists() and (out / "manifest.json").exists():
-            loaded, tok = load_model(str(out / "model"), device=device, dtype=weight_dtype)
-            return UnlearnResult(loaded, tok, read_records(out / "records.jsonl"), out)
+    if out is not None and runs.is_finished(out):
+        runs.check_run_folder(out, config)
+        loaded, tok = load_model(str(out / "model"), device=device, dtype=weight_dtype)
+        return UnlearnResult(loaded, tok, read_records(out / "records.jsonl"), out)
+    checked = check_unlearn(config, model, out)
+    objective, bench = checked.objective, checked.benchmark
 
-    objective = make_objective(config.objective, **config.objective_args)  # bad names fail first
-    lookup(OPTIMIZERS, config.optimizer, "optimizer")
-    # Sophia's Hutchinson curvature needs a double backward, which SDPA attention lacks on CPU
-    attn = config.attn_implementation or ("eager" if config.optimizer == "sophia" else None)
+    attn = config.attn_implementation or ("eager" if OPTIMIZERS[config.optimizer].needs_eager_attention else None)
     model, tokenizer = load_model(model if model is not None else config.model, tokenizer,
                                   attn_implementation=attn, device=device, dtype=weight_dtype)
     if attn and getattr(model.config, "_attn_implementation", attn) != attn:
         model.set_attn_implementation(attn)
-    bench = load_benchmark(config.benchmark, **config.benchmark_args)
     forget_ex = encode_rows(tokenizer, bench.forget)
     retain_ex = encode_rows(tokenizer, bench.retain)
-    require(forget_ex and retain_ex, f"benchmark {config.benchmark} has an empty forget or retain set")
     eval_retain = retain_ex[: config.eval_max_rows]
     pad = pad_id_of(tokenizer)
     steps = total_steps(config, len(forget_ex))
@@ -394,22 +320,23 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
     optimizer = make_optimizer(config.optimizer, model, lr=config.lr, total_steps=steps, seed=config.seed,
                                **config.optimizer_args)
     if dp is not None:
-        check_data_parallel(dp, config, optimizer)
+        check_data_parallel(dp, config.grad_accum, optimizer)
     main = dp is None or dp.main                       # only the first process writes and evaluates
+    if out is not None:                                # every check passed: the first write
+        runs.create_run_folder(out, config)
 
     base = {"model": out.name if out is not None else config.model, "seed": config.seed,
             "optimizer": config.optimizer, "objective": config.objective, "role": "unlearned"}
     records, first = [], 0
-    if out is not None and (out / CKPT / "trainer.json").exists():
-        first, n_records = load_checkpoint(out, model, optimizer)
+    if out is not None and runs.has_checkpoint(out):
+        first, n_records = runs.load_checkpoint(out, model, optimizer)
         records = read_records(out / "records.jsonl")[:n_records]
-        _rewrite_records(out, records)
+        runs.rewrite_records(out, records)
     elif out is not None and main:
         (out / "records.jsonl").unlink(missing_ok=True)
     if first == 0 and config.eval_every and main:
-        records += _log(out, evaluate_progress(model, tokenizer, forget_ex, eval_retain, 0, base))
+        records += runs.log_records(out, evaluate_progress(model, tokenizer, forget_ex, eval_retain, 0, base))
 
-    micro = config.batch_size // config.grad_accum
     model.train()
     last_good = first
     bar = tqdm(range(first, steps), desc=f"unlearn {config.objective}/{config.optimizer}",
@@ -418,11 +345,7 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
     for step in bar:
         for group in optimizer.param_groups:  # the schedule is a function of the step alone
             group["lr"] = config.lr * lr_multiplier(step, config, steps)
-        f_idx = batch_indices(step, config.batch_size, len(forget_ex), config.seed, 0)
-        r_idx = batch_indices(step, config.batch_size, len(retain_ex), config.seed, 1)
-        micro_batches = {m: {"forget": _to(collate([forget_ex[i] for i in f_idx[m * micro:(m + 1) * micro]], pad), where),
-                             "retain": _to(collate([retain_ex[i] for i in r_idx[m * micro:(m + 1) * micro]], pad), where)}
-                         for m in owned}
+        micro_batches = step_batches(step, config, forget_ex, retain_ex, owned, pad, where)
         with amp():
             preps = {m: objective.prepare(reference, mb) for m, mb in micro_batches.items()}
 
@@ -436,25 +359,25 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
         else:
             loss = data_parallel_step(dp, optimizer, closure, config.grad_accum)
         if not math.isfinite(loss):
-            where = f"; the last good checkpoint (step {last_good}) is kept in {out / CKPT}" \
+            kept = f"; the last good checkpoint (step {last_good}) is kept in {out / runs.CKPT}" \
                 if out is not None and last_good else ""
-            raise LossDiverged(f"the loss became {loss} at step {step + 1}{where}; "
+            raise LossDiverged(f"the loss became {loss} at step {step + 1}{kept}; "
                              "lower the learning rate (--lr) or check the objective's options")
         bar.set_postfix(loss=f"{loss:.4f}", phase=getattr(optimizer, "phase", ""))
         done = step + 1
         if main:
-            records += _log(out, step_diagnostics(optimizer, done, base))
+            records += runs.log_records(out, step_diagnostics(optimizer, done, base))
         if config.eval_every and (done % config.eval_every == 0 or done == steps) and main:
-            records += _log(out, evaluate_progress(model, tokenizer, forget_ex, eval_retain, done, base))
+            records += runs.log_records(out, evaluate_progress(model, tokenizer, forget_ex, eval_retain, done, base))
             model.train()
         if out is not None and config.save_every and done % config.save_every == 0 and done < steps:
             if main:
-                save_checkpoint(out, model, optimizer, done, len(records))
+                runs.save_checkpoint(out, model, optimizer, done, len(records))
             last_good = done
     model.eval()
     freeze_all_but(model, None)
     if out is not None and main:
-        _finish(out, model, tokenizer, config, start, device)
+        runs.finish_run(out, model, tokenizer, config, start, device)
     if dp is not None:
         dp.barrier()                                   # the run folder is complete for every process
     return UnlearnResult(model, tokenizer, records, out)
@@ -470,57 +393,3 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
     if dtype is None:
         return contextlib.nullcontext
     return lambda: torch.autocast(device_type=device.type, dtype=dtype)
-
-
-def _log(out: Path | None, records: list[dict]) -> list[dict]:
-    if out is not None:
-        append_records(out / "records.jsonl", records)
-    return records
-
-
-def _rewrite_records(out: Path, records: list[dict]) -> None:
-    tmp = out / "records.jsonl.tmp"
-    tmp.unlink(missing_ok=True)
-    append_records(tmp, records)
-    if not records:
-        tmp.write_text("")
-    os.replace(tmp, out / "records.jsonl")
-
-
-def _saved_model(out: Path) -> str | None:
-    try:
-        return json.loads((out / "config.json").read_text()).get("model")
-    except (OSError, ValueError):
-        return None
-
-
-def _check_run_folder(out: Path, config: UnlearnConfig) -> None:
-    """Create the run folder, or check that an existing one belongs to the same config."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise BasinError(f"cannot create the run folder {out} ({err.strerror}); pass a writable --out") from None
-    saved = out / "config.json"
-    if saved.exists():
-        previous = json.loads(saved.read_text())
-        current = json.loads(json.dumps(asdict(config)))
-        previous.setdefault("dtype", "float32")  # folders written before these fields existed
-        previous.setdefault("benchmark_args", {})
-        for key in RESUME_NEUTRAL:
-            previous.pop(key, None)
-            current.pop(key, None)
-        if previous != current:
-            started = " (it was started from a model object: pass the same object to resume it)" \
-                if previous.get("model") == OBJECT_MODEL and current.get("model") != OBJECT_MODEL else ""
-            raise BasinError(f"{out} holds a run with a different config{started}; pass another --out "
-                             "(or delete the folder to start over)")
-    else:
-        write_json_atomic(saved, asdict(config))
-
-
-def _finish(out: Path, model, tokenizer, config: UnlearnConfig, start: float, device: str = "cpu") -> None:
-    with atomic_dir(out / "model") as tmp:
-        model.save_pretrained(str(tmp), safe_serialization=True)
-        tokenizer.save_pretrained(str(tmp))
-    write_json_atomic(out / "manifest.json", manifest(start, config, device))
-    shutil.rmtree(out / CKPT, ignore_errors=True)

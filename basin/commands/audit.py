@@ -8,6 +8,7 @@ from pathlib import Path
 
 from audit.runner import FAST_METRICS, AuditConfig, audit
 from basin.options import attack_args, key_values
+from unlearn.errors import require
 
 
 def register(sub) -> None:
@@ -62,6 +63,8 @@ def run(args: argparse.Namespace) -> int:
         metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     else:
         metrics = None if args.generate else FAST_METRICS
+    require(args.lmeval_task or not args.lmeval_arg, "--lmeval-arg sets an option of lm-eval, which runs only with "
+            "--lmeval-task TASK; add the task or drop the option")
     muse = key_values(args.muse_arg, "--muse-arg")
     lmeval = {"tasks": args.lmeval_task, **key_values(args.lmeval_arg, "--lmeval-arg")} if args.lmeval_task else None
     config = AuditConfig(benchmark=benchmark or "world:forget10", benchmark_args=bench_args, attacks=attacks,

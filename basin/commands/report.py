@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from analysis.load import load_records, records_path
 from analysis.report import write_report
+from unlearn.cache import check_writable
 
 
 def register(sub) -> None:
@@ -20,6 +22,7 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_writable(Path(args.out), "report folder", "pass a writable --out")
     for source in args.runs:
         records_path(source)  # a missing folder or one without records.jsonl -> BasinError
     df = load_records(args.runs)  # a malformed record -> RecordError (a BasinError)

@@ -59,13 +59,19 @@ def run(args: argparse.Namespace) -> int:
             data = yaml.safe_load(Path(args.config).read_text()) or {}
         except (OSError, yaml.YAMLError) as err:
             raise BasinError(f"cannot read the config file {args.config}: {err}") from None
+        if not isinstance(data, dict):
+            raise BasinError(f"the config file {args.config} must be a mapping of UnlearnConfig fields "
+                             "(lines like `lr: 1.0e-4`)")
     for f in dataclasses.fields(UnlearnConfig):
         value = getattr(args, f.name, None)
         if value is not None and f.name not in ("objective_args", "optimizer_args", "benchmark_args"):
             data[f.name] = value
-    data.setdefault("objective_args", {}).update(key_values(args.obj, "--obj"))
-    data.setdefault("optimizer_args", {}).update(key_values(args.opt, "--opt"))
-    data.setdefault("benchmark_args", {}).update(key_values(args.benchmark_arg, "--benchmark-arg"))
+    for key, flag, items in (("objective_args", "--obj", args.obj), ("optimizer_args", "--opt", args.opt),
+                             ("benchmark_args", "--benchmark-arg", args.benchmark_arg)):
+        saved = data.get(key) or {}
+        if not isinstance(saved, dict):
+            raise BasinError(f"{key} in {args.config} must be a mapping (e.g. {key}: {{beta: 0.1}}), got {saved!r}")
+        data[key] = {**saved, **key_values(items, flag)}
     if args.calibrated:  # lr, steps and optimizer options from basin calibrate (checked against it)
         if args.lr is not None or args.steps is not None or args.epochs is not None or args.opt:
             raise BasinError("--calibrated sets lr, steps and the optimizer options; drop --lr, --steps, --epochs, --opt")

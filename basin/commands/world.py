@@ -6,7 +6,7 @@ import argparse
 from dataclasses import asdict
 
 from unlearn.build import BuildConfig, build, finetune_fit
-from unlearn.cache import cache_root, ensure_writable
+from unlearn.cache import cache_root, check_writable
 from unlearn.data.world import WorldConfig, forget_count
 from unlearn.pretrain import FitConfig
 
@@ -41,11 +41,11 @@ def run_build(args: argparse.Namespace) -> int:
                         seed=args.seed)
     n_forget = forget_count(world.n_people, args.forget)  # validates the fraction early
     forget = f"forget{round(args.forget * 100):02d}"
-    ensure_writable(cache_root(args.cache))
     steps = {"max_steps": args.max_steps} if args.max_steps is not None else {}
     fit = finetune_fit(seed=args.seed, **steps) if args.base else FitConfig(seed=args.seed, **steps)
     config = BuildConfig(world=world, size=args.size, forget=forget, fit=fit, base=args.base, device=args.device,
                          dtype=args.dtype)
+    check_writable(cache_root(args.cache), "cache folder", "set BASIN_CACHE or pass --cache to a writable folder")
     result = build(config, cache_dir=args.cache, progress=not args.quiet)
     hit = lambda k: "cache hit" if result.cache_hits[k] else "built"  # noqa: E731
     print(f"world      {result.world_dir}  ({hit('world')}; {world.n_people} people, "

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from unlearn.errors import require
+from unlearn.errors import require, require_number
 from unlearn.scoring import token_logprobs
 
 
@@ -51,7 +51,7 @@ class RetainTerm:
 
     def __init__(self, kind: str = "nll", gamma: float = 1.0):
         require(kind in RETAIN_KINDS, f"retain term must be one of {RETAIN_KINDS}, got {kind!r}")
-        require(gamma >= 0, f"retain weight gamma must be >= 0, got {gamma}")
+        require_number("retain weight gamma", gamma, 0)
         self.kind, self.gamma = kind, gamma
 
     def prepare(self, ref_model, retain_batch) -> dict:

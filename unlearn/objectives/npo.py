@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from unlearn.errors import require_number
 from unlearn.objectives.common import RetainTerm, sequence_logprob
 
 
@@ -28,6 +29,7 @@ class NPO:
     needs_reference = True
 
     def __init__(self, beta: float = 0.1, gamma: float = 1.0, retain: str = "nll"):
+        require_number("NPO beta", beta, 0, low_open=True)
         self.beta = beta
         self.retain = RetainTerm(retain, gamma)
 

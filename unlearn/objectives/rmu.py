@@ -19,7 +19,7 @@ import contextlib
 
 import torch
 
-from unlearn.errors import require
+from unlearn.errors import require, require_number
 
 
 def rmu_loss(h_forget, h_retain, h_retain_frozen, control, alpha, mask_f, mask_r) -> dict:
@@ -64,7 +64,10 @@ class RMU:
     needs_reference = True
 
     def __init__(self, layer: int = 2, c: float = 50.0, alpha: float = 20.0, seed: int = 0):
-        require(c > 0 and alpha >= 0, f"RMU needs c > 0 and alpha >= 0, got c={c}, alpha={alpha}")
+        require_number("RMU layer", layer, 0, integer=True)
+        require_number("RMU c", c, 0, low_open=True)
+        require_number("RMU alpha", alpha, 0)
+        require_number("RMU seed", seed, 0, integer=True)
         self.layer, self.c, self.alpha, self.seed = layer, c, alpha, seed
         self.control = None
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from unlearn.errors import require_number
 from unlearn.objectives.common import RetainTerm, sequence_logprob
 
 
@@ -26,6 +27,8 @@ class SimNPO:
     needs_reference = False
 
     def __init__(self, beta: float = 2.5, delta: float = 0.0, gamma: float = 1.0, retain: str = "nll"):
+        require_number("SimNPO beta", beta, 0, low_open=True)
+        require_number("SimNPO delta", delta)
         self.beta, self.delta = beta, delta
         self.retain = RetainTerm(retain, gamma)
         self.needs_reference = retain == "kl"

@@ -11,7 +11,7 @@ from __future__ import annotations
 import inspect
 import re
 
-from unlearn.errors import BasinError, require
+from unlearn.errors import BasinError, require, require_number
 from unlearn.optim.estimators import Backprop, Curvature, SharpnessAware
 from unlearn.optim.optimizer import Alternating, BasinOptimizer, Constant, Phase, Plan
 from unlearn.optim.transforms import (AddNoise, DecoupledWeightDecay, Momentum, Quantize, ScaleByAdam,
@@ -22,19 +22,7 @@ from unlearn.registry import lookup
 # ----------------------------------------------------------------------------- option checks
 
 
-def _number(name, value, low=None, high=None, low_open=False, high_open=False, integer=False):
-    kind = "an integer" if integer else "a number"
-    ok = isinstance(value, int) if integer else isinstance(value, (int, float))
-    ok = ok and not isinstance(value, bool)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value < high if high_open else value <= high
-    if not ok:
-        lo = "" if low is None else f"{'>' if low_open else '>='} {low}"
-        hi = "" if high is None else f"{'<' if high_open else '<='} {high}"
-        bounds = " and ".join(b for b in (lo, hi) if b)
-        raise BasinError(f"{name} must be {kind}{' ' + bounds if bounds else ''}, got {value!r}")
+_number = require_number  # the one option checker (unlearn.errors)
 
 
 def _beta(name, value):
@@ -190,6 +178,9 @@ def sophia(b1: float = 0.965, b2: float = 0.99, gamma: float = 0.01, eps: float 
                    [ScaleBySophia(b1, b2, gamma, eps)] + _tail(weight_decay))
 
 
+sophia.needs_eager_attention = True  # Hutchinson's H u is a double backward, which SDPA attention lacks on CPU
+
+
 def zo_sgd(momentum: float = 0.0, weight_decay: float = 0.0, **probe) -> Plan:
     """ZO-SGD (MeZO): p -= lr * g_zo, g_zo the randomized finite-difference estimate.
 
@@ -304,9 +295,15 @@ def option_names(name: str) -> list[str]:
     return names
 
 
+def needs_eager_attention(name: str) -> bool:
+    """Whether the recipe ``name`` declares that models must run eager attention (a double backward)."""
+    return getattr(lookup(RECIPES, name, "optimizer"), "needs_eager_attention", False)
+
+
 def build_plan(name: str, options: dict, total_steps: int | None = None) -> Plan:
     """Validate ``options`` for optimizer ``name`` and build its plan."""
     recipe = lookup(RECIPES, name, "optimizer")
+    require(isinstance(options, dict), f"the options of optimizer {name!r} must be a mapping, got {options!r}")
     allowed = option_names(name)
     unknown = sorted(set(options) - set(allowed))
     if unknown:
@@ -329,6 +326,7 @@ def _factory(name: str):
     factory.__doc__ = recipe.__doc__
     factory.options = option_names(name)
     factory.tier = TIERS[name]
+    factory.needs_eager_attention = needs_eager_attention(name)
     return factory
 
 

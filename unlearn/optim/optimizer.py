@@ -36,7 +36,7 @@ from typing import Callable
 import torch
 
 from unlearn.errors import BasinError, require
-from unlearn.optim.estimators import Estimator
+from unlearn.optim.estimators import Backprop, Estimator
 from unlearn.optim.rng import derive_seed, generator
 from unlearn.optim.transforms import Link, UpdateContext
 
@@ -220,6 +220,30 @@ class BasinOptimizer(torch.optim.Optimizer):
             direction = link(direction, p, buffers, ctx)
         ctx.tally("update_rms", torch.linalg.vector_norm(direction, dtype=torch.float32).square(), direction.numel())
         p.add_(direction, alpha=-lr)
+
+    # -- hooks for loops that make the gradient themselves (data parallel) ------------------------
+    @property
+    def phases(self) -> tuple[str, ...]:
+        """The names of the optimizer's phases ("fo", "zo", "so", "sam")."""
+        return tuple(self.plan.phases)
+
+    def takes_gradient(self, phase: str | None = None) -> bool:
+        """Whether ``phase`` (default: the next step's) updates from the plain gradient in ``.grad``
+        (backprop). Its gradient can then be made outside :meth:`step`: :meth:`backward`, then
+        any reduction of ``.grad`` (a sum over processes), then ``step(None)`` applies the update."""
+        return type(self.plan.phases[phase or self.next_phase].estimator) is Backprop
+
+    def is_zeroth_order(self, phase: str | None = None) -> bool:
+        """Whether ``phase`` (default: the next step's) estimates from forward passes alone."""
+        return self.plan.phases[phase or self.next_phase].estimator.kind == "zo"
+
+    def backward(self, closure, n_micro: int = 1) -> float:
+        """The first half of a backprop step: clear ``.grad``, then accumulate sum_i grad closure(i)
+        into it; returns the loss. ``step(None)`` is the second half."""
+        require(self.takes_gradient(), f"backward() makes a plain gradient, but the next step of optimizer "
+                f"{self.name!r} runs phase {self.next_phase!r}; call step(closure) instead")
+        self.zero_grad(set_to_none=True)
+        return Backprop().estimate(self._params, closure, n_micro, self.steps_taken, self.seed).loss
 
     # -- checkpoints -------------------------------------------------------------------------------
     def _identity(self) -> dict:
