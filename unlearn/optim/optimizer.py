@@ -218,7 +218,9 @@ class BasinOptimizer(torch.optim.Optimizer):
         direction = g
         for link in phase.chain:
             direction = link(direction, p, buffers, ctx)
-        ctx.tally("update_rms", torch.linalg.vector_norm(direction, dtype=torch.float32).square(), direction.numel())
+        at_least_float32 = torch.promote_types(direction.dtype, torch.float32)  # float64 stays float64
+        ctx.tally("update_rms", torch.linalg.vector_norm(direction, dtype=at_least_float32).square(),
+                  direction.numel())
         p.add_(direction, alpha=-lr)
 
     # -- hooks for loops that make the gradient themselves (data parallel) ------------------------
