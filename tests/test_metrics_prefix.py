@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from audit.metrics import evaluate, token_stats
+from unlearn.cache import cache_root
 from unlearn.data.benchmarks import Benchmark, load_benchmark, world_benchmark
 from unlearn.data.format import IGNORE, collate, encode_answer, encode_qa, encode_text, pad_id_of
 from unlearn.scoring import answer_stats, prefix_cut, token_logprobs
@@ -192,12 +193,14 @@ def test_evaluate_scores_equal_whole_sequence_scores(trained_micro, bench):
 # ----------------------------------------------------------------------------- SmolLM2 (slow)
 
 SLOW = os.environ.get("BASIN_SLOW") == "1"
+USER_CACHE = cache_root()  # read before the session fixture points BASIN_CACHE elsewhere
 
 
 def _smollm2() -> Path | None:
-    from tests.test_real import _converted
+    from unlearn import hub
 
-    return _converted()
+    folder = USER_CACHE / "models" / hub.SMOLLM2
+    return folder if hub._is_complete(folder) else None
 
 
 def _tofu_rows(n):
