@@ -7,7 +7,8 @@ runs each question's prompt once (:func:`unlearn.scoring.shared_prefix_logits`).
 side is a bare no-grad forward, logits discarded, over the same pairs as *unshared* sequences
 (prompt + answer each), sorted by length, in batches of the same size. The two timings are
 interleaved (order alternating), so load on a shared machine hits both alike; the script prints
-the per-round ratios, their median, ``uptime`` before and after, and the peak resident memory of
+the per-round ratios of wall-clock and of process CPU time (steadier on a loaded machine), their
+medians, ``uptime`` before, after and per round, and the peak resident memory of
 each side (VmHWM, reset through /proc/self/clear_refs before each timing) together with the
 largest key/value cache one scoring step holds.
 
@@ -85,12 +86,12 @@ def bare_forward(model, examples, pad: int, batch_size: int) -> None:
 def cache_bytes(model, examples, batch_size: int) -> int:
     """Bytes of the largest key/value cache one scoring step holds: the question batch's prefixes
     plus the copy a chunk of tails reads (both float32 here), computed from the shapes."""
-    from unlearn.scoring import prefix_cut
+    from unlearn.data.format import IGNORE
 
     cfg = model.config
     heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     per_token = 2 * cfg.num_hidden_layers * heads * (cfg.hidden_size // cfg.num_attention_heads) * 4
-    longest_prefix = max(prefix_cut(e) for e in examples)
+    longest_prefix = max(next((t for t, x in enumerate(e.labels) if x != IGNORE), len(e.labels)) for e in examples)
     longest = max(len(e.input_ids) for e in examples)
     return per_token * batch_size * (longest_prefix + longest)
 
@@ -114,7 +115,6 @@ def main(argv=None) -> None:
     from unlearn.data.benchmarks import Benchmark, load_benchmark
     from unlearn.data.format import encode_qa, pad_id_of
     from unlearn.models import load_model
-    from unlearn.scoring import prefix_cut
 
     kwargs = {"path": args.tofu} if args.tofu else {}
     full = load_benchmark(args.benchmark, **kwargs) if kwargs else load_benchmark(args.benchmark)
@@ -126,33 +126,42 @@ def main(argv=None) -> None:
     examples = [encode_qa(tok, q, a, limit) for q, a in pairs]
     pad = pad_id_of(tok)
     tokens = sum(len(e.input_ids) for e in examples)
-    prompts = {tuple(e.input_ids[:prefix_cut(e)]) for e in examples}
+    prompts = {q for q, _ in pairs}
     print(f"{args.model} on {bench!r}: {len(examples)} sequences, {tokens} tokens, {len(prompts)} distinct "
           f"prompts; batch size {args.batch_size}, {torch.get_num_threads()} threads")
     print("before:", uptime())
 
+    splits = [name for name in ("forget", "retain") if getattr(bench, name)]
+
     def score():
-        evaluate(model, tok, bench, generate=False, splits=["forget", "retain"], batch_size=args.batch_size)
+        evaluate(model, tok, bench, generate=False, splits=splits, batch_size=args.batch_size)
 
     def bare():
         bare_forward(model, examples, pad, args.batch_size)
 
-    score()  # warm-up (allocator, kernels), not timed
-    times = {"score": [], "bare": []}
+    warm = Benchmark(bench.name, bench.forget[:2], bench.retain[:2])
+    evaluate(model, tok, warm, generate=False, splits=splits, batch_size=args.batch_size)
+    bare_forward(model, examples[:14], pad, args.batch_size)  # warm-up (allocator, kernels), not timed
+    wall = {"score": [], "bare": []}
+    cpu = {"score": [], "bare": []}
     peaks = {"score": 0.0, "bare": 0.0}
     for r in range(args.rounds):
         for name in (("bare", "score") if r % 2 == 0 else ("score", "bare")):
             fn = score if name == "score" else bare
             _reset_peak()
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             fn()
-            times[name].append(time.perf_counter() - t)
+            wall[name].append(time.perf_counter() - t)
+            cpu[name].append(time.process_time() - c)
             peaks[name] = max(peaks[name], _peak_mib())
-        print(f"round {r}: score {times['score'][-1]:.1f} s, bare {times['bare'][-1]:.1f} s, "
-              f"ratio {times['score'][-1] / times['bare'][-1]:.3f}", flush=True)
-    ratios = [s / b for s, b in zip(times["score"], times["bare"])]
-    print(f"median score {statistics.median(times['score']):.1f} s, bare {statistics.median(times['bare']):.1f} s; "
-          f"ratio median {statistics.median(ratios):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
+        print(f"round {r}: score {wall['score'][-1]:.1f} s ({cpu['score'][-1]:.1f} s CPU), bare "
+              f"{wall['bare'][-1]:.1f} s ({cpu['bare'][-1]:.1f} s CPU), ratio "
+              f"{wall['score'][-1] / wall['bare'][-1]:.3f} (CPU {cpu['score'][-1] / cpu['bare'][-1]:.3f}); "
+              f"{uptime()}", flush=True)
+    for label, t in (("wall", wall), ("CPU", cpu)):
+        ratios = [s / b for s, b in zip(t["score"], t["bare"])]
+        print(f"{label}: median score {statistics.median(t['score']):.1f} s, bare {statistics.median(t['bare']):.1f} s; "
+              f"ratio median {statistics.median(ratios):.3f} (rounds: {', '.join(f'{x:.3f}' for x in ratios)})")
     print(f"peak resident memory: score {peaks['score']:.0f} MiB, bare {peaks['bare']:.0f} MiB; "
           f"largest KV cache per step {cache_bytes(model, examples, args.batch_size) / 2**20:.1f} MiB")
     print("after:", uptime())
