@@ -8,6 +8,13 @@ For an example with answer tokens a_1..a_T (EOS included) after prompt x:
 Exact match is teacher-forced: every answer token is the argmax at its position. That is the same
 as "greedy decoding reproduces the answer and then stops", because greedy decoding follows the
 argmax and would emit exactly those tokens.
+
+Shared prefixes (:func:`shared_prefix_logits`): attention is causal, so the keys and values of
+the prompt positions of x do not depend on the answer a. Every answer scored under one question
+(answer, paraphrase, perturbed answers, options) therefore reuses one run of its prompt: the
+prompt's key/value cache is copied across the answers' batch and only answer tokens run per
+answer, with the same numbers as running each prompt + answer whole (up to float rounding),
+as in prefix-sharing inference (Juravsky et al. 2024, Hydragen, arXiv 2402.05099).
 """
 
 from __future__ import annotations
@@ -17,7 +24,8 @@ from typing import Sequence
 
 import torch
 
-from unlearn.data.format import IGNORE, Example, collate
+from unlearn.data.format import IGNORE, Example
+from unlearn.errors import require
 
 
 def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -125,8 +133,8 @@ def shared_prefix_logits(model, examples: Sequence[Example], pad_id: int, batch_
     a copy of the cache rows they need (cut to the chunk's longest prefix), with attention masks
     ``[prefix mask | tail mask]`` and position ids continuing each row's own prefix, so padding in
     the middle changes nothing. Memory: one question batch's cache plus one chunk's copy."""
-    if padding_side not in PADDING_SIDES:
-        raise ValueError(f"padding_side must be one of {PADDING_SIDES}, got {padding_side!r}")
+    require(padding_side in PADDING_SIDES,
+            f"padding_side must be one of {', '.join(PADDING_SIDES)}, got {padding_side!r}")
     device = next(model.parameters()).device
     config = getattr(model, "config", None)
     cuts = [prefix_cut(e) for e in examples]
