@@ -6,7 +6,8 @@ paraphrases, perturbed answers, multiple-choice options), scores each distinct p
 which runs through the model once (:func:`unlearn.scoring.shared_prefix_logits`); only the
 answer tokens run per pair. Per-token scores are kept for the pairs membership inference needs.
 Every pair scores the same tokens (basin's prompt format, answer plus EOS,
-:func:`unlearn.data.format.encode_qa`). :func:`greedy_generate` produces the answers ROUGE compares. Everything leaves torch as float32 before it becomes numpy.
+:func:`unlearn.data.format.encode_qa`). :func:`greedy_generate` produces the answers ROUGE
+compares. Everything leaves torch as float32 before it becomes numpy.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import numpy as np
 import torch
 
 from audit.metrics.mia import token_zscores
-from unlearn.data.format import Example, collate, encode_prompt, encode_qa, pad_id_of
+from unlearn.data.format import Example, encode_prompt, encode_qa, pad_id_of
 from unlearn.scoring import AnswerStats, answer_stats
 
 DEFAULT_MAX_LENGTH = 512
