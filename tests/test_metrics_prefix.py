@@ -175,10 +175,10 @@ def test_evaluate_scores_equal_whole_sequence_scores(trained_micro, bench):
         assert rows.loc[i, "margin"] == pytest.approx(para - wrong.mean(), abs=2e-5)
         assert rows.loc[i, "truth_ratio_R"] == pytest.approx(np.exp(wrong.mean() - para), rel=1e-4)
     facts = table[table["split"] == "world_facts"].reset_index()
+    assert all(r.get("options") for r in small.utility["world_facts"])
     for i, r in enumerate(small.utility["world_facts"]):
-        if r.get("options"):
-            scores, _ = mean_logp(r["question"], r["options"])
-            assert facts.loc[i, "mc_choice"] == int(np.argmax(scores))
+        scores, _ = mean_logp(r["question"], r["options"])
+        assert facts.loc[i, "mc_choice"] == int(np.argmax(scores))
     questions, pairs = set(), set()
     for split in (small.forget, small.retain, small.utility["world_facts"]):
         for r in split:
