@@ -64,7 +64,7 @@ def test_pool_scores_each_distinct_pair_once(micro_model, micro_tokenizer):
         pool.run(micro_model, batch_size=8)
     finally:
         hook.remove()
-    assert sum(seen) == 2  # two distinct pairs, each scored once
+    assert seen == [2, 2]  # the two distinct prompts once, then the two distinct pairs' answers
     values, mask = pool.padded_tokens([0])
     assert mask.sum() == len(pool.token_logp[0]) and values.dtype == torch.float32
     assert np.isnan(pool.p_norm(np.array([-1]))).all()

@@ -1,11 +1,12 @@
 """The model passes behind every metric, each text scored once.
 
 :class:`AnswerPool` collects every (question, answer text) pair a set of metrics needs (answers,
-paraphrases, perturbed answers, multiple-choice options), scores each distinct pair once, in
-batches sorted by length (less padding), and hands back per-pair arrays. Pairs whose tokens are
-needed for membership inference go through :func:`token_stats`, the rest through
-:func:`unlearn.scoring.answer_stats`; both score the same tokens (basin's prompt format, answer
-plus EOS, :func:`unlearn.data.format.encode_qa`). :func:`greedy_generate` produces the answers ROUGE
+paraphrases, perturbed answers, multiple-choice options), scores each distinct pair once through
+:func:`token_stats` and hands back per-pair arrays. The pairs of one question share its prompt,
+which runs through the model once (:func:`unlearn.scoring.shared_prefix_logits`); only the
+answer tokens run per pair. Per-token scores are kept for the pairs membership inference needs.
+Every pair scores the same tokens (basin's prompt format, answer plus EOS,
+:func:`unlearn.data.format.encode_qa`). :func:`greedy_generate` produces the answers ROUGE
 compares. Everything leaves torch as float32 before it becomes numpy.
 """
 
@@ -17,8 +18,8 @@ import numpy as np
 import torch
 
 from audit.metrics.mia import token_zscores
-from unlearn.data.format import Example, collate, encode_prompt, encode_qa, pad_id_of
-from unlearn.scoring import AnswerStats, answer_stats, token_logprobs
+from unlearn.data.format import Example, encode_prompt, encode_qa, pad_id_of
+from unlearn.scoring import AnswerStats, answer_stats
 
 DEFAULT_MAX_LENGTH = 512
 
@@ -28,30 +29,27 @@ def model_max_length(model, default: int = DEFAULT_MAX_LENGTH) -> int:
     return int(getattr(getattr(model, "config", None), "max_position_embeddings", None) or default)
 
 
-@torch.no_grad()
-def token_stats(model, examples: Sequence[Example], pad_id: int, batch_size: int = 32
-                ) -> tuple[AnswerStats, list[torch.Tensor], list[torch.Tensor]]:
-    """Like :func:`unlearn.scoring.answer_stats` (same numbers) plus, per example, the answer's
-    token log-probs and Min-K%++ z-scores (float32 1-D tensors, EOS included), in one pass."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    sums, logps, zs = [], [], []
-    try:
-        for start in range(0, len(examples), batch_size):
-            batch = {k: v.to(device) for k, v in collate(examples[start:start + batch_size], pad_id).items()}
-            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            logp, mask = token_logprobs(logits, batch["labels"])
-            z, _ = token_zscores(logits, batch["labels"])
-            hits = (logits[:, :-1].argmax(-1) == batch["labels"][:, 1:]) | ~mask
-            sums.append((logp.sum(-1).cpu(), mask.sum(-1).float().cpu(), hits.all(-1).float().cpu()))
-            for i in range(logp.shape[0]):
-                logps.append(logp[i][mask[i]].float().cpu())
-                zs.append(z[i][mask[i]].float().cpu())
-    finally:
-        model.train(was_training)
-    logprob, length, exact = (torch.cat(x) for x in zip(*sums))
-    return AnswerStats(logprob, length, exact), logps, zs
+def token_stats(model, examples: Sequence[Example], pad_id: int, batch_size: int = 32,
+                keep: Sequence[bool] | None = None, padding_side: str = "right"
+                ) -> tuple[AnswerStats, list[torch.Tensor | None], list[torch.Tensor | None]]:
+    """:func:`unlearn.scoring.answer_stats` (each prompt run once) plus, per example, the answer's
+    token log-probs and Min-K%++ z-scores (float32 1-D tensors, EOS included), in one pass.
+    ``keep`` (default: all) marks the examples whose token scores are wanted; the others get
+    ``None``."""
+    keep = [True] * len(examples) if keep is None else list(keep)
+    logps: list[torch.Tensor | None] = [None] * len(examples)
+    zs: list[torch.Tensor | None] = [None] * len(examples)
+
+    def tokens(rows, logits, labels, logp, mask):
+        wanted = [r for r, i in enumerate(rows) if keep[i]]
+        if wanted:
+            z, _ = token_zscores(logits[wanted], labels[wanted])
+            for zr, r in enumerate(wanted):
+                logps[rows[r]] = logp[r][mask[r]].float().cpu()
+                zs[rows[r]] = z[zr][mask[r]].float().cpu()
+
+    stats = answer_stats(model, examples, pad_id, batch_size, padding_side, on_batch=tokens)
+    return stats, logps, zs
 
 
 class AnswerPool:
@@ -82,35 +80,22 @@ class AnswerPool:
         return np.array([self.add(q, a, tokens) for q, a in zip(questions, answers)], dtype=np.int64)
 
     def run(self, model, batch_size: int = 32) -> "AnswerPool":
-        """Score every pair added since the last run."""
+        """Score every pair added since the last run, each question's prompt once
+        (:func:`token_stats`)."""
         pairs = list(self.index)[self.scored:]
         if not pairs:
             return self
-        ids = np.arange(self.scored, self.scored + len(pairs))
+        ids = range(self.scored, self.scored + len(pairs))
         examples = [encode_qa(self.tokenizer, q, a, self.max_length) for q, a in pairs]
-        order = np.argsort([-len(e.input_ids) for e in examples], kind="stable")  # long first: OOM early
-        logprob = np.zeros(len(pairs), dtype=np.float32)
-        length = np.zeros(len(pairs), dtype=np.float32)
-        exact = np.zeros(len(pairs), dtype=np.float32)
-        pad = pad_id_of(self.tokenizer)
-        for with_tokens in (True, False):
-            sel = [j for j in order if (ids[j] in self.want_tokens) == with_tokens]
-            if not sel:
-                continue
-            chosen = [examples[j] for j in sel]
-            if with_tokens:
-                stats, logps, zs = token_stats(model, chosen, pad, batch_size)
-                for j, lp, z in zip(sel, logps, zs):
-                    self.token_logp[int(ids[j])] = lp
-                    self.token_z[int(ids[j])] = z
-            else:
-                stats = answer_stats(model, chosen, pad, batch_size)
-            logprob[sel] = stats.logprob.float().numpy()
-            length[sel] = stats.length.float().numpy()
-            exact[sel] = stats.exact.float().numpy()
-        self.logprob = np.concatenate([self.logprob, logprob])
-        self.length = np.concatenate([self.length, length])
-        self.exact = np.concatenate([self.exact, exact])
+        keep = [i in self.want_tokens for i in ids]
+        stats, logps, zs = token_stats(model, examples, pad_id_of(self.tokenizer), batch_size, keep)
+        for i, lp, z, k in zip(ids, logps, zs, keep):
+            if k:
+                self.token_logp[i] = lp
+                self.token_z[i] = z
+        self.logprob = np.concatenate([self.logprob, stats.logprob.float().numpy()])
+        self.length = np.concatenate([self.length, stats.length.float().numpy()])
+        self.exact = np.concatenate([self.exact, stats.exact.float().numpy()])
         self.scored += len(pairs)
         return self
 
