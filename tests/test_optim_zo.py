@@ -294,3 +294,11 @@ def test_random_sign_coefficients_carry_no_loss_information():
         signs.append(float(ratio[0]) > 0)
     assert 70 < sum(signs) < 130, "a fair coin (5 sigma)"
     assert torch.equal(w, torch.zeros(5, dtype=torch.float64)), "no probe moved the weights"
+
+
+def test_sphere_directions_do_not_depend_on_threads():
+    from unlearn.optim.zeroth_order import BLOCK
+
+    n = 3 * BLOCK + 5
+    runs = [_step_bits(n, directions="sphere", mu=0.05, workers=w) for w in (1, 2, 3)]
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])

@@ -280,16 +280,22 @@ class ZerothOrder(Estimator):
 
     def _submit(self, fn, items) -> list:
         """Start fn(item) for every block on the worker threads; returns a list of waitables
-        (with one worker, or off the CPU, it runs them here, in order)."""
+        (with one worker, or off the CPU, it runs them here, in order). Block (k, c) always goes
+        to worker (k + c) mod workers, so the thread that records a block's exceptions is the one
+        that frees them (the C allocator keeps an arena per thread: memory freed by another
+        thread would not be reused, and the resident set would grow)."""
         workers = self.workers or torch.get_num_threads()
         if workers <= 1 or self._selected[0][2].device.type != "cpu":
-            return [_Done(fn(item)) for item in items]
+            return [_Done([fn(item) for item in items])]
         pool = _pool(workers)
-        return [pool.submit(_without_grad(fn), item) for item in items]
+        shares = [[item for item in items if (item[0] + item[1]) % workers == w] for w in range(workers)]
+        return [pool.submit(_without_grad(lambda share: [fn(item) for item in share]), share)
+                for share in shares if share]
 
     def _run(self, fn, items) -> list:
-        """fn(item) for every block; the results in order."""
-        return [f.result() for f in self._submit(fn, items)]
+        """fn(item) for every block; the results in the order of ``items``."""
+        out = dict(r for f in self._submit(lambda item: (item, fn(item)), items) for r in f.result())
+        return [out[item] for item in items]
 
     def _weights(self) -> list[float]:
         """Per direction, the factor w_i turning the raw draw into u_i = w_i * draw:
