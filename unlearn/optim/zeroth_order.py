@@ -149,20 +149,35 @@ def _pool(workers: int) -> ThreadPoolExecutor:
 
 def shift(p: torch.Tensor, z: torch.Tensor, sign: int, exact: bool) -> Exceptions | None:
     """p <- fl(p + sign * z). With ``exact``, return the entries where the reverse move
-    fl(new - sign * z) would not give back p's bits, with their current values."""
-    moved = _scratch("moved", p.numel(), p)
-    (torch.add if sign > 0 else torch.sub)(p, z, out=moved)
+    fl(new - sign * z) would not give back p's bits, with their current values. Indices are
+    stored in the narrowest integer type that holds them (int16 for a CPU block, offset by
+    2^15), since they are most of the memory a probe holds."""
     exceptions = None
     if exact:
         back = _scratch("back", p.numel(), p)
-        (torch.sub if sign > 0 else torch.add)(moved, z, out=back)
+        (torch.add if sign > 0 else torch.sub)(p, z, out=back)           # the move, on a copy
+        (torch.sub if sign > 0 else torch.add)(back, z, out=back)        # and back again
         differs = _scratch("differs", p.numel(), p, torch.bool)
         torch.ne(_bits(back), _bits(p), out=differs)
         bad = differs.nonzero().view(-1)
         if bad.numel():
-            exceptions = (bad.to(torch.int32) if p.numel() < 2 ** 31 else bad, p[bad])
-    p.copy_(moved)
+            values = p[bad]
+            exceptions = (_narrow(bad, p.numel()), values)
+    if sign > 0:
+        p.add_(z)
+    else:
+        p.sub_(z)
     return exceptions
+
+
+def _narrow(index: torch.Tensor, n: int) -> torch.Tensor:
+    if n <= 1 << 16:
+        return index.sub_(1 << 15).to(torch.int16)
+    return index.to(torch.int32) if n < 1 << 31 else index
+
+
+def _widen(index: torch.Tensor) -> torch.Tensor:
+    return index.to(torch.int32).add_(1 << 15) if index.dtype == torch.int16 else index
 
 
 def unshift(p: torch.Tensor, z: torch.Tensor, sign: int, exceptions: Exceptions | None) -> None:
@@ -172,7 +187,7 @@ def unshift(p: torch.Tensor, z: torch.Tensor, sign: int, exceptions: Exceptions 
     else:
         p.add_(z)
     if exceptions is not None:
-        p[exceptions[0]] = exceptions[1]
+        p[_widen(exceptions[0])] = exceptions[1]
 
 
 class _Done:
@@ -267,6 +282,12 @@ class ZerothOrder(Estimator):
             return block if block.dtype == p.dtype else _scratch("draw", b - a, p).copy_(block)
         return self._fill(_scratch("draw", b - a, p), i, k, c, p)
 
+    def _scaled(self, draw: torch.Tensor, radius: float) -> torch.Tensor:
+        """radius * draw: in place on a scratch draw, into scratch "z" for a kept one."""
+        if self.keep_directions:
+            return torch.mul(draw, radius, out=_scratch("z", draw.numel(), draw))
+        return draw.mul_(radius)
+
     def _fill(self, out: torch.Tensor, i: int, k: int, c: int, p: torch.Tensor) -> torch.Tensor:
         if out.dtype != p.dtype:                      # kept in bfloat16: draw in p's dtype, round
             return out.copy_(self._fill(_scratch("draw", out.numel(), p), i, k, c, p))
@@ -320,7 +341,7 @@ class ZerothOrder(Estimator):
             k, c, a, b = item
             p = self._selected[k][2]
             block = p.view(-1)[a:b]
-            z = torch.mul(self._draw(i, k, c, a, b, p), radius, out=_scratch("z", b - a, p))
+            z = self._scaled(self._draw(i, k, c, a, b, p), radius)
             if undo:
                 unshift(block, z, undo, self._exceptions.pop((k, c), None))
             if do:
@@ -395,7 +416,7 @@ class ZerothOrder(Estimator):
                 draw = self._draw(last, k, c, a, b, p)
                 block = p.view(-1)[a:b]
                 if side:
-                    z = torch.mul(draw, self.mu * weights[last], out=_scratch("z", b - a, p))
+                    z = torch.mul(draw, self.mu * weights[last], out=_scratch("z", b - a, p))   # draw is used below
                     unshift(block, z, side, self._exceptions.pop((k, c), None))
                 if g is None:
                     return
