@@ -266,15 +266,18 @@ def growth(tokenizer_dir: str, rounds: int, shape=(4, 128)) -> None:
         for name, options in (("adam", {}), ("zo-sgd", {}), ("hybrid", {"n_fo": 1, "n_zo": 1})):
             model = copy.deepcopy(template)
             runs[name] = (model, make(name, model, lr=1e-6, total_steps=2 * (rounds + 1), seed=0, **options))
-        times = {k: [] for k in runs}
+        times = {}                                                # (name, phase) -> step times
         for r in range(rounds + 1):
             for name, (model, opt) in runs.items():
                 for _ in range(2 if name == "hybrid" else 1):     # the hybrid: an fo and a zo step
                     start = time.perf_counter()
-                    opt.step(lambda i: model(**batch).loss)
+                    opt.step(lambda i, model=model: model(**batch).loss)
                     if r:
-                        times[name].append(time.perf_counter() - start)
-        rows.append((model_name, n, {k: statistics.median(v) for k, v in times.items()}))
+                        times.setdefault((name, opt.phase), []).append(time.perf_counter() - start)
+        per_step = {}                                             # the hybrid: mean of its phases' medians
+        for (name, _), v in times.items():
+            per_step.setdefault(name, []).append(statistics.median(v))
+        rows.append((model_name, n, {k: statistics.mean(v) for k, v in per_step.items()}))
         print(f"    {model_name:<14} {n / 1e6:8.2f}M params  " + "  ".join(
             f"{k} {v:7.3f} s" for k, v in rows[-1][2].items()) + f"   ({load()})", flush=True)
     ref_name, ref_n, ref = rows[-1]

@@ -24,7 +24,7 @@ everything else (the same directions u_i, the same s, q and chain) and removes a
 information: the update is a random walk along the ZO directions, E[g] = 0, with
 ||g|| = sign_scale * s * ||(1/q) sum_i e_i u_i|| (about sign_scale * sqrt(d / q) for Gaussian
 directions). It controls for the *noise* a ZO step injects, separating it from what ZO
-*estimates* (issue: noise-matched controls). No probes are run; the step's loss is f(p).
+*estimates* (a noise-matched control). No probes are run; the step's loss is f(p).
 
 Memory (MeZO, Malladi et al. 2023, arXiv 2305.17333): u is never stored. Each tensor is cut into
 blocks of ``BLOCK`` elements (on the CPU; one block per tensor on other devices). Block c of
@@ -99,18 +99,24 @@ def _bits(t: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------- per-thread scratch
 
 _local = threading.local()
+_buffers: dict = {}          # (thread, name, dtype, device) -> scratch buffer, for one pass
 
 
 def _scratch(name: str, n: int, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     """This thread's reusable buffer ``name`` of ``n`` elements (grown on demand): the moves of a
-    block allocate nothing, so the allocator never hands back fresh pages mid-pass."""
+    block allocate nothing, so the allocator never hands back fresh pages mid-pass. Every pass
+    ends with :func:`_release`, so no scratch is held through a forward pass."""
     dtype = dtype or like.dtype
-    pool = _local.__dict__.setdefault("buffers", {})
-    key = (name, dtype, like.device)
-    buf = pool.get(key)
+    key = (threading.get_ident(), name, dtype, like.device)
+    buf = _buffers.get(key)
     if buf is None or buf.numel() < n:
-        buf = pool[key] = torch.empty(n, dtype=dtype, device=like.device)
+        buf = _buffers[key] = torch.empty(n, dtype=dtype, device=like.device)
     return buf[:n]
+
+
+def _release() -> None:
+    """Free every thread's scratch (called between passes, when no worker is running)."""
+    _buffers.clear()
 
 
 def _seeded(seed: int, device: torch.device) -> torch.Generator:
@@ -316,6 +322,7 @@ class ZerothOrder(Estimator):
     def _run(self, fn, items) -> list:
         """fn(item) for every block; the results in the order of ``items``."""
         out = dict(r for f in self._submit(lambda item: (item, fn(item)), items) for r in f.result())
+        _release()
         return [out[item] for item in items]
 
     def _weights(self) -> list[float]:
@@ -437,3 +444,4 @@ class ZerothOrder(Estimator):
                 self._kept.pop((i, k), None)
             if g is not None:
                 yield self._selected[k][0], self._selected[k][2], g, {}
+        _release()
