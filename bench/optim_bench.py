@@ -203,10 +203,10 @@ def zo_step_times(template, batch, rounds: int) -> dict:
     names = list(fns)
     for r in range(rounds + 1):
         for k in names[r % len(names):] + names[:r % len(names)]:
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             fns[k]()
             if r:
-                times[k].append(time.perf_counter() - start)
+                times[k].append((time.perf_counter() - start, time.process_time() - cpu))
     return times
 
 
@@ -348,15 +348,18 @@ def main() -> None:
 
         if "p2a" not in skip:
             print(f"\nP2a one ZO step / two no-grad forwards, {rounds} interleaved rounds (medians)")
-            times = zo_step_times(template, batch, rounds)
+            both = zo_step_times(template, batch, rounds)
+            cpu = {k: statistics.median(c for _, c in v) for k, v in both.items()}
+            times = {k: [w for w, _ in v] for k, v in both.items()}
             base = times.pop("2 forwards")
-            print(f"    2 forwards: median {statistics.median(base):.3f} s")
+            print(f"    2 forwards: median {statistics.median(base):.3f} s (cpu time of all threads "
+                  f"{cpu['2 forwards']:.3f} s)")
             for case, v in times.items():
                 goal = {"zo-sgd": "   (goal <= 1.20)", "adazo": "   (goal <= 1.25)"}.get(case, "")
                 paired = statistics.median(a / b for a, b in zip(v, base))
                 print(f"    {case:<36} median {statistics.median(v):.3f} s   ratio "
                       f"{statistics.median(v) / statistics.median(base):.3f} (median of paired ratios "
-                      f"{paired:.3f}){goal}")
+                      f"{paired:.3f}; cpu time ratio {cpu[case] / cpu['2 forwards']:.3f}){goal}")
             print(f"    ({load()})")
 
         if "p2b" not in skip:
