@@ -302,3 +302,19 @@ def test_sphere_directions_do_not_depend_on_threads():
     n = 3 * BLOCK + 5
     runs = [_step_bits(n, directions="sphere", mu=0.05, workers=w) for w in (1, 2, 3)]
     assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+
+
+def test_hybrid_randsign_is_the_hybrid_with_random_sign_zo_blocks():
+    from unlearn.optim import OPTIMIZERS
+
+    w = torch.linspace(-1, 1, 6).requires_grad_()
+    opt = make_optimizer("hybrid-randsign", [("w", w)], lr=0.01, total_steps=4, n_fo=1, n_zo=1, sign_scale=2.0)
+    zo = opt.plan.phases["zo"].estimator
+    assert (zo.coefficients, zo.sign_scale) == ("random-sign", 2.0)
+    assert type(opt.plan.phases["fo"].chain[0]).__name__ == "ScaleByAdam"
+    assert "hybrid-randsign" in OPTIMIZERS and "sign_scale" in OPTIMIZERS["hybrid-randsign"].options
+    phases = []
+    for _ in range(4):
+        opt.step(lambda i: ((w - 0.5) ** 2).sum())
+        phases.append(opt.phase)
+    assert phases == ["fo", "zo", "fo", "zo"] and torch.isfinite(w).all()

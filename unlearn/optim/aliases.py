@@ -293,6 +293,8 @@ RECIPES = {
     "hybrid": hybrid, "hybrid-randsign": hybrid_randsign, "sam": sam,
 }
 ZO_NAMES = ("zo-sgd", "zo-adam", "adazo")
+# controls: optimizers that are not meant to descend (they separate noise from signal)
+CONTROLS = ("hybrid-randsign",)
 
 
 def option_names(name: str) -> list[str]:
