@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import gc
 import json
 import os
@@ -198,7 +199,7 @@ def zo_step_times(template, batch, rounds: int) -> dict:
     for case, (name, options) in TIME_CASES.items():
         opt = make(name, model, lr=1e-7, seed=0, **options)
         if opt is not None:
-            fns[case] = (lambda o: lambda: o.step(loss))(opt)
+            fns[case] = functools.partial(opt.step, loss)
     times = {k: [] for k in fns}
     names = list(fns)
     for r in range(rounds + 1):
@@ -271,7 +272,7 @@ def growth(tokenizer_dir: str, rounds: int, shape=(4, 128)) -> None:
             for name, (model, opt) in runs.items():
                 for _ in range(2 if name == "hybrid" else 1):     # the hybrid: an fo and a zo step
                     start = time.perf_counter()
-                    opt.step(lambda i, model=model: model(**batch).loss)
+                    opt.step(lambda i, model=model, batch=batch: model(**batch).loss)
                     if r:
                         times.setdefault((name, opt.phase), []).append(time.perf_counter() - start)
         per_step = {}                                             # the hybrid: mean of its phases' medians

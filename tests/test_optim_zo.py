@@ -277,7 +277,7 @@ def test_random_sign_coefficients_carry_no_loss_information():
             opt.step(lambda i: loss(w))
         return w.detach().clone()
 
-    options = dict(coefficients="random-sign", sign_scale=0.5)
+    options = {"coefficients": "random-sign", "sign_scale": 0.5}
     a = run(lambda w: (w ** 2).sum(), **options)
     b = run(lambda w: torch.cos(3 * w).sum() * 100, **options)
     assert torch.equal(a, b), "no loss information"
