@@ -109,7 +109,7 @@ TIERS: list[tuple[str, tuple[str, ...]]] = [
     ("compressed", ("signsgd", "signadam", "qsgd", "qadam")),
     ("zeroth order", ("zo-sgd", "zo-adam", "adazo")),
     ("hybrid", ("hybrid",)),
-    ("control", ("adam-noise",)),
+    ("control", ("adam-noise", "hybrid-randsign")),
     ("other", ()),
     ("sharpness-aware", ("sam",)),
 ]
@@ -127,13 +127,13 @@ def optimizer_tier(name: str) -> str:
     n = normalise_name(name)
     if n in _LEARNT["tiers"]:
         return _LEARNT["tiers"][n]
+    for tier, names in TIERS:
+        if n in names:
+            return tier
     if n.startswith("hybrid"):
         return "hybrid"
     if n == "sam" or n.startswith("sam-"):
         return "sharpness-aware"
-    for tier, names in TIERS:
-        if n in names:
-            return tier
     if n.startswith("zo"):
         return "zeroth order"
     if n.startswith("sophia"):

@@ -199,3 +199,122 @@ def test_zo_moment_buffers_are_its_only_state():
         opt = make_optimizer(name, [("w", w)], lr=0.01)
         opt.step(lambda i: ((w - 1) ** 2).sum())
         assert set(opt.state[w]) == keys, name
+
+
+# ----------------------------------------------------------------------------- blocks, threads, kept draws
+
+def _step_bits(n, steps=2, **options):
+    """Weights after ``steps`` zo-sgd steps on f(w) = sum (w - 0.3)^2 over a tensor of n entries."""
+    w = (torch.randn(n, generator=torch.Generator().manual_seed(3)) * 0.02).requires_grad_()
+    opt = make_optimizer("zo-sgd", [("w", w)], lr=1e-3, seed=7, **options)
+    for _ in range(steps):
+        opt.step(lambda i: ((w - 0.3) ** 2).sum())
+    return w.detach().clone()
+
+
+def test_draws_do_not_depend_on_threads_and_keeping_them_changes_no_bit():
+    """A tensor of 2.5 blocks: the same bits with 1 or 3 workers, and with the draws kept for
+    the step instead of regenerated; bfloat16-kept draws are another (valid) run."""
+    from unlearn.optim.zeroth_order import BLOCK
+
+    n = 2 * BLOCK + BLOCK // 2
+    start = _step_bits(n, steps=0)
+    one = _step_bits(n, workers=1)
+    assert not torch.equal(one, start)
+    assert torch.equal(_step_bits(n, workers=3), one)
+    assert torch.equal(_step_bits(n, workers=2, keep_directions=True), one)
+    half = _step_bits(n, keep_directions="bfloat16")
+    moved = (one - start).norm()
+    assert not torch.equal(half, one) and (half - one).norm() < 0.02 * moved, "a nearby run"
+
+
+@pytest.mark.parametrize("options", [{"workers": 2}, {"keep_directions": "bfloat16", "q": 2}])
+def test_blocked_probes_restore_bit_exactly(options):
+    from unlearn.optim.zeroth_order import BLOCK
+
+    w = torch.cat([awkward_weights().view(-1)] * (BLOCK // 4000 + 2))    # more than one block
+    before = w.clone()
+    est = ZerothOrder(mu=1e-3, **options)
+    est.bind([(0, "w", w)])
+    moved = []
+    list(est.estimate([(0, "w", w)], lambda i: moved.append(not torch.equal(w, before)) or (w ** 2).sum(),
+                      1, t=0, seed=5).signals)
+    assert all(moved) and torch.equal(bits(w), bits(before))
+
+
+def test_blocked_draws_are_standard_normal_and_independent():
+    """The direction of a tensor of 16 blocks: moments of N(0, 1), a Kolmogorov-Smirnov distance
+    below its 1% critical value (1.63 / sqrt(n)), uncorrelated blocks and steps."""
+    from unlearn.optim.zeroth_order import BLOCK
+
+    est = ZerothOrder()
+    p = torch.empty(16 * BLOCK)
+    u = est.direction(p, t=0, i=0, j=0, seed=1).double()
+    n = u.numel()
+    assert abs(u.mean()) < 5 / n ** 0.5 and abs(u.var() - 1) < 5 * (2 / n) ** 0.5
+    assert abs((u ** 3).mean()) < 5 * (15 / n) ** 0.5 and abs((u ** 4).mean() - 3) < 5 * (96 / n) ** 0.5
+    x = u.sort().values
+    cdf = torch.special.ndtr(x)
+    grid = torch.arange(1, n + 1, dtype=torch.float64) / n
+    ks = torch.maximum(grid - cdf, cdf - (grid - 1 / n)).max()
+    assert ks < 1.63 / n ** 0.5, float(ks)
+    blocks = u.view(16, BLOCK)
+    corr = torch.corrcoef(blocks)[~torch.eye(16, dtype=torch.bool)]
+    assert corr.abs().max() < 5 / BLOCK ** 0.5
+    other = est.direction(p, t=1, i=0, j=0, seed=1).double()
+    assert abs(torch.corrcoef(torch.stack([u, other]))[0, 1]) < 5 / n ** 0.5
+
+
+# ----------------------------------------------------------------------------- random-sign control
+
+def test_random_sign_coefficients_carry_no_loss_information():
+    """coefficients="random-sign": g = (1/q) sum_i e_i * sign_scale * u_i with e_i = +-1, the same
+    directions as ZO, and the same update whatever the loss."""
+    def run(loss, steps=3, **options):
+        w = torch.linspace(-1, 1, 7, dtype=torch.float64).requires_grad_()
+        opt = make_optimizer("zo-sgd", [("w", w)], lr=0.1, seed=4, **options)
+        for _ in range(steps):
+            opt.step(lambda i: loss(w))
+        return w.detach().clone()
+
+    options = {"coefficients": "random-sign", "sign_scale": 0.5}
+    a = run(lambda w: (w ** 2).sum(), **options)
+    b = run(lambda w: torch.cos(3 * w).sum() * 100, **options)
+    assert torch.equal(a, b), "no loss information"
+    assert not torch.equal(a, run(lambda w: (w ** 2).sum()))
+
+    est = ZerothOrder(q=1, coefficients="random-sign", sign_scale=0.5)
+    w = torch.zeros(5, dtype=torch.float64)
+    est.bind([(0, "w", w)])
+    signs = []
+    for t in range(200):
+        (_, _, g, _), = list(est.estimate([(0, "w", w)], lambda i: (w ** 2).sum(), 1, t, seed=2).signals)
+        ratio = g / est.direction(w, t, 0, 0, seed=2)          # the same direction u as ZO
+        assert torch.allclose(ratio, ratio[0].expand(5)) and abs(float(ratio[0])) == 0.5
+        signs.append(float(ratio[0]) > 0)
+    assert 70 < sum(signs) < 130, "a fair coin (5 sigma)"
+    assert torch.equal(w, torch.zeros(5, dtype=torch.float64)), "no probe moved the weights"
+
+
+def test_sphere_directions_do_not_depend_on_threads():
+    from unlearn.optim.zeroth_order import BLOCK
+
+    n = 3 * BLOCK + 5
+    runs = [_step_bits(n, directions="sphere", mu=0.05, workers=w) for w in (1, 2, 3)]
+    assert torch.equal(runs[0], runs[1]) and torch.equal(runs[0], runs[2])
+
+
+def test_hybrid_randsign_is_the_hybrid_with_random_sign_zo_blocks():
+    from unlearn.optim import OPTIMIZERS
+
+    w = torch.linspace(-1, 1, 6).requires_grad_()
+    opt = make_optimizer("hybrid-randsign", [("w", w)], lr=0.01, total_steps=4, n_fo=1, n_zo=1, sign_scale=2.0)
+    zo = opt.plan.phases["zo"].estimator
+    assert (zo.coefficients, zo.sign_scale) == ("random-sign", 2.0)
+    assert type(opt.plan.phases["fo"].chain[0]).__name__ == "ScaleByAdam"
+    assert "hybrid-randsign" in OPTIMIZERS and "sign_scale" in OPTIMIZERS["hybrid-randsign"].options
+    phases = []
+    for _ in range(4):
+        opt.step(lambda i: ((w - 0.5) ** 2).sum())
+        phases.append(opt.phase)
+    assert phases == ["fo", "zo", "fo", "zo"] and torch.isfinite(w).all()

@@ -16,7 +16,7 @@ from unlearn.optim.estimators import Backprop, Curvature, SharpnessAware
 from unlearn.optim.optimizer import Alternating, BasinOptimizer, Constant, Phase, Plan
 from unlearn.optim.transforms import (AddNoise, DecoupledWeightDecay, Momentum, Quantize, ScaleByAdam,
                                       ScaleByAdaZO, ScaleBySophia, Sign)
-from unlearn.optim.zeroth_order import DIFFERENCES, DIRECTIONS, ZerothOrder
+from unlearn.optim.zeroth_order import COEFFICIENTS, DIFFERENCES, DIRECTIONS, KEEP_DIRECTIONS, ZerothOrder
 from unlearn.registry import lookup
 
 # ----------------------------------------------------------------------------- option checks
@@ -53,11 +53,13 @@ def _single(estimator, chain: list) -> Plan:
 
 # probe options shared by every zeroth-order optimizer (MeZO defaults: Malladi et al. 2023)
 ZO_OPTIONS = dict(q=1, mu=1e-3, directions="gaussian", difference="central", perturb=None,
-                  exact_restore=True)
+                  exact_restore=True, coefficients="finite-difference", sign_scale=1.0,
+                  keep_directions=False, workers=None)
 
 
 def _zeroth_order(q=1, mu=1e-3, directions="gaussian", difference="central", perturb=None,
-                  exact_restore=True) -> ZerothOrder:
+                  exact_restore=True, coefficients="finite-difference", sign_scale=1.0,
+                  keep_directions=False, workers=None) -> ZerothOrder:
     _number("q (directions per step)", q, 1, integer=True)
     _number("mu (smoothing radius)", mu, 0, low_open=True)
     _choice("directions", directions, DIRECTIONS)
@@ -69,7 +71,14 @@ def _zeroth_order(q=1, mu=1e-3, directions="gaussian", difference="central", per
         except re.error as err:
             raise BasinError(f"perturb={perturb!r} is not a valid regular expression ({err})") from None
     require(isinstance(exact_restore, bool), f"exact_restore must be True or False, got {exact_restore!r}")
-    return ZerothOrder(q, mu, directions, difference, perturb, exact_restore)
+    _choice("coefficients", coefficients, COEFFICIENTS)
+    _number("sign_scale", sign_scale, 0, low_open=True)
+    require(any(keep_directions is k for k in KEEP_DIRECTIONS) or keep_directions == "bfloat16",
+            f"keep_directions must be False, True or 'bfloat16', got {keep_directions!r}")
+    if workers is not None:
+        _number("workers", workers, 1, integer=True)
+    return ZerothOrder(q, mu, directions, difference, perturb, exact_restore, coefficients, sign_scale,
+                       keep_directions, workers)
 
 
 def _quantize_link(bits, rounding, scale) -> Quantize:
@@ -188,8 +197,13 @@ def zo_sgd(momentum: float = 0.0, weight_decay: float = 0.0, **probe) -> Plan:
     radius (1e-3); ``directions`` "gaussian" or "sphere" (scaled by d, the number of perturbed
     parameters); ``difference`` "central" or "forward"; ``perturb`` a regex over parameter names
     (None: all trainable; only matching tensors move); ``exact_restore`` (True: weights come
-    back bit-exactly after each probe). See :mod:`unlearn.optim.zeroth_order`. Allocates no
-    ``.grad``; memory stays near inference memory (without ``momentum``).
+    back bit-exactly after each probe); ``coefficients`` "finite-difference" or "random-sign"
+    (the noise control: each coefficient is +-``sign_scale``, no loss information);
+    ``keep_directions`` (False: regenerate each draw per pass, MeZO; True / "bfloat16": keep
+    them for the step, faster, q x the perturbed parameters' size more memory); ``workers``
+    (threads for the per-parameter passes; None: torch's thread count; never changes a bit).
+    See :mod:`unlearn.optim.zeroth_order`. Allocates no ``.grad``; memory stays near inference
+    memory (without ``momentum`` and ``keep_directions``).
     """
     _beta("momentum", momentum)
     return _single(_zeroth_order(**probe), ([Momentum(momentum)] if momentum else []) + _tail(weight_decay))
@@ -265,12 +279,28 @@ def hybrid(total_steps: int | None = None, fo: str = "adam", zo: str = "adazo", 
     return Plan(phases, Alternating(n_fo, n_zo, total_steps), state_policy=state)
 
 
+def hybrid_randsign(total_steps: int | None = None, n_fo: int = 20, n_zo: int = 20, sign_scale: float = 1.0,
+                    zo_lr_scale: float = 1.0, fo_options: dict | None = None, zo_options: dict | None = None) -> Plan:
+    """The hybrid with random-sign ZO coefficients: a noise control for the hybrid (no loss information).
+
+    Same as ``hybrid`` (adam blocks, then adazo blocks, ending with adazo), except that each ZO
+    step's finite-difference coefficient (f(p + mu u) - f(p - mu u)) / (2 mu) is replaced by
+    +-``sign_scale``, a fair coin per step and direction: the same directions u, the same chain,
+    no loss information, so E[g] = 0 in the ZO blocks. It controls for the noise the ZO blocks
+    inject: whatever the real hybrid does beyond this control comes from what ZO *estimates*.
+    (AdaZO divides by its running RMS, so ``sign_scale`` barely matters under the default chain.)
+    """
+    zo_options = {**(zo_options or {}), "coefficients": "random-sign", "sign_scale": sign_scale}
+    return hybrid(total_steps, fo="adam", zo="adazo", n_fo=n_fo, n_zo=n_zo, fo_options=fo_options,
+                  zo_options=zo_options, zo_lr_scale=zo_lr_scale)
+
+
 RECIPES = {
     "sgd": sgd, "adam": adam, "adam-noise": adam_noise,
     "signsgd": signsgd, "signadam": signadam, "qsgd": qsgd, "qadam": qadam,
     "sophia": sophia,
     "zo-sgd": zo_sgd, "zo-adam": zo_adam, "adazo": adazo,
-    "hybrid": hybrid, "sam": sam,
+    "hybrid": hybrid, "hybrid-randsign": hybrid_randsign, "sam": sam,
 }
 ZO_NAMES = ("zo-sgd", "zo-adam", "adazo")
 # each recipe's tier in the paper's ladder (written into records, so a report needs no table)
@@ -282,7 +312,10 @@ TIERS = {
     "hybrid": "hybrid",
     "sam": "sharpness-aware",
     "adam-noise": "control",  # Adam + a zeroth-order step's worth of noise: a control, not a rung
+    "hybrid-randsign": "control",  # the hybrid's ZO directions with random-sign coefficients
 }
+# controls that are not meant to descend: their coefficients carry no loss information
+NON_DESCENDING = ("hybrid-randsign",)
 
 
 def option_names(name: str) -> list[str]:
