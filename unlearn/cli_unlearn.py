@@ -53,6 +53,12 @@ def register(sub) -> None:
                    "or auto-map (layers spread over every visible GPU, for a model larger than one)")
     p.add_argument("--dtype", help="float32 (default), bfloat16 (half the memory; small updates round "
                    "away) or bf16-mixed (float32 weights, bfloat16 autocast); see docs/real_world.md")
+    p.add_argument("--prompt-format", metavar="NAME|FILE.yaml",
+                   help="how questions and answers are laid out: plain, chat, llama2-chat, llama3-instruct, "
+                   "llama3-instruct-tags, phi or a YAML file (default: the model folder's recorded format, else "
+                   "plain; docs/auditing.md)")
+    p.add_argument("--prompt-arg", action="append", metavar="KEY=VALUE",
+                   help="change one field of the prompt format, e.g. --prompt-arg 'system_prompt=You are ...'")
     p.add_argument("--out", required=True, help="run folder to write (or resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -77,6 +83,10 @@ def run(args: argparse.Namespace) -> int:
     data.setdefault("objective_args", {}).update(_key_values(args.obj, "--obj"))
     data.setdefault("optimizer_args", {}).update(_key_values(args.opt, "--opt"))
     data.setdefault("benchmark_args", {}).update(_key_values(args.benchmark_arg, "--benchmark-arg"))
+    if args.prompt_format or args.prompt_arg:
+        from unlearn.data.format import cli_prompt_format
+
+        data["prompt_format"] = cli_prompt_format(args.prompt_format or data.get("prompt_format"), args.prompt_arg)
     config = UnlearnConfig.from_dict(data)
     result = unlearn(config, out=args.out, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) != 0:  # a data-parallel launch: the first process reports

@@ -59,7 +59,7 @@ from tqdm.auto import tqdm
 
 from unlearn.cache import atomic_dir, write_json_atomic
 from unlearn.data.benchmarks import load_benchmark
-from unlearn.data.format import collate, encode_rows, pad_id_of
+from unlearn.data.format import collate, encode_rows, format_spec, pad_id_of, prompt_format, recorded_format
 from unlearn.errors import BasinError, require
 from unlearn.models import (MIXED, canonical_dtype, check_device_name, dtype_key, input_device, load_model,
                             resolve_device, resolve_dtype)
@@ -101,8 +101,14 @@ class UnlearnConfig:
     attn_implementation: str | None = None  # "eager" is needed by sophia's double backward
     device: str = "auto"                    # auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps, auto-map
     dtype: str = "float32"                  # float32, bfloat16 (recommended on a GPU), bf16-mixed
+    # how questions and answers are laid out: a preset (plain, chat, llama2-chat, llama3-instruct,
+    # phi, ...), a YAML file or a dict of fields (unlearn.data.format); None: the format the model
+    # folder recorded (a run or a world build --base model), else plain
+    prompt_format: str | dict | None = None
 
     def __post_init__(self):
+        if self.prompt_format is not None:
+            self.prompt_format = format_spec(self.prompt_format)
         require(self.lr > 0, f"lr must be > 0, got {self.lr}")
         require(self.steps >= 1, f"steps must be >= 1, got {self.steps}")
         require(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
@@ -198,7 +204,8 @@ def manifest(start: float, config: UnlearnConfig, device: str = "cpu") -> dict:
                "cuda": torch.version.cuda}
     return {"basin": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
-            "device": device, "dtype": config.dtype, **gpu, "threads": torch.get_num_threads(), "git": _git_hash(),
+            "device": device, "dtype": config.dtype, "prompt_format": prompt_format(config.prompt_format).as_dict(),
+            **gpu, "threads": torch.get_num_threads(), "git": _git_hash(),
             "wall_seconds": round(time.time() - start, 2),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(start))}
 
@@ -348,6 +355,9 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
         config = dataclasses.replace(config, model=str(model) if isinstance(model, (str, Path)) else OBJECT_MODEL)
     elif out is not None and _saved_model(Path(out)) == OBJECT_MODEL and (Path(out) / "manifest.json").exists():
         config = dataclasses.replace(config, model=OBJECT_MODEL)  # a finished run from an object: reload it
+    if config.prompt_format is None:  # the format the model was trained in, when its folder says
+        config = dataclasses.replace(config, prompt_format=format_spec(recorded_format(
+            model if model is not None else config.model)))
     start = time.time()
     dp = DataParallel(cpu=config.device == "cpu" or not torch.cuda.is_available()) \
         if DataParallel.launched() else None
@@ -369,8 +379,8 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
     if attn and getattr(model.config, "_attn_implementation", attn) != attn:
         model.set_attn_implementation(attn)
     bench = load_benchmark(config.benchmark, **config.benchmark_args)
-    forget_ex = encode_rows(tokenizer, bench.forget)
-    retain_ex = encode_rows(tokenizer, bench.retain)
+    forget_ex = encode_rows(tokenizer, bench.forget, fmt=config.prompt_format)
+    retain_ex = encode_rows(tokenizer, bench.retain, fmt=config.prompt_format)
     require(forget_ex and retain_ex, f"benchmark {config.benchmark} has an empty forget or retain set")
     eval_retain = retain_ex[: config.eval_max_rows]
     pad = pad_id_of(tokenizer)
@@ -493,6 +503,7 @@ def _check_run_folder(out: Path, config: UnlearnConfig) -> None:
         current = json.loads(json.dumps(asdict(config)))
         previous.setdefault("dtype", "float32")  # folders written before these fields existed
         previous.setdefault("benchmark_args", {})
+        previous.setdefault("prompt_format", "plain")
         for key in RESUME_NEUTRAL:
             previous.pop(key, None)
             current.pop(key, None)

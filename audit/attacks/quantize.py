@@ -247,8 +247,9 @@ def _calibration_batches(calibration: Sequence[str], tokenizer, max_length: int,
         raise BasinError("gptq needs calibration text: pass calibration=[...] (a list of strings, "
                          "e.g. retain-set questions and answers)")
     ids = []
-    for text in calibration:
-        row = tokenizer(str(text), add_special_tokens=True)["input_ids"][:max_length]
+    for text in calibration:  # a string, or token ids already encoded (the audit's prompt format)
+        row = list(text) if isinstance(text, (list, tuple)) else tokenizer(str(text), add_special_tokens=True)["input_ids"]
+        row = row[:max_length]
         if row:
             ids.append(row)
     if not ids:
@@ -396,7 +397,8 @@ def quantize(model: nn.Module, *, methods: str | Sequence[str] = "rtn", bits: in
     ``rtn``, 4 for ``nf4``/``fp4``/``gptq``, 8 for ``int8``). Settings are named by
     :func:`setting_name` (``rtn-4bit``, ``nf4``, ...). ``group_size`` applies to ``rtn`` and
     ``gptq`` (``None``: per output channel), ``blocksize`` to ``nf4``/``fp4``. ``gptq`` needs
-    ``calibration`` (a list of strings, e.g. the retain set) and ``tokenizer``.
+    ``calibration`` (a list of strings, or of token-id lists: the audit passes the retain rows
+    encoded in its prompt format) and ``tokenizer``.
 
     With ``reference`` (the original model O; ``model`` is the unlearned U) every setting is
     followed by ``<setting>-snapback``: Q(W_O) + (W_U - W_O), the snap-back control of DESIGN

@@ -495,7 +495,8 @@ def evaluate(model, tokenizer, benchmark, metrics: Iterable[str] | None = None,
              retain_stats=None, batch_size: int = 32, max_new_tokens: int = 200,
              splits: Iterable[str] | None = None, k: float = mia.DEFAULT_K,
              max_length: int | None = None, generate: bool = True,
-             strict: bool = True, muse_options: dict | None = None) -> tuple[list[dict], pd.DataFrame]:
+             strict: bool = True, muse_options: dict | None = None,
+             prompt_format=None) -> tuple[list[dict], pd.DataFrame]:
     """Score ``model`` on ``benchmark``; return ``(records, per_example)``.
 
     - ``model``, ``tokenizer``: a model object and its tokenizer, or a name/folder (then
@@ -520,6 +521,10 @@ def evaluate(model, tokenizer, benchmark, metrics: Iterable[str] | None = None,
       per-example rows have splits ``verbmem:forget``, ``knowmem:forget`` ...); ``muse_privleak``
       takes AUC_retrain from ``retain_stats``. ``muse_options`` passes ``limit``,
       ``verbmem_tokens``, ``knowmem_tokens``, ``score`` and ``batch_size`` on to it.
+    - ``prompt_format``: how questions and answers are laid out and tokenised (a preset name such
+      as ``llama3-instruct``, a dict of fields or a :class:`~unlearn.data.format.PromptFormat`;
+      default ``plain``); the scored pairs, the generation prompts and a retain-only model passed
+      as ``retain_stats`` all use it. MUSE's passes keep MUSE's own prompts.
 
     Records are ``{"metric", "split", "value"}``; ``per_example`` has one row per (split, row)
     with ``question`` and the per-question columns (``prob``, ``p_norm``, ``nll``,
@@ -527,6 +532,7 @@ def evaluate(model, tokenizer, benchmark, metrics: Iterable[str] | None = None,
     ``minkpp``, ``mc_accuracy``, ``mc_choice``, ``margin``, ``margin_win``) that were computed.
     """
     from unlearn.data.benchmarks import load_benchmark
+    from unlearn.data.format import prompt_format as as_format
     from unlearn.models import load_model
 
     require(isinstance(batch_size, int) and batch_size >= 1,
@@ -535,6 +541,7 @@ def evaluate(model, tokenizer, benchmark, metrics: Iterable[str] | None = None,
             f"max_new_tokens must be a positive whole number, got {max_new_tokens!r}")
     require(isinstance(k, (int, float)) and 0 < k <= 1, f"k must be in (0, 1], got {k!r}")
     explicit = metrics is not None and strict
+    fmt = as_format(prompt_format)
     names = list(METRICS) if metrics is None else [m for m in dict.fromkeys(metrics)]
     for m in names:
         lookup(METRICS, m, "metric")
@@ -557,21 +564,21 @@ def evaluate(model, tokenizer, benchmark, metrics: Iterable[str] | None = None,
                    if want]
     ref_kwargs = dict(tokenizer=tokenizer, benchmark=bench, batch_size=batch_size, metrics=ref_metrics,
                       splits=["forget", "holdout"] if mia_ok else ["forget"], k=k, max_length=max_length,
-                      strict=False, muse_options=muse_options)
+                      strict=False, muse_options=muse_options, prompt_format=fmt)
     reference = _as_reference(retain_stats if wants_ref else None, ref_kwargs)
 
     texts = text_splits(bench, splits)   # plain-text passages: prob / nll over the whole text
     if texts:
         qa = [n for n, (_, rows) in _benchmark_splits(bench).items() if rows] if splits is None else splits
         splits = [n for n in qa if n not in texts]
-    pool = AnswerPool(tokenizer, max_length or model_max_length(model))
+    pool = AnswerPool(tokenizer, max_length or model_max_length(model), fmt)
     planned = plan(pool, bench, names, splits)
     pool.run(model, batch_size)
     needs = set().union(*(METRICS[m].needs for m in names))
     to_generate = [s for s in planned.values() if _needs(needs, "generate", s.kind)]
     if to_generate:
         questions = list(dict.fromkeys(r["question"] for s in to_generate for r in s.rows))
-        generated = greedy_generate(model, tokenizer, questions, max_new_tokens, batch_size)
+        generated = greedy_generate(model, tokenizer, questions, max_new_tokens, batch_size, fmt)
         answers = dict(zip(questions, generated))
         for s in to_generate:
             s.generations = [answers[r["question"]] for r in s.rows]
