@@ -193,3 +193,31 @@ def test_chat_template_hint(micro_tokenizer, tokenizers):
     assert chat_template_hint(micro_tokenizer, prompt_format("plain")) == ""       # no template
     with pytest.raises(BasinError, match="has none"):                             # a template it lacks
         encode_qa(tokenizers["llama2"], "q", "a", fmt=prompt_format("chat"))
+
+
+def _records(retain_prob: float, hint: str, original_forget: float = 0.9, retain_forget: float = 0.2):
+    base = {"attack": "none", "setting": "clean", "seed": 0, "prompt_format": "plain", "prompt_hint": hint}
+    out = []
+    for role, forget, retain in (("unlearned", 0.1, retain_prob), ("original", original_forget, retain_prob),
+                                 ("retain", retain_forget, retain_prob)):
+        ref = {} if role == "unlearned" else {"reference": f"folders/{role}"}
+        out += [{**base, **ref, "model": "m" if role == "unlearned" else role, "role": role, "metric": "prob",
+                 "split": split, "value": value} for split, value in (("forget", forget), ("retain", retain))]
+    return out
+
+
+def test_card_states_the_format_and_references_and_warns_on_an_unused_chat_template():
+    from analysis.card import audit_card
+    from analysis.load import load_records
+
+    card = audit_card(load_records(_records(0.12, "llama3-instruct")))
+    assert "prompt format: plain" in card
+    assert "original (ceiling) = folders/original; retain-only (floor) = folders/retain" in card
+    assert "ceiling and floor: meaningful (clean prob on the forget set: original 0.900, retain-only 0.200" in card
+    assert card.count("--prompt-format llama3-instruct") == 2   # in the setup and in what to do
+    assert "probability only 0.120" in card
+    # a model that answers its retain set well in this format, or has no template to use: no warning
+    assert "Prompt format warning" not in audit_card(load_records(_records(0.8, "llama3-instruct")))
+    assert "Prompt format warning" not in audit_card(load_records(_records(0.12, "")))
+    flat = audit_card(load_records(_records(0.8, "", original_forget=0.22)))
+    assert "ceiling and floor: NOT meaningful" in flat and "inconclusive" in flat
