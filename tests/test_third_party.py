@@ -152,3 +152,63 @@ def test_a_run_folders_recorded_format_is_used_when_audited_again(published, tmp
     assert json.loads((tmp_path / "a" / "config.json").read_text())["prompt_format"] == "llama2-chat"
     with pytest.raises(BasinError, match="scored with prompt format 'llama2-chat'"):  # resuming in another format
         audit(str(run), out=tmp_path / "a", prompt_format="plain", **kwargs)
+
+
+# Read at import, before the session fixture points BASIN_CACHE at a temporary folder: the user's
+# cache, where SmolLM2 was converted (docs/real_world.md).
+from unlearn.cache import cache_root  # noqa: E402
+
+USER_CACHE = cache_root()
+SLOW = os.environ.get("BASIN_SLOW") == "1"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SLOW, reason="set BASIN_SLOW=1 (needs the converted SmolLM2 checkpoint)")
+@needs_tofu
+def test_smollm2_published_in_llama2_chat_audited_in_its_format(tmp_path, capsys):
+    """SmolLM2-135M saved as a third-party TOFU model: fine-tuned briefly on forget01 and 20 retain
+    rows in llama2-chat, unlearned 2 GA steps, then audited with the hub-id command's shape on
+    local folders (the base SmolLM2 is the retain-only stand-in: it never saw the TOFU authors)."""
+    from analysis.card import audit_card
+    from analysis.load import load_records
+    from unlearn.build import finetune_fit
+    from unlearn.models import load_model
+    from unlearn.pretrain import fit
+    from unlearn.train import unlearn
+
+    base = USER_CACHE / "models" / "smollm2-135m"
+    if not (base / "config.json").exists():
+        pytest.skip(f"no converted SmolLM2 in {USER_CACHE}")
+    rows = _rows("forget01_perturbed.json") + _rows("retain_perturbed.json")[::20]
+    model, tok = load_model(str(base))
+    fit(model, tok, encode_rows(tok, rows, max_length=256, fmt="llama2-chat"),
+        finetune_fit(max_steps=12, eval_every=6), progress=False)
+    model.save_pretrained(tmp_path / "full", safe_serialization=True)
+    tok.save_pretrained(tmp_path / "full")
+    unlearn(model=str(tmp_path / "full"), benchmark="tofu:forget01",
+            benchmark_args={"path": str(TOFU_DIR), "utility_rows": 4}, objective="ga", optimizer="adam",
+            lr=1e-5, steps=2, batch_size=4, eval_every=0, save_every=0, device="cpu",
+            prompt_format="llama2-chat", out=tmp_path / "run", progress=False)
+    out = tmp_path / "audit"
+    code = main(["audit", str(tmp_path / "run" / "model"), "--benchmark", "tofu:forget01",
+                 "--benchmark-arg", f"path={TOFU_DIR}", "--benchmark-arg", "utility_rows=4",
+                 "--original", str(tmp_path / "full"), "--retain", str(base),
+                 "--prompt-format", "llama2-chat", "--generate", "--attacks", "relearn",
+                 "--arg", "relearn.steps=[1]", "--arg", "relearn.size=4", "--arg", "relearn.lr=1e-5",
+                 "--max-retain", "5", "--device", "cpu", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    df = load_records(out)
+    assert set(df["prompt_format"]) == {"llama2-chat"} and (df.metric == "rouge").any()
+    clean = df[(df.attack == "none") & (df.metric == "prob")].set_index(["role", "split"])["value"]
+    assert clean["original", "forget"] > clean["retain", "forget"]   # fine-tuning taught the slice
+    card = audit_card(df)
+    assert "prompt format: llama2-chat" in card and "Prompt format warning" not in card
+    # scored in plain, the format it was not trained in, with the chat template left unused
+    plain = main(["audit", str(tmp_path / "run" / "model"), "--benchmark", "tofu:forget01",
+                  "--benchmark-arg", f"path={TOFU_DIR}", "--benchmark-arg", "utility_rows=4",
+                  "--original", str(tmp_path / "full"), "--retain", str(base), "--prompt-format", "plain",
+                  "--attacks", "", "--max-retain", "5", "--device", "cpu", "--out", str(tmp_path / "plain"),
+                  "--quiet"])
+    assert plain == 0
+    df_plain = load_records(tmp_path / "plain")
+    assert set(df_plain["prompt_hint"]) == {"chat"}  # SmolLM2's template: <|im_start|> turns
