@@ -221,3 +221,28 @@ def test_card_states_the_format_and_references_and_warns_on_an_unused_chat_templ
     assert "Prompt format warning" not in audit_card(load_records(_records(0.12, "")))
     flat = audit_card(load_records(_records(0.8, "", original_forget=0.22)))
     assert "ceiling and floor: NOT meaningful" in flat and "inconclusive" in flat
+
+
+def test_build_and_unlearn_configs_take_and_record_the_format(micro_world, micro_tokenizer, trained_micro, tmp_path):
+    import copy
+
+    from unlearn.build import BuildConfig, model_dir
+    from unlearn.train import UnlearnConfig, unlearn
+
+    with pytest.raises(BasinError, match="needs --base"):
+        BuildConfig(prompt_format="phi")
+    plain, phi = BuildConfig(base="some-folder"), BuildConfig(base="some-folder", prompt_format="phi")
+    assert model_dir(plain, "full", tmp_path) != model_dir(phi, "full", tmp_path)   # a cache entry per format
+    assert model_dir(BuildConfig(), "full", tmp_path) == model_dir(BuildConfig(prompt_format="plain"), "full", tmp_path)
+    with pytest.raises(BasinError, match="did you mean 'llama2-chat'"):
+        UnlearnConfig(prompt_format="llama2-chta")
+    model, tok, _ = trained_micro
+    kwargs = dict(model=copy.deepcopy(model), tokenizer=tok, benchmark="world:forget10",
+                  benchmark_args={"n_people": 20, "n_holdout": 4, "n_countries": 4}, steps=1, batch_size=2,
+                  eval_every=1, save_every=0, progress=False)
+    result = unlearn(prompt_format="phi", out=tmp_path / "run", **kwargs)
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["prompt_format"] == "phi"
+    assert json.loads((tmp_path / "run" / "manifest.json").read_text())["prompt_format"]["asst_start_tag"] == "Answer: "
+    plain_run = unlearn(out=tmp_path / "plain", **kwargs)
+    prob = lambda r: [x["value"] for x in r.records if x["metric"] == "prob" and x["split"] == "retain"][0]  # noqa: E731
+    assert prob(result) < prob(plain_run)   # step 0: the model was trained in plain, not phi
