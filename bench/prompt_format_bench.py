@@ -10,10 +10,9 @@ once into the cache, see docs/real_world.md; TOFU's files from ``--tofu`` or ``$
    in the matching preset, in ``plain`` and in the tokenizer's own ``chat`` template.
 2. ``--timing``: the wall time of the default audit (relearn, quantize, interpolate; original and
    retain-only references) on TOFU forget10, forward-only metrics and then with generation. A
-   full forget10 audit takes hours on two shared cores, so it is run on fractions f of every split
-   (the same fraction of forget, retain, real_authors and world_facts rows) and extrapolated with
-   T(f) = a + b f fitted through two fractions: a is what does not grow with the rows (relearning
-   steps, weight quantization, model copies), b f what does (scoring and generation).
+   full forget10 audit takes hours on two shared cores, so it is extrapolated from measured unit
+   costs (an evaluation on a fraction of every split, a relearning step, a quantized setting, an
+   interpolation point) times the audit's counts; see :func:`audit_time`.
 
 Prints the machine load beside the numbers.
 """
@@ -86,32 +85,74 @@ def _fraction(bench, f: float):
                                utility={k: take(v) for k, v in bench.utility.items()})
 
 
-def audit_time(tofu_dir, checkpoint: str, fractions=(1 / 40, 1 / 20)) -> dict:
-    from audit.runner import AuditConfig, audit
-    from unlearn.data.tofu import tofu_benchmark
+def _work(bench, tok, fmt) -> tuple[int, int]:
+    """(distinct (question, answer) pairs scored, distinct questions generated) of one evaluation."""
+    from audit.metrics.evaluation import plan
+    from audit.metrics.passes import AnswerPool
+    from audit.runner import FAST_METRICS
 
+    pool = AnswerPool(tok, 512, fmt)
+    splits = plan(pool, bench, list(FAST_METRICS), None)
+    return len(pool.index), len({r["question"] for s in splits.values() for r in s.rows})
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def audit_time(tofu_dir, checkpoint: str, fraction: float = 1 / 20) -> dict:
+    """Wall time of the default audit of ``checkpoint`` on TOFU forget10 (original and retain-only
+    references; relearn at 5/10/20/40 steps, quantize rtn 8/4/3/2 + nf4 with snap-back controls on
+    the audited model, interpolate at 11 points), from measured unit costs times the audit's counts:
+
+    - evaluations: 3 clean + 12 relearn + 20 quantize (10 audited incl. snap-back, 5 per
+      reference) + 11 interpolate = 46 full evaluations (the 3 forget-only clean-unseen passes and
+      the retain-only model's reference pass are left out: under 2% of the work);
+    - one full evaluation = measured evaluate() seconds on ``fraction`` of every split, times the
+      ratio of scored pairs (forward) and of generated questions (generation);
+    - 3 x 40 relearning steps at batch 4; 20 quantized settings; 11 interpolation points.
+    """
+    from audit.attacks.interpolate import interpolate
+    from audit.attacks.quantize import quantize
+    from audit.attacks.relearn import relearn
+    from audit.metrics import evaluate
+    from audit.runner import DEFAULT_ATTACK_ARGS, FAST_METRICS, _subsample
+    from unlearn.data.format import prompt_format
+    from unlearn.data.tofu import tofu_benchmark
+    from unlearn.models import load_model
+
+    fmt = prompt_format("llama2-chat")
+    model, tok = load_model(checkpoint)
     full = tofu_benchmark("forget10", path=tofu_dir)
-    out = {}
-    for generate in (False, True):
-        times = {}
-        for f in fractions:
-            bench = _fraction(full, f)
-            config = AuditConfig(benchmark=bench, prompt_format="llama2-chat", generate=generate,
-                                 metrics=None if generate else AuditConfig().metrics, device="cpu",
-                                 max_retain=round(100 * f))
-            start = time.perf_counter()
-            df = audit(checkpoint, original=checkpoint, retain="smollm2-135m", config=config, progress=False)
-            times[f] = time.perf_counter() - start
-            print(f"  generate={generate} f={f:.4f}: {times[f]:.0f} s, {len(df)} records, load {_load()}",
-                  flush=True)
-        (f1, t1), (f2, t2) = sorted(times.items())
-        b = (t2 - t1) / (f2 - f1)
-        a = t1 - b * f1
-        out["generate" if generate else "forward_only"] = {
-            "measured_seconds": {f"{k:.4f}": round(v, 1) for k, v in times.items()},
-            "fixed_seconds": round(a, 1), "per_full_rows_seconds": round(b, 1),
-            "extrapolated_full_seconds": round(a + b, 1)}
-    return out
+    full = dataclasses.replace(full, retain=_subsample(full.retain, 100))   # what the audit scores
+    small = _fraction(full, fraction)
+    (pairs, questions), (pairs_s, questions_s) = _work(full, tok, fmt), _work(small, tok, fmt)
+    fwd = _timed(lambda: evaluate(model, tok, small, metrics=list(FAST_METRICS), generate=False, strict=False,
+                                  prompt_format=fmt))
+    both = _timed(lambda: evaluate(model, tok, small, metrics=None, generate=True, strict=False, max_new_tokens=64,
+                                   prompt_format=fmt))
+    eval_fwd = fwd * pairs / pairs_s
+    eval_gen = max(both - fwd, 0.0) * questions / questions_s
+    steps = DEFAULT_ATTACK_ARGS["relearn"]["steps"]
+    it = relearn(model, tokenizer=tok, forget_rows=full.forget, steps=(5,), prompt_format=fmt)
+    relearn_step = _timed(lambda: next(iter(it))) / 5
+    q = quantize(model, methods=("rtn", "nf4"), bits=None)
+    quant_setting = _timed(lambda: [None for _ in q]) / 5
+    ip = interpolate(model, reference=model, points=3)
+    interp_point = _timed(lambda: [None for _ in ip]) / 3
+    evals = 3 + 3 * len(steps) + 20 + 11
+    fixed = 3 * max(steps) * relearn_step + 20 * quant_setting + 11 * interp_point
+    return {"pairs_per_evaluation": pairs, "questions_per_evaluation": questions,
+            "fraction": fraction, "fraction_pairs": pairs_s, "fraction_questions": questions_s,
+            "measured": {"evaluate_forward_s": round(fwd, 1), "evaluate_with_generation_s": round(both, 1),
+                         "relearn_step_s": round(relearn_step, 2), "quantize_setting_s": round(quant_setting, 2),
+                         "interpolate_point_s": round(interp_point, 2)},
+            "full_evaluation_forward_s": round(eval_fwd, 1), "full_evaluation_generation_s": round(eval_gen, 1),
+            "evaluations": evals, "attack_work_s": round(fixed, 1),
+            "extrapolated_forward_only_s": round(evals * eval_fwd + fixed, 1),
+            "extrapolated_with_generate_s": round(evals * (eval_fwd + eval_gen) + fixed, 1)}
 
 
 def main() -> int:
@@ -121,13 +162,16 @@ def main() -> int:
     parser.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "smollm2-tofu-llama2-chat"),
                         help="where the fine-tuned model goes")
     parser.add_argument("--timing", action="store_true", help="also time the forget10 audit (long)")
+    parser.add_argument("--timing-only", action="store_true", help="only the timing, of the model in --out")
     args = parser.parse_args()
     import torch
 
     print(f"torch threads {torch.get_num_threads()}, load {_load()}", flush=True)
-    report = {"format_error": format_error(args.tofu, args.steps, Path(args.out))}
-    print(json.dumps(report["format_error"], indent=1), flush=True)
-    if args.timing:
+    report = {}
+    if not args.timing_only:
+        report["format_error"] = format_error(args.tofu, args.steps, Path(args.out))
+        print(json.dumps(report["format_error"], indent=1), flush=True)
+    if args.timing or args.timing_only:
         report["audit_time"] = audit_time(args.tofu, args.out)
         print(json.dumps(report["audit_time"], indent=1), flush=True)
     print(f"load after: {_load()}")

@@ -125,9 +125,6 @@ PROMPT_FORMATS: dict[str, PromptFormat] = {f.name: f for f in [
 PLAIN = PROMPT_FORMATS["plain"]
 FIELDS = tuple(f.name for f in dataclasses.fields(PromptFormat))
 
-# which preset fits a published family (docs/auditing.md; the card's suggestion)
-FAMILY_PRESETS = {"llama-3": "llama3-instruct", "llama-2": "llama2-chat", "phi": "phi"}
-
 
 def _read_yaml(path: Path) -> dict:
     import yaml
@@ -155,11 +152,12 @@ def prompt_format(spec=None, **overrides) -> PromptFormat:
         base = fields.pop("base", None)
         fmt = prompt_format(base) if base is not None else PromptFormat()  # no base: open-unlearning's defaults
         overrides = {**fields, **overrides}
-    elif isinstance(spec, (str, Path)) and (str(spec).endswith((".yaml", ".yml")) or Path(str(spec)).is_file()):
-        path = Path(str(spec)).expanduser()
+    elif isinstance(spec, Path) or (isinstance(spec, str) and spec.endswith((".yaml", ".yml"))):
+        path = Path(spec).expanduser()
         require(path.is_file(), f"prompt format file {path} does not exist; pass a preset name "
                                 f"({', '.join(PROMPT_FORMATS)}) or a YAML file")
-        return prompt_format({"name": path.stem, **_read_yaml(path)}, **overrides)
+        name = path.stem if path.stem not in PROMPT_FORMATS else f"{path.stem}+custom"  # never a preset's name
+        return prompt_format({"name": name, **_read_yaml(path)}, **overrides)
     elif isinstance(spec, str):
         fmt = lookup(PROMPT_FORMATS, spec, "prompt format")
     else:
@@ -179,10 +177,6 @@ def format_spec(spec=None, **overrides):
     else every field (a YAML file is read, so the record stands alone)."""
     fmt = prompt_format(spec, **overrides)
     return fmt.name if PROMPT_FORMATS.get(fmt.name) == fmt else fmt.as_dict()
-
-
-def format_name(spec) -> str:
-    return prompt_format(spec).name
 
 
 def prompt_text(question: str) -> str:
