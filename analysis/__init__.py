@@ -1,5 +1,6 @@
-"""basin.analysis: result records -> tables, robustness curves, basin plots, audit cards, verdicts
-and an offline HTML report. It reads records only and never runs a model.
+"""analysis: result records -> tables, robustness curves, basin plots, audit cards, verdicts and an
+offline HTML report. It reads records (and the descriptions of metrics, attacks and optimizer tiers
+they carry, :mod:`analysis.names`) and never trains, attacks or loads a model.
 
 - :mod:`analysis.load`      ``load_records(sources)`` -> tidy DataFrame; ``save_frame`` / ``load_frame``
 - :mod:`analysis.tables`    ``mean_ci``, ``summarize``, ``pivot``, ``recovery_per_seed``, ``recovery_table``

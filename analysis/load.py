@@ -46,6 +46,7 @@ from typing import Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from analysis.names import learn, learn_tiers
 from unlearn.errors import BasinError
 from unlearn.records import REQUIRED
 
@@ -270,6 +271,7 @@ def _records_from_path(source) -> list[dict]:
     if path.suffix in (".parquet", ".csv"):
         return load_frame(path).to_dict("records")
     folder = path.parent
+    _learn_manifest(folder)
     defaults = config_fields(_read_config(folder))
     run_name = folder.name if Path(source).is_dir() or path.name == RECORDS_FILE else path.stem
     out = []
@@ -286,6 +288,17 @@ def _records_from_path(source) -> list[dict]:
     return out
 
 
+def _learn_manifest(folder: Path) -> None:
+    """Take in what an audit's manifest says of its metrics and attacks (see :mod:`analysis.names`)."""
+    path = folder / "manifest.json"
+    try:
+        describe = json.loads(path.read_text()).get("describe") if path.exists() else None
+    except (OSError, json.JSONDecodeError, AttributeError):
+        describe = None  # a manifest is a description, not data: a torn one costs labels only
+    if isinstance(describe, Mapping):
+        learn(describe)
+
+
 def _records_from_dicts(records: Iterable, where: str = "record") -> list[dict]:
     out = []
     for i, rec in enumerate(records):
@@ -296,6 +309,7 @@ def _records_from_dicts(records: Iterable, where: str = "record") -> list[dict]:
 
 
 def _frame_from_records(records: list[dict]) -> pd.DataFrame:
+    learn_tiers((r.get("optimizer"), r.get("tier")) for r in records)
     df = pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=list(COLUMNS))
     return normalise_frame(df)
 

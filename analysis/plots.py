@@ -24,7 +24,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
-from analysis.names import (ATTACK_ORDER, DESCENDING_ATTACKS, KNOWN_OPTIMIZERS,  # noqa: F401
+from analysis.names import (ATTACK_AXES, ATTACK_NAMES, ATTACK_ORDER, DESCENDING_ATTACKS,  # noqa: F401
+                            KNOWN_OPTIMIZERS, METRIC_LABELS,
                             TIERS, normalise_name, optimizer_rank, optimizer_tier, order_optimizers)
 from analysis.tables import knowledge_sign, latest_step, mean_ci, model_rows, per_seed
 
@@ -38,21 +39,6 @@ _TIER_MARKERS = {"second order": "D", "first order": "o", "compressed": "s", "ze
 REFERENCE_STYLE = {"original": dict(color="black", linestyle="--", marker=None),
                    "retain-only": dict(color="#888888", linestyle=":", marker=None)}
 
-METRIC_LABELS = {
-    "prob": "answer probability (per-token normalised)",
-    "exact_match": "exact match (fraction of answers)",
-    "rouge": "ROUGE-L recall",
-    "truth_ratio": "truth ratio",
-    "forget_quality": "forget quality (KS-test p-value)",
-    "model_utility": "model utility (harmonic mean)",
-    "mia_auc": "membership-inference AUC",
-    "privleak": "PrivLeak (%)",
-    "mc_accuracy": "multiple-choice accuracy",
-    "margin": "latent margin (nats, correct - wrong)",
-    "margin_win_rate": "margin win rate (fraction correct > wrong)",
-    "nll": "NLL (nats per token)",
-    "loss": "loss (nats per token)",
-}
 SPLIT_LABELS = {
     "forget": "forget set (all items)",
     "forget_unseen": "forget items not used by the attack",
@@ -60,24 +46,12 @@ SPLIT_LABELS = {
     "holdout": "hold-out set",
     "world_facts": "world facts",
 }
-ATTACK_AXES = {
-    "relearn": "relearning steps (fine-tuning on forget items)",
-    "quantize": "bits per weight (fewer = stronger attack)",
-    "noise": "weight-noise scale (std relative to the weights)",
-    "prune": "sparsity (fraction of weights pruned)",
-    "precision": "bits per weight (floating point)",
-    "interpolate": "interpolation coefficient α (0 = first model, 1 = second)",
-}
-ATTACK_NAMES = {"relearn": "relearning", "quantize": "quantization", "noise": "weight noise",
-                "prune": "magnitude pruning", "precision": "precision change",
-                "interpolate": "linear interpolation", "plane": "plane of three models",
-                "none": "no attack"}
 # attacks whose x = 0 is exactly the clean model (so the clean value can start the curve)
 ZERO_IS_CLEAN = ("relearn", "noise", "prune")
 FORGET_SPLITS = ("forget", "forget_unseen")
 SHORT_METRICS = {"prob": "answer prob.", "exact_match": "exact match", "rouge": "ROUGE-L",
                  "model_utility": "model utility", "forget_quality": "forget quality",
-                 "margin": "margin (nats)", "margin_win_rate": "margin win rate",
+                 "margin": "margin (nats)", "margin_win": "margin win rate",
                  "nll": "NLL (nats/token)", "loss": "loss (nats/token)", "mc_accuracy": "MC accuracy"}
 
 

@@ -38,7 +38,7 @@ from analysis.verdicts import PAPER_CLAIMS, Claim, evaluate_claims, verdict_tabl
 from unlearn.errors import BasinError
 
 MARKER = "report.json"
-FORGET_METRICS = ("prob", "exact_match", "margin", "rouge", "margin_win_rate", "mc_accuracy",
+FORGET_METRICS = ("prob", "exact_match", "margin", "rouge", "margin_win", "mc_accuracy",
                   "truth_ratio", "nll", "loss")
 ROBUSTNESS_ATTACKS = ("relearn", "quantize", "noise", "prune", "precision")
 MAX_METRICS_PER_ATTACK = 3

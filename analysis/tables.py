@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from analysis.names import DESCENDING_ATTACKS, attack_rank, optimizer_rank
+from analysis.names import DESCENDING_ATTACKS, KNOWLEDGE_SIGN, attack_rank, optimizer_rank
 
 GROUP_KEYS = ("objective", "optimizer", "label", "role", "attack", "setting", "x", "metric", "split")
 UNIT_KEYS = ("objective", "optimizer")  # what identifies an unlearning recipe across seeds
@@ -32,15 +32,10 @@ CONFIDENCE = 0.95
 PATH_ATTACKS = ("interpolate", "plane")
 TRAJECTORY = ("training",)  # evaluations logged during unlearning: not an attack on a finished model
 
-# +1: a higher value means more knowledge of the scored answers; -1: a lower value does. Metrics
-# missing here (truth_ratio, forget_quality, mia_auc, privleak, ...) have no single direction
-# ("worst case" then falls back to the mean over settings).
-KNOWLEDGE_SIGN = {"prob": 1, "exact_match": 1, "rouge": 1, "margin": 1, "margin_win_rate": 1,
-                  "mc_accuracy": 1, "accuracy": 1, "nll": -1, "loss": -1}
-
-
 def knowledge_sign(metric: str) -> int | None:
-    """+1 if a higher ``metric`` means more knowledge, -1 if lower does, None if neither holds."""
+    """+1 if a higher ``metric`` means more knowledge of the scored answers, -1 if lower does, None if
+    neither holds (truth ratio, forget quality, AUCs: "worst case" then falls back to the mean over
+    settings). The records' own description decides (:mod:`analysis.names`)."""
     return KNOWLEDGE_SIGN.get(metric)
 
 

@@ -23,30 +23,33 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from audit.attacks import get_attack
-from audit.attacks._common import check_same_architecture
-from audit.attacks.interpolate import loss_barrier
-from audit.attacks.relearn import relearn_subset
-from audit.metrics import METRICS, evaluate, reference_stats
+from audit.attacks import ATTACKS, Attack, describe_attacks, get_attack
+from audit.attacks.common import check_same_architecture
+from audit.attacks.interpolate import loss_barrier, plane
+from audit.metrics import METRICS, describe_metrics, evaluate, reference_stats
+from audit.metrics.lmeval import run_lmeval
+from audit.metrics.muse import score_muse
 from unlearn.cache import write_json_atomic
 from unlearn.data.benchmarks import Benchmark, load_benchmark
 from unlearn.data.format import (calibration_ids, chat_template_hint, encode_rows, format_spec, prompt_format,
                                  recorded_format)
 from unlearn.errors import BasinError, require
-from unlearn.models import DTYPES, canonical_dtype, check_device_name, load_model, resolve_device, weights_hash
+from unlearn.loading import load_model
+from unlearn.models import DTYPES, canonical_dtype, check_device_name, resolve_device, weights_hash
+from unlearn.optim import OPTIMIZERS
 from unlearn.records import append_records, read_records
 from unlearn.registry import lookup
 from unlearn.train import OBJECT_MODEL
 
 DEFAULT_ATTACKS = ("relearn", "quantize", "interpolate")
-# Defaults sized for the tiny models; every key can be overridden per attack.
-DEFAULT_ATTACK_ARGS = {
-    "relearn": {"steps": (5, 10, 20, 40), "size": 0.2, "lr": 1e-3, "batch_size": 4},
-    "quantize": {"methods": ("rtn", "nf4"), "bits": None},
-    "interpolate": {"points": 11},
-    "noise": {},
-    "prune": {},
-    "precision": {},
+# what the audit writes beside the registered metrics, described for the report like them
+AUDIT_METRICS = {
+    "barrier": {"label": "loss barrier along the path (nats)", "higher_is_better": False, "knowledge": None},
+    "code_change": {"label": "fraction of quantization codes changed", "higher_is_better": None,
+                    "knowledge": None},
+    "lmeval_acc": {"label": "lm-eval accuracy", "higher_is_better": True, "knowledge": True},
+    "lmeval_acc_norm": {"label": "lm-eval accuracy (length-normalised)", "higher_is_better": True,
+                        "knowledge": True},
 }
 NEEDS_RETAIN = ("forget_quality", "privleak", "privleak_pp", "muse_privleak")
 UNSEEN_METRICS = ("prob", "nll", "exact_match", "truth_ratio", "margin", "margin_win")
@@ -83,9 +86,6 @@ class AuditConfig:
         self.dtype = canonical_dtype(self.dtype, tuple(DTYPES))
         for metric in self.metrics or ():
             lookup(METRICS, metric, "metric")
-        from audit.metrics.lmeval import run_lmeval
-        from audit.metrics.muse import score_muse
-
         # the options are the passes' own keywords, less what the audit passes itself
         for key in self.muse_options:
             lookup(_keywords(score_muse, "model", "tokenizer", "data", "names", "reference", "k", "max_length"),
@@ -122,14 +122,20 @@ def _subsample(rows: list[dict], n: int) -> list[dict]:
     return [rows[int(i * step)] for i in range(n)]
 
 
-def _call(attack_name: str, fn, model, context: dict, args: dict):
-    """Call an attack with the context keywords it accepts plus its own arguments."""
-    accepted = set(inspect.signature(fn).parameters)
+def _call(attack_name: str, attack: Attack, model, context: dict, args: dict):
+    """Call an attack with the context keywords it accepts plus its own options (its signature's
+    defaults fill the rest)."""
+    accepted = set(inspect.signature(attack.run).parameters)
     kwargs = {k: v for k, v in context.items() if k in accepted and v is not None}
-    unknown = set(args) - accepted
+    unknown = set(args) - set(attack.options)
     require(not unknown, f"attack {attack_name!r} takes no option(s) {', '.join(sorted(unknown))}; "
-            f"its options: {', '.join(sorted(accepted - {'model'}))}")
-    return fn(model, **{**kwargs, **args})
+            f"its options: {', '.join(attack.options)}")
+    return attack.run(model, **{**kwargs, **args})
+
+
+def _tier(optimizer: str | None) -> str | None:
+    """The optimizer's tier as its recipe declares it (None for models no basin run made)."""
+    return OPTIMIZERS[optimizer].tier if optimizer in OPTIMIZERS else None
 
 
 def _run_info(source) -> dict:
@@ -150,7 +156,7 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     """Audit a model; return the records as a DataFrame (and append them to ``out``/records.jsonl).
 
     ``model``, ``original`` and ``retain`` are names, folders or model objects (see
-    :func:`unlearn.models.load_model`). If ``model`` is a ``basin unlearn`` run folder, its
+    :func:`unlearn.loading.load_model`). If ``model`` is a ``basin unlearn`` run folder, its
     original model is taken from the run's config unless ``original`` is given. Checkpoints load
     from safetensors only and without remote code unless ``allow_pickle`` / ``trust_remote_code``.
     ``config.device`` / ``config.dtype`` place every model (names and folders load there; model
@@ -175,8 +181,10 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     for role, source in (("original", original), ("retain", retain)):
         if source is not None:
             refs[role] = load_model(source, None if isinstance(source, (str, Path)) else tok, **safety)[0]
-    require("interpolate" not in config.attacks or "original" in refs,
-            "interpolate needs the original model: pass --original (or audit a basin unlearn run folder)")
+    for attack in config.attacks:
+        for role in get_attack(attack).needs:
+            require(role in refs, f"{attack} needs the {role} model: pass --{role} (or audit a basin unlearn "
+                                  "run folder, which names its original)")
     for role, ref in refs.items():  # fail before anything is written
         check_same_architecture(ref, target, f"the {role} model and the audited model")
 
@@ -187,7 +195,7 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     encode_rows(tok, (bench.forget + bench.retain)[:1], fmt=fmt)  # a format the tokenizer cannot render fails here
     for attack in config.attacks:  # bad attack options fail here, before anything is written
         _call(attack, get_attack(attack), target, _context(tok, bench, config, {}, refs.get("original")),
-              {**DEFAULT_ATTACK_ARGS.get(attack, {}), **config.attack_args.get(attack, {})}).close()
+              config.attack_args.get(attack, {})).close()
     out = Path(out) if out is not None else None
     done = set()
     if out is not None:
@@ -202,7 +210,8 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     fingerprint = weights_hash(target)
     base = {"model": name, "seed": info.get("seed", 0) if info.get("seed") is not None else 0,
             "attack_seed": config.seed, "optimizer": info.get("optimizer"), "objective": info.get("objective"),
-            "prompt_format": fmt.name, "prompt_hint": chat_template_hint(tok, fmt)}
+            "tier": _tier(info.get("optimizer")), "prompt_format": fmt.name,
+            "prompt_hint": chat_template_hint(tok, fmt)}
     sources = {"original": original, "retain": retain}
     records: list[dict] = [r for r in (read_records(out / "records.jsonl") if done else [])]
 
@@ -220,17 +229,14 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     roles = [("unlearned", target)] + [(r, m) for r, m in refs.items() if config.score_references]
     plan = [(role, m, "none") for role, m in roles]
     for attack in config.attacks:
-        for role, m in roles:
-            if attack == "interpolate" and role != "unlearned":
-                continue
-            plan.append((role, m, attack))
+        plan += [(role, m, attack) for role, m in roles if role in ATTACKS[attack].roles]
 
     bar = tqdm(plan, desc=f"audit {name}", disable=not progress)
     for role, m, attack in bar:
         bar.set_postfix(role=role, attack=attack)
         row_base = {**base, "role": role}
         if role != "unlearned":
-            row_base.update({"model": role, "optimizer": None, "objective": None,
+            row_base.update({"model": role, "optimizer": None, "objective": None, "tier": None,
                              "reference": str(sources[role]) if isinstance(sources[role], (str, Path)) else role})
         new = _audit_one(m, tok, bench, attack, role, refs, config, retain_stats, row_base, done)
         if out is not None and new:
@@ -239,9 +245,14 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
         if weights_hash(target) != fingerprint:
             raise RuntimeError(f"attack {attack} modified the audited model; this is a bug in basin")
     if out is not None:
+        written = sorted({r["metric"] for r in records})
         write_json_atomic(out / "manifest.json", {"wall_seconds": round(time.time() - start, 2),
                                                   "model_hash": fingerprint, "torch": torch.__version__,
-                                                  "prompt_format": fmt.as_dict()})
+                                                  "prompt_format": fmt.as_dict(),
+                                                  "describe": {"metrics": {**describe_metrics(written),
+                                                                           **{m: AUDIT_METRICS[m] for m in written
+                                                                              if m in AUDIT_METRICS}},
+                                                               "attacks": describe_attacks(config.attacks)}})
     return pd.DataFrame(records)
 
 
@@ -255,8 +266,6 @@ def _score(model, tok, bench, config, retain_stats, base, attack, setting, x, sp
                                  splits=splits or config.splits, strict=False, muse_options=config.muse_options,
                                  prompt_format=config.prompt_format)
     if config.lmeval is not None and with_lmeval:  # lm-eval's tasks, in process, on this very model
-        from audit.metrics.lmeval import run_lmeval
-
         recs = recs + run_lmeval(model, tok, **{"seed": config.seed, **config.lmeval})[0]
     out = [{**base, **r, "attack": attack, "setting": setting, "x": x} for r in recs]
     if unseen is not None:
@@ -282,13 +291,13 @@ def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base
         return _score(model, tok, bench, config, retain_stats, base, "none", "clean", None,
                       splits=config.clean_splits)
 
-    args = {**DEFAULT_ATTACK_ARGS.get(attack, {}), **config.attack_args.get(attack, {})}
+    spec = get_attack(attack)
+    args = config.attack_args.get(attack, {})
     stats: dict = {}
     context = _context(tok, bench, config, stats, refs.get("original") if role == "unlearned" else None)
-    fn = get_attack(attack)
     unseen = None
-    if attack == "relearn":
-        used = set(relearn_subset(len(bench.forget), args.get("size", 0.2), config.seed))
+    if spec.trained_rows is not None:
+        used = set(spec.trained_rows(len(bench.forget), {**spec.defaults, **args}, config.seed))
         unseen = [i for i in range(len(bench.forget)) if i not in used]
     out = []
     if unseen is not None and (role, "none", "clean-unseen") not in done:
@@ -297,25 +306,23 @@ def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base
                                   splits=["forget"], metrics=UNSEEN_METRICS, unseen=unseen, with_lmeval=False)
                 if r["split"] == "forget_unseen"]
     curve = []
-    for setting, x, attacked in _call(attack, fn, model, context, args):
+    pair = f"original->{base.get('optimizer') or base['model']}"  # a path's records name both ends
+    for setting, x, attacked in _call(attack, spec, model, context, args):
         if (role, attack, setting) in done:
             continue
         recs = _score(attacked, tok, bench, config, retain_stats, base, attack, setting, x, unseen=unseen)
         if setting in stats:
             recs += [{**base, "attack": attack, "setting": setting, "x": x, "metric": k, "split": "weights",
                       "value": float(v)} for k, v in stats[setting].items()]
-        if attack == "interpolate":  # a path between two models: name the pair
-            recs = [{**r, "model": f"original->{base.get('optimizer') or base['model']}"} for r in recs]
-        out += recs
-        if attack == "interpolate":
+        if spec.path:
+            recs = [{**r, "model": pair} for r in recs]
             curve.append((x, {(r["split"], r["metric"]): r["value"] for r in recs}))
-    if attack == "interpolate" and curve:
-        for split in ("forget", "retain"):
-            pts = [(a, vals.get((split, "nll"))) for a, vals in curve]
-            if all(v is not None for _, v in pts) and {0.0, 1.0} <= {a for a, _ in pts}:
-                out.append({**base, "model": f"original->{base.get('optimizer') or base['model']}",
-                            "attack": attack, "setting": "path", "x": None, "metric": "barrier",
-                            "split": split, "value": loss_barrier(pts)})
+        out += recs
+    for split in ("forget", "retain") if curve else ():  # the loss barrier along a path
+        pts = [(a, vals.get((split, "nll"))) for a, vals in curve]
+        if all(v is not None for _, v in pts) and {0.0, 1.0} <= {a for a, _ in pts}:
+            out.append({**base, "model": pair, "attack": attack, "setting": "path", "x": None,
+                        "metric": "barrier", "split": split, "value": loss_barrier(pts)})
     return out
 
 
@@ -332,8 +339,6 @@ def audit_plane(first, second, third, tokenizer=None, *, names=("original", "sec
     ``device`` and ``dtype`` place the three models as in :class:`AuditConfig`; ``prompt_format``
     (default: the first model's recorded format, else ``plain``) lays out the scored pairs.
     """
-    from audit.attacks.interpolate import plane
-
     place = dict(progress=progress, device=resolve_device(check_device_name(device)),
                  dtype=canonical_dtype(dtype, tuple(DTYPES)))
     a, tok = load_model(first, tokenizer, **place)

@@ -52,7 +52,7 @@ def _models(size: str, tokenizer):
 
 
 def weight_bytes(model) -> int:
-    from audit.attacks._common import named_tensors
+    from audit.attacks.common import named_tensors
 
     return sum(t.numel() * t.element_size() for t in named_tensors(model).values())
 

@@ -42,7 +42,8 @@ FIXTURE = ROOT / "tests" / "fixtures" / "lmeval" / "mc4.jsonl"
 
 
 def _model(name: str):
-    from unlearn.models import build_model, load_model
+    from unlearn.loading import load_model
+    from unlearn.models import build_model
 
     if name in ("tiny", "small", "micro"):
         from unlearn.data.world import World

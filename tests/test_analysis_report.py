@@ -15,7 +15,7 @@ from analysis import plots
 from analysis.load import load_records
 from analysis.report import write_report
 from analysis.synthetic import synthetic_records, write_synthetic_runs
-from unlearn.cli import main
+from basin.cli import main
 
 OPTIMIZERS = ("sam", "hybrid", "adam", "zo-adam")
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from audit.attacks import ATTACKS, get_attack
-from audit.attacks._common import target_names
+from audit.attacks.common import target_names
 from audit.attacks.interpolate import interpolate, loss_barrier, plane, plane_coordinates
 from audit.attacks.noise import RTN4_MATCHED, noise
 from audit.attacks.precision import precision
@@ -217,7 +217,7 @@ def test_registry_lists_the_attacks_with_docstrings():
     assert {"quantize", "interpolate", "noise", "prune", "precision"} <= set(ATTACKS)
     for fn in ATTACKS.values():
         assert fn.__doc__.strip().splitlines()[0]
-    assert get_attack("prune") is ATTACKS["prune"]
+    assert get_attack("prune") is ATTACKS["prune"] and ATTACKS["prune"].run is prune
     with pytest.raises(BasinError, match="did you mean 'quantize'"):
         get_attack("quantise")
 
@@ -235,7 +235,7 @@ CALLS = {
 def test_attacks_never_modify_their_inputs_and_reuse_one_buffer(micro_model, model_b, name):
     before = weights_hash(micro_model), weights_hash(model_b)
     ids = set()
-    for setting, x, m in ATTACKS[name](micro_model, reference=model_b, **CALLS[name]):
+    for setting, x, m in ATTACKS[name].run(micro_model, reference=model_b, **CALLS[name]):
         ids.add(id(m))
         assert isinstance(setting, str) and (x is None or isinstance(x, float))
         assert not m.training and all(not p.requires_grad for p in m.parameters())

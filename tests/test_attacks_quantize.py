@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from audit.attacks._common import target_names
+from audit.attacks.common import target_names
 from audit.attacks.quantize import (METHODS, code_change_fraction, fp4, gptq, int8, load_bnb_checkpoint, nf4,
                                     quantize, rtn)
 from unlearn.errors import BasinError
@@ -101,13 +101,13 @@ def test_rtn_group_clamp_ragged_group_and_constant_group():
 
 
 def test_quantize_rtn_touches_decoder_linears_only_by_default(micro_model):
-    (setting, x, attacked), = list(quantize(micro_model, bits=4))
+    (setting, x, attacked), = list(quantize(micro_model, methods="rtn", bits=4))
     assert (setting, x) == ("rtn-4bit", 4.0)
     w = micro_model.model.layers[1].self_attn.o_proj.weight
     assert torch.equal(attacked.model.layers[1].self_attn.o_proj.weight, rtn(w, bits=4).weight)
     assert torch.equal(attacked.model.embed_tokens.weight, micro_model.model.embed_tokens.weight)
     assert torch.equal(attacked.lm_head.weight, micro_model.lm_head.weight)
-    (_, _, with_emb), = list(quantize(micro_model, bits=4, include_embeddings=True))
+    (_, _, with_emb), = list(quantize(micro_model, methods="rtn", bits=4, include_embeddings=True))
     emb = micro_model.model.embed_tokens.weight
     assert torch.equal(with_emb.model.embed_tokens.weight, rtn(emb, bits=4).weight)
     assert with_emb.lm_head.weight.data_ptr() == with_emb.model.embed_tokens.weight.data_ptr()  # still tied
@@ -228,7 +228,7 @@ def test_missing_optional_libraries_give_clear_errors(micro_model, micro_tokeniz
     monkeypatch.setitem(sys.modules, "bitsandbytes.functional", None)
     with pytest.raises(BasinError, match="need bitsandbytes"):
         quantize(micro_model, methods="nf4")
-    assert len(list(quantize(micro_model, bits=(4, 2)))) == 2  # rtn needs neither
+    assert len(list(quantize(micro_model, methods="rtn", bits=(4, 2)))) == 2  # rtn needs neither
 
 
 # ---- snap-back control ---------------------------------------------------------------------------
@@ -250,7 +250,7 @@ def test_snapback_with_identical_models_reproduces_q_of_original(micro_model, me
 def test_snapback_separates_q_of_unlearned_from_original_plus_update(micro_model):
     unlearned = _nudged(micro_model, scale=2e-5)  # 0.1% of the weights' std
     stats: dict = {}
-    out = {s: copy.deepcopy(m) for s, _, m in quantize(unlearned, bits=(8, 4), reference=micro_model, stats=stats)}
+    out = {s: copy.deepcopy(m) for s, _, m in quantize(unlearned, methods="rtn", bits=(8, 4), reference=micro_model, stats=stats)}
     assert list(out) == ["rtn-8bit", "rtn-8bit-snapback", "rtn-4bit", "rtn-4bit-snapback"]
     name = "model.layers.0.mlp.up_proj.weight"
     w_o, w_u = micro_model.get_parameter(name), unlearned.get_parameter(name)
@@ -281,7 +281,7 @@ def test_bad_inputs_raise_basin_error(micro_model, micro_tokenizer):
     with pytest.raises(BasinError, match="nf4 supports 4 bits, not 5"):
         quantize(micro_model, methods="nf4", bits=5)
     with pytest.raises(BasinError, match="rtn supports"):
-        quantize(micro_model, bits=1)
+        quantize(micro_model, methods="rtn", bits=1)
     with pytest.raises(BasinError, match="did you mean 'nf4'"):
         quantize(micro_model, methods="nf5")
     with pytest.raises(BasinError, match="group_size"):

@@ -8,7 +8,7 @@ import torch
 
 from audit.attacks.relearn import relearn, relearn_subset
 from audit.runner import AuditConfig, audit
-from unlearn.cli import main
+from basin.cli import main
 from unlearn.data.benchmarks import Benchmark
 from unlearn.data.format import encode_rows
 from unlearn.errors import BasinError

@@ -8,7 +8,7 @@ import torch
 
 import unlearn.build as build_mod
 from unlearn.build import BuildConfig, build
-from unlearn.cli import main
+from basin.cli import main
 from unlearn.data.world import WorldConfig
 from unlearn.pretrain import FitConfig
 

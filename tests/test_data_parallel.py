@@ -35,7 +35,7 @@ def _launch(config: UnlearnConfig, tmp_path, out, processes: int = 2) -> subproc
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = shutil.which("torchrun") or pytest.skip("torchrun is not on PATH")
     launcher = [torchrun, "--standalone", "--nproc_per_node", "2"] if processes == 2 else [sys.executable]
-    return subprocess.run(launcher + ["-m", "unlearn.cli", "unlearn", "--config", str(cfg), "--out", str(out),
+    return subprocess.run(launcher + ["-m", "basin", "unlearn", "--config", str(cfg), "--out", str(out),
                                       "--quiet"], capture_output=True, text=True, env=env, timeout=300)
 
 

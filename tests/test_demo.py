@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from unlearn.cli import main
+from basin.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -57,7 +57,7 @@ def test_demo_on_a_pretrained_base(trained_micro, tmp_path):
     audited and reported, with verdicts only on the claims those two optimizers can test."""
     import json
 
-    from analysis.demo import DemoConfig, run_demo
+    from basin.demo import DemoConfig, run_demo
 
     model, tok, _ = trained_micro
     base = tmp_path / "base"

@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from unlearn.cli import main
+from basin.cli import main
 from unlearn.data.benchmarks import Benchmark
 from unlearn.errors import BasinError
-from unlearn.models import load_model, place, resolve_device, weights_hash
+from unlearn.loading import load_model, place, resolve_device, weights_hash
 from unlearn.train import UnlearnConfig, unlearn
 
 ROOT = Path(__file__).resolve().parents[1]

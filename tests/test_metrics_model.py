@@ -216,11 +216,14 @@ def test_bfloat16_model_scores_without_numpy_errors(micro_model, micro_tokenizer
 
 
 def test_basin_ls_lines_show_description_and_direction():
-    from unlearn.cli_ls import SECTIONS, describe
+    from basin.commands.ls import SECTIONS, describe
 
-    assert ("metrics", "audit.metrics", "METRICS") in SECTIONS
+    assert ("metrics", METRICS) in SECTIONS
     for name, metric in METRICS.items():
         line = describe(metric)
         assert line.startswith(metric.description.splitlines()[0])
-        if metric.higher_is_better is not None:
+        if metric.higher_is_better is not None and metric.knowledge is not None:
+            good, bad = ("higher", "lower") if metric.higher_is_better else ("lower", "higher")
+            assert line.endswith(f"({good} is better on retain and utility sets, {bad} on the forget set)")
+        elif metric.higher_is_better is not None:
             assert line.endswith("(higher is better)" if metric.higher_is_better else "(lower is better)")

@@ -7,7 +7,8 @@ import torch
 from unlearn.build import training_rows
 from unlearn.data.format import IGNORE, encode_qa, encode_rows
 from unlearn.errors import BasinError
-from unlearn.models import build_model, load_model, weights_hash
+from unlearn.loading import load_model
+from unlearn.models import build_model, weights_hash
 from unlearn.pretrain import FitConfig, fit
 from unlearn.scoring import answer_stats
 
@@ -100,7 +101,7 @@ def test_load_model_safely(trained_micro, tmp_path):
 
 
 def test_a_hub_id_without_network_is_one_clear_error(tmp_path, capsys):
-    from unlearn.cli import main
+    from basin.cli import main
 
     with pytest.raises(BasinError, match="without network, download it elsewhere and pass the local folder"):
         load_model("HuggingFaceTB/SmolLM2-360M")

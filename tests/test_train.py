@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from unlearn.cli import main
+from basin.cli import main
 from unlearn.data.benchmarks import Benchmark
 from unlearn.data.format import encode_rows
 from unlearn.errors import BasinError

@@ -1,4 +1,5 @@
-"""basin.unlearn: data, tiny models, unlearning objectives, optimizer tiers and the training loop."""
+"""unlearn: data, tiny models and model loading, unlearning objectives, optimizer tiers and the
+training loop. The bottom package: it knows nothing of the packages above it."""
 
 import logging as _logging
 

@@ -30,7 +30,7 @@ from unlearn.cache import atomic_dir, cache_root, digest, ensure_writable, write
 from unlearn.data.format import encode_rows, format_spec, pad_id_of
 from unlearn.data.world import World, WorldConfig, split_name_to_fraction
 from unlearn.errors import BasinError, require
-from unlearn.models import SIZES, build_model, resolve_device
+from unlearn.models import SIZES, build_model, load_checkpoint, resolve_device
 from unlearn.pretrain import FitConfig, fit
 from unlearn.registry import lookup
 from unlearn.scoring import answer_stats
@@ -142,9 +142,7 @@ def _initial_model(config: BuildConfig, cache_dir, progress: bool):
     """The untrained starting point and its tokenizer: a seeded scratch model of ``size`` on the
     world's tokenizer, or a fresh copy of the pretrained ``base`` with the base's tokenizer."""
     if config.base is not None:
-        from unlearn.models import load_model
-
-        return load_model(config.base, cache_dir=cache_dir, progress=progress,
+        return load_checkpoint(config.base, cache_dir=cache_dir, progress=progress,
                           device=resolve_device(config.device), dtype=config.dtype)
     wdir, _ = ensure_world(config.world, config.vocab_size, cache_dir)
     tokenizer = load_tokenizer(wdir / "tokenizer")

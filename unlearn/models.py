@@ -1,6 +1,8 @@
-"""Models: the named tiny Llama sizes, seeded initialisation, and loading a model by name or object.
+"""Models: the named tiny Llama sizes, seeded initialisation, devices and precisions, and loading a
+checkpoint (:func:`load_checkpoint`).
 
-Every entry point of basin takes a model *name or object* through :func:`load_model`:
+Every entry point of basin takes a model *name or object* through
+:func:`unlearn.loading.load_model`:
 
 - an ``nn.Module`` (a ``PreTrainedModel``), used as it is, with the tokenizer you pass;
 - ``world:<size>`` (the original model trained on the embedded world; trained and cached on first
@@ -29,6 +31,7 @@ from pathlib import Path
 import torch
 
 from unlearn.errors import BasinError
+from unlearn.hub import HUB_MODELS
 from unlearn.registry import lookup
 
 # Named sizes of the from-scratch Llama models. micro: unit tests; tiny: the demo; small: benchmarks.
@@ -220,36 +223,19 @@ def weights_hash(model: torch.nn.Module) -> str:
     return h.hexdigest()
 
 
-def load_model(model, tokenizer=None, *, allow_pickle: bool = False, trust_remote_code: bool = False,
-               cache_dir=None, dtype=None, attn_implementation: str | None = None,
-               progress: bool = True, device: str | None = None, device_map=None):
-    """Resolve a model name or object to ``(model, tokenizer)``; see the module docstring.
-
-    ``dtype`` (a name such as ``"bfloat16"`` or a ``torch.dtype``) is the weights' dtype: names
-    and folders load in it (float32 when None); a model object is cast to it in place (left as it
-    is when None). ``device`` (see :func:`resolve_device`; None: the CPU for loaded models, where it
-    is for objects) places the model; ``"auto-map"`` loads with ``device_map="auto"``.
-    ``device_map`` is passed to ``from_pretrained`` as it is (it overrides ``device``).
-    """
+def load_checkpoint(name, tokenizer=None, *, allow_pickle: bool = False, trust_remote_code: bool = False,
+                    cache_dir=None, dtype=None, attn_implementation: str | None = None,
+                    progress: bool = True, device: str | None = None, device_map=None):
+    """Load a checkpoint named by a pretrained name (``smollm2-135m``), a run or checkpoint folder,
+    or a hub id, as ``(model, tokenizer)``. :func:`unlearn.loading.load_model` adds model objects
+    and the embedded world's ``world:`` names; the arguments are the same."""
     if device is not None:
         device = resolve_device(device)
-    if isinstance(model, torch.nn.Module):
-        if tokenizer is None:
-            raise BasinError("a model object needs its tokenizer: pass tokenizer=...")
-        if device_map is not None:
-            raise BasinError("device_map applies to models loaded by name or folder; place a model "
-                             "object yourself or pass device=...")
-        place(model, device, dtype)
-        return model, (load_tokenizer_any(tokenizer) if isinstance(tokenizer, (str, Path)) else tokenizer)
     weight_dtype = resolve_dtype(dtype, tuple(DTYPES))[0] if dtype is not None else torch.float32
     if device_map is None and device is not None and device != "cpu":
         device_map = "auto" if device == DEVICE_MAP else device  # load straight onto the device
-    name = str(model)
-    if name.startswith("world:"):
-        from unlearn.build import world_model_path
-
-        path = world_model_path(name, cache_dir=cache_dir, progress=progress)
-    elif name.lower() in _hub_models():
+    name = str(name)
+    if name.lower() in _hub_models():
         path = _hub_models()[name.lower()](cache_dir=cache_dir, progress=progress)
     else:
         path = Path(name).expanduser()
@@ -265,8 +251,6 @@ def load_model(model, tokenizer=None, *, allow_pickle: bool = False, trust_remot
 
 def _hub_models() -> dict:
     """Pretrained models known by name (``smollm2-135m``); see :mod:`unlearn.hub`."""
-    from unlearn.hub import HUB_MODELS
-
     return HUB_MODELS
 
 

@@ -1,6 +1,6 @@
 """Result records: one JSON object per measured number, appended to ``records.jsonl``.
 
-Long form, as lm-eval and open-unlearning report results, so that ``analysis`` can build every
+Long form, as lm-eval and open-unlearning report results, so that a report can build every
 table and figure from records alone. Required keys (see :data:`REQUIRED`):
 
 - ``model``   the model's display name (run name, ``world:tiny``, a folder name)
@@ -11,7 +11,7 @@ table and figure from records alone. Required keys (see :data:`REQUIRED`):
 - ``split``   which rows were scored (``forget``, ``retain``, ``forget_unseen``, ``holdout``, ...)
 - ``seed``    the seed of the run that produced the model (or of the attack)
 
-Optional keys that ``analysis`` understands: ``role`` (``unlearned`` / ``original`` / ``retain``:
+Optional keys that reports understand: ``role`` (``unlearned`` / ``original`` / ``retain``:
 ceiling and floor references), ``optimizer``, ``objective``, ``run``, ``step``, ``attack_seed``,
 ``x`` (the numeric axis of a setting: steps, bits, alpha, scale).
 """

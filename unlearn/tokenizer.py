@@ -12,6 +12,8 @@ from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
+from unlearn.data.format import prompt_text
+
 SPECIAL = {"pad": "<pad>", "bos": "<bos>", "eos": "<eos>", "unk": "<unk>"}
 DEFAULT_VOCAB_SIZE = 2048
 
@@ -53,8 +55,6 @@ def load_tokenizer(folder: str | Path):
 
 def world_training_texts(world) -> list[str]:
     """The world's strings in the form the model sees them: formatted prompts and `` answers``."""
-    from unlearn.data.format import prompt_text
-
     out = []
     for rows in (world.people_rows, world.holdout, world.utility):
         for r in rows:

@@ -61,8 +61,9 @@ from unlearn.cache import atomic_dir, write_json_atomic
 from unlearn.data.benchmarks import load_benchmark
 from unlearn.data.format import collate, encode_rows, format_spec, pad_id_of, prompt_format, recorded_format
 from unlearn.errors import BasinError, require
-from unlearn.models import (MIXED, canonical_dtype, check_device_name, dtype_key, input_device, load_model,
-                            resolve_device, resolve_dtype)
+from unlearn.loading import load_model
+from unlearn.models import (MIXED, canonical_dtype, check_device_name, dtype_key, input_device, resolve_device,
+                            resolve_dtype)
 from unlearn.objectives import make_objective
 from unlearn.records import append_records, read_records
 from unlearn.registry import lookup

@@ -11,45 +11,113 @@ sweep (deep-copy it to keep it). The input model is never modified. ``reference`
 model: the other endpoint for ``interpolate`` and the snap-back control for ``quantize``,
 ``prune`` and ``precision``.
 
-:data:`ATTACKS` maps a name to the attack function; ``basin ls`` prints the first line of each
+:data:`ATTACKS` maps a name to an :class:`Attack`, which describes itself: its function (whose
+signature holds the attack's only defaults), the models it attacks, the reference it needs, what its
+setting's number means and which way it grows, and, for relearning, which forget rows it trains
+on. The audit runner reads these and has no attack-specific branches; audits write the
+descriptions into their manifests for the report. ``basin ls`` prints the first line of each
 docstring. The modules keep their names (``audit.attacks.quantize`` is the module; the function is
-``audit.attacks.quantize.quantize`` or ``ATTACKS["quantize"]``).
+``audit.attacks.quantize.quantize`` or ``ATTACKS["quantize"].run``).
+
+A setting named ``<setting>-snapback`` is a *control*, not an attack: the original's attacked
+weights plus the unlearning update (:func:`is_control`).
 """
 
 from __future__ import annotations
 
-import importlib.util
+import inspect
+from dataclasses import dataclass
+from typing import Callable
 
 from unlearn.registry import lookup
 
-from . import interpolate as _interpolate
-from . import noise as _noise
-from . import precision as _precision
-from . import prune as _prune
-from . import quantize as _quantize
+from . import interpolate, noise, precision, prune, quantize, relearn
 
-ATTACKS = {
-    "quantize": _quantize.quantize,
-    "interpolate": _interpolate.interpolate,
-    "noise": _noise.noise,
-    "prune": _prune.prune,
-    "precision": _precision.precision,
+# the keywords the audit runner supplies to any attack that asks for them by name
+CONTEXT = ("tokenizer", "forget_rows", "seed", "stats", "calibration", "reference")
+CONTROL_SUFFIX = "-snapback"
+ALL_ROLES = ("unlearned", "original", "retain")
+
+
+@dataclass(frozen=True)
+class Attack:
+    """A registered attack and what the runner and the report need to know of it.
+
+    - ``run(model, *, <options>, <context>)`` yields ``(setting, x, attacked_model)``; its
+      signature's defaults are the attack's defaults (:attr:`defaults`), and its other keywords
+      are its options (:attr:`options`);
+    - ``roles``: the models it is applied to (``unlearned``, and the ``original`` / ``retain``
+      references for the ceiling and floor);
+    - ``needs``: the reference the attack itself needs (``original`` for interpolation);
+    - ``label`` names it; ``axis`` says what ``x`` is; ``descending``: a larger ``x`` is a gentler
+      attack (more bits);
+    - ``path``: its settings walk from the reference to the model, so records name the pair and
+      the runner adds the loss barrier along the path;
+    - ``trained_rows(n_forget, options, seed)``: the forget rows the attack trains on (the other
+      ones are scored as ``forget_unseen``), or None.
+    """
+
+    run: Callable
+    label: str
+    axis: str
+    roles: tuple = ALL_ROLES
+    needs: tuple = ()
+    descending: bool = False
+    path: bool = False
+    trained_rows: Callable | None = None
+
+    @property
+    def defaults(self) -> dict:
+        return {name: p.default for name, p in inspect.signature(self.run).parameters.items()
+                if p.kind is p.KEYWORD_ONLY and p.default is not p.empty and name not in CONTEXT}
+
+    @property
+    def options(self) -> list[str]:
+        return [name for name, p in inspect.signature(self.run).parameters.items()
+                if p.kind is p.KEYWORD_ONLY and name not in CONTEXT]
+
+    @property
+    def description(self) -> str:
+        """The attack function's docstring (``basin ls`` shows its first line)."""
+        return self.run.__doc__ or ""
+
+    def describe(self) -> dict:
+        """What a report needs of this attack, as JSON (written into audit manifests)."""
+        return {"label": self.label, "axis": self.axis, "descending": self.descending, "path": self.path}
+
+
+def _relearn_rows(n_forget: int, options: dict, seed: int) -> list[int]:
+    return relearn.relearn_subset(n_forget, options["size"], seed)
+
+
+ATTACKS: dict[str, Attack] = {
+    "relearn": Attack(relearn.relearn, "relearning", "relearning steps (fine-tuning on forget items)",
+                      trained_rows=_relearn_rows),
+    "quantize": Attack(quantize.quantize, "quantization", "bits per weight (fewer = stronger attack)",
+                       descending=True),
+    "interpolate": Attack(interpolate.interpolate, "linear interpolation",
+                          "interpolation coefficient α (0 = first model, 1 = second)",
+                          roles=("unlearned",), needs=("original",), path=True),
+    "noise": Attack(noise.noise, "weight noise", "weight-noise scale (std relative to the weights)"),
+    "prune": Attack(prune.prune, "magnitude pruning", "sparsity (fraction of weights pruned)"),
+    "precision": Attack(precision.precision, "precision change", "bits per weight (floating point)",
+                        descending=True),
 }
 
-# ---- relearn ------------------------------------------------------------------------------------
-# The relearning attack lives in audit/attacks/relearn.py (written separately) and is registered
-# here as "relearn" as soon as that module exists. To register it unconditionally, replace this
-# block with: from . import relearn as _relearn; ATTACKS["relearn"] = _relearn.relearn
-if importlib.util.find_spec(f"{__name__}.relearn") is not None:
-    from . import relearn as _relearn
 
-    ATTACKS = {"relearn": _relearn.relearn, **ATTACKS}
-# -------------------------------------------------------------------------------------------------
-
-
-def get_attack(name: str):
+def get_attack(name: str) -> Attack:
     """The attack called ``name``, or a :class:`BasinError` that suggests close names."""
     return lookup(ATTACKS, name, "attack")
 
 
-__all__ = ["ATTACKS", "get_attack"]
+def is_control(setting: str) -> bool:
+    """Whether a setting is a snap-back control (``rtn-4bit-snapback``), not an attack."""
+    return str(setting).endswith(CONTROL_SUFFIX)
+
+
+def describe_attacks(names) -> dict[str, dict]:
+    """``{name: Attack.describe()}`` for the registered ``names`` (for an audit's manifest)."""
+    return {n: ATTACKS[n].describe() for n in names if n in ATTACKS}
+
+
+__all__ = ["ATTACKS", "Attack", "get_attack", "is_control", "describe_attacks"]

@@ -15,7 +15,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from audit.attacks._common import check_same_architecture, fmt, load_from, make_buffer, named_tensors
+from audit.attacks.common import check_same_architecture, fmt, load_from, make_buffer, named_tensors
 from unlearn.errors import BasinError
 
 DEFAULT_POINTS = 11

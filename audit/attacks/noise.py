@@ -13,7 +13,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from audit.attacks._common import as_tuple, fmt, live, load_from, make_buffer, target_names
+from audit.attacks.common import as_tuple, fmt, sweep_buffer, target_names
 from audit.attacks.quantize import DEFAULT_GROUP_SIZE, rtn_bin_width
 from unlearn.errors import BasinError
 from unlearn.registry import lookup
@@ -71,9 +71,7 @@ def noise(model: nn.Module, *, scales: float | Sequence[float] | None = None, dr
 
 
 def _sweep(model, names, scales, draw_seeds, relative, sigma_fn, group_size):
-    buffer = make_buffer(model)
-    load_from(buffer, model)
-    dst, src = live(buffer), live(model)
+    buffer, dst, src, _ = sweep_buffer(model)
     for d, draw_seed in enumerate(draw_seeds):
         for scale in scales:
             g = torch.Generator().manual_seed(draw_seed)

@@ -12,7 +12,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from audit.attacks._common import (as_tuple, check_same_architecture, live, load_from, make_buffer, named_tensors,
+from audit.attacks.common import (as_tuple, check_same_architecture, named_tensors, sweep_buffer,
                                    write_transformed)
 from unlearn.registry import lookup
 
@@ -42,11 +42,8 @@ def round_trip(w: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _sweep(model, names, reference):
-    buffer = make_buffer(model)
-    load_from(buffer, model)
+    buffer, dst, src, ref = sweep_buffer(model, reference)
     tensors = list(named_tensors(model))
-    dst, src = live(buffer), live(model)
-    ref = live(reference) if reference is not None else None
     for name in names:
         dtype = DTYPES[name]
         write_transformed(dst, src, tensors, lambda _n, w: round_trip(w, dtype))

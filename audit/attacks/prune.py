@@ -12,8 +12,7 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from audit.attacks._common import (as_tuple, check_same_architecture, fmt, live, load_from, make_buffer,
-                                   target_names)
+from audit.attacks.common import as_tuple, check_same_architecture, fmt, sweep_buffer, target_names
 from unlearn.errors import BasinError
 from unlearn.registry import lookup
 
@@ -81,10 +80,7 @@ def _keep_mask(mags: list[torch.Tensor], k: int) -> list[torch.Tensor]:
 
 
 def _sweep(model, names, levels, scope, reference):
-    buffer = make_buffer(model)
-    load_from(buffer, model)
-    dst, src = live(buffer), live(model)
-    ref = live(reference) if reference is not None else None
+    buffer, dst, src, ref = sweep_buffer(model, reference)
     for s in levels:
         setting = f"prune-{scope}-{fmt(s)}"
         with torch.no_grad():

@@ -43,8 +43,9 @@ from typing import Iterator, Sequence
 import torch
 from torch import nn
 
-from audit.attacks._common import (as_tuple, check_same_architecture, live, load_from, make_buffer, require_bits,
-                                   target_names, write_transformed)
+from audit.attacks.common import (as_tuple, check_same_architecture, live, load_from, require_bits,
+                                   sweep_buffer, target_names, write_transformed)
+from unlearn.data.format import Example, collate, encode_text, pad_id_of
 from unlearn.errors import BasinError
 from unlearn.registry import lookup
 
@@ -239,33 +240,19 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
 
 
 def _calibration_batches(calibration: Sequence[str], tokenizer, max_length: int, batch_size: int):
-    from unlearn.data.format import pad_id_of
-
     if tokenizer is None:
         raise BasinError("gptq needs the tokenizer of the model for its calibration text: pass tokenizer=...")
     if calibration is None or isinstance(calibration, str) or not len(calibration):
         raise BasinError("gptq needs calibration text: pass calibration=[...] (a list of strings, "
                          "e.g. retain-set questions and answers)")
-    ids = []
-    for text in calibration:  # a string, or token ids already encoded (the audit's prompt format)
-        row = list(text) if isinstance(text, (list, tuple)) else tokenizer(str(text), add_special_tokens=True)["input_ids"]
-        row = row[:max_length]
-        if row:
-            ids.append(row)
-    if not ids:
+    examples = [e for e in (Example(list(t)[:max_length], list(t)[:max_length]) if isinstance(t, (list, tuple))
+                            else encode_text(tokenizer, str(t), max_length)  # ids: already in the audit's format
+                            for t in calibration) if e.input_ids]
+    if not examples:
         raise BasinError("the calibration texts encode to no tokens; pass non-empty strings")
     pad = pad_id_of(tokenizer)
-    batches = []
-    for start in range(0, len(ids), batch_size):
-        chunk = ids[start:start + batch_size]
-        width = max(len(r) for r in chunk)
-        input_ids = torch.full((len(chunk), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(chunk), width), dtype=torch.long)
-        for i, r in enumerate(chunk):
-            input_ids[i, :len(r)] = torch.tensor(r)
-            mask[i, :len(r)] = 1
-        batches.append((input_ids, mask))
-    return batches
+    return [(b["input_ids"], b["attention_mask"]) for b in
+            (collate(examples[start:start + batch_size], pad) for start in range(0, len(examples), batch_size))]
 
 
 @torch.no_grad()
@@ -386,7 +373,7 @@ def _per_tensor(method: str, bits: int, group_size, symmetric: bool, blocksize: 
     return lambda w: int8(w, bits=bits)
 
 
-def quantize(model: nn.Module, *, methods: str | Sequence[str] = "rtn", bits: int | Sequence[int] | None = None,
+def quantize(model: nn.Module, *, methods: str | Sequence[str] = ("rtn", "nf4"), bits: int | Sequence[int] | None = None,
              group_size: int | None = DEFAULT_GROUP_SIZE, symmetric: bool = False, blocksize: int = BNB_BLOCKSIZE,
              include_embeddings: bool = False, reference: nn.Module | None = None,
              calibration: Sequence[str] | None = None, tokenizer=None, damp: float = 0.01,
@@ -429,10 +416,7 @@ def quantize(model: nn.Module, *, methods: str | Sequence[str] = "rtn", bits: in
 
 def _quantize_sweep(model, plan, names, group_size, symmetric, blocksize, reference, calibration, tokenizer,
                     damp, stats):
-    buffer = make_buffer(model)
-    load_from(buffer, model)
-    dst, src = live(buffer), live(model)
-    ref = live(reference) if reference is not None else None
+    buffer, dst, src, ref = sweep_buffer(model, reference)
     for method, bits in plan:
         setting = setting_name(method, bits)
         if method == "gptq":

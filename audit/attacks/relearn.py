@@ -25,8 +25,9 @@ from unlearn.data.format import collate, encode_rows, pad_id_of
 from unlearn.data.format import prompt_format as prompt_format_of
 from unlearn.errors import require
 from unlearn.models import input_device
-from unlearn.registry import lookup
 from unlearn.objectives.common import answer_nll
+from unlearn.optim import OPTIMIZERS, make_optimizer
+from unlearn.registry import lookup
 
 
 def relearn_subset(n_forget: int, size: int | float, seed: int) -> list[int]:
@@ -51,8 +52,6 @@ def relearn(model, *, tokenizer, forget_rows: list[dict], steps=(5, 10, 20, 40),
     format the model was trained in.
     Arguments are checked when it is called, before anything runs.
     """
-    from unlearn.optim import OPTIMIZERS
-
     steps = sorted({int(s) for s in steps})
     require(steps and steps[0] >= 0, f"relearn steps must be non-negative integers, got {steps}")
     subset = relearn_subset(len(forget_rows), size, seed)
@@ -64,8 +63,6 @@ def relearn(model, *, tokenizer, forget_rows: list[dict], steps=(5, 10, 20, 40),
 
 
 def _relearn(model, tokenizer, rows, steps, optimizer, lr, batch_size, seed, optimizer_args, fmt):
-    from unlearn.optim import make_optimizer
-
     examples = encode_rows(tokenizer, rows, fmt=fmt)
     pad = pad_id_of(tokenizer)
     buffer = copy.deepcopy(model)

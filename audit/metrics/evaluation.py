@@ -1,4 +1,5 @@
-"""The metric registry and :func:`evaluate`, which scores a model on a benchmark's splits.
+""":func:`evaluate`, which scores a model on a benchmark's splits with the metrics of
+:data:`audit.metrics.table.METRICS`, and the retain-only model's reference numbers.
 
 :func:`evaluate` plans the passes the requested metrics need, runs each once (one
 :class:`~audit.metrics.passes.AnswerPool` for every answer / paraphrase / perturbed answer /
@@ -7,353 +8,32 @@ numbers. It returns long-form records ``{"metric", "split", "value"}`` (the call
 ``model``, ``attack``, ``setting``, ``seed``) and a per-question ``pandas.DataFrame``.
 
 Splits: ``forget``, ``retain``, ``holdout`` and one per utility set (``world_facts``,
-``real_authors``). Which metrics apply where:
-
-==================  ================================================  ===========================
-metric              splits                                            needs
-==================  ================================================  ===========================
-prob                all (utility sets: normalised over the wrong)     answer (+ perturbed)
-nll, exact_match    all                                               answer
-rouge               all                                               greedy generation
-truth_ratio         forget, retain, utility sets                      paraphrase + perturbed
-margin, margin_win  every split whose rows have perturbed answers     paraphrase + perturbed
-mc_accuracy         splits whose rows have ``options`` / ``label``    every option
-forget_quality      forget                                            retain-only model's R
-model_utility       ``utility`` (summary of retain + utility sets)    prob, rouge, truth_ratio
-mink_auc(_pp)       forget (forget vs holdout)                        answer tokens, holdout
-privleak(_pp)       forget                                            + retain-only model's AUC
-==================  ================================================  ===========================
-
-For every per-question column named like a metric, the column's mean over a split is that
-metric's value on the split.
+``real_authors``); which metric applies where is tabled in :mod:`audit.metrics.table`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 
-from audit.metrics import choice, mia, tofu
+from audit.metrics import mia
+from audit.metrics.muse import MUSE_METRICS, muse_auc, muse_table, score_muse
 from audit.metrics.passes import AnswerPool, greedy_generate, model_max_length, ragged_index
+from audit.metrics.table import FAST_METRICS, METRICS, needs_pass
+from audit.metrics.types import Reference, Scored, SplitScores, compute_metrics
+from unlearn.data.benchmarks import is_text_row, load_benchmark
+from unlearn.data.format import encode_rows, pad_id_of
+from unlearn.data.format import prompt_format as as_format
 from unlearn.errors import BasinError, require
+from unlearn.loading import load_model
 from unlearn.registry import lookup
-
-UTILITY_SPLIT = "utility"  # the split name model_utility is reported under
-CORE_SPLITS = ("forget", "retain", "holdout")
-
-
-# ----------------------------------------------------------------------------- scored numbers
-
-@dataclass
-class SplitScores:
-    """Indices into the pool (and generations) for one split's rows."""
-
-    name: str
-    kind: str                          # forget / retain / holdout / utility
-    rows: list[dict]
-    answer: np.ndarray                 # [n] pool index of (question, answer)
-    correct: np.ndarray | None = None  # [n] paraphrased answer (utility sets: the answer)
-    wrong: np.ndarray | None = None    # [n, m] perturbed answers, -1 where a row has fewer
-    mc_rows: np.ndarray | None = None  # positions of the rows with options
-    options: np.ndarray | None = None  # [n_mc, k] option indices, -1 where fewer
-    labels: np.ndarray | None = None   # [n_mc]
-    generations: list[str] | None = None
-    tokens: bool = False               # answer tokens kept (membership inference)
-
-
-@dataclass
-class Reference:
-    """What forget quality and PrivLeak need from the retain-only model."""
-
-    truth_ratio: np.ndarray | None = None  # per-question R on the forget split
-    mink_auc: float | None = None
-    minkpp_auc: float | None = None
-    muse_auc: float | None = None          # MUSE's whole-text AUC (muse_privleak's AUC_retrain)
-
-
-@dataclass
-class Scored:
-    pool: AnswerPool
-    splits: dict[str, SplitScores]
-    k: float = mia.DEFAULT_K
-    reference: Reference = field(default_factory=Reference)
-
-
-@dataclass
-class Result:
-    split: str
-    value: float
-    columns: dict[str, np.ndarray] = field(default_factory=dict)  # per-question values
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A registered metric: ``compute(scored) -> [Result]`` (empty when it does not apply).
-
-    ``higher_is_better`` reads the metric as a measure of what the model knows or can do, as on
-    retain and utility sets; on the forget split unlearning pushes the other way (e.g. lower prob).
-    ``None`` where the ideal is a reference value instead: an AUC at the retain-only model's
-    (about 0.5), PrivLeak at 0.
-    """
-
-    name: str
-    description: str
-    higher_is_better: bool | None
-    compute: Callable[[Scored], list[Result]]
-    # passes: answer, truth (paraphrase / perturbed answers), options, generate (greedy answers),
-    # tokens (forget and holdout answer tokens); "truth:retain,utility" limits a pass to kinds
-    needs: frozenset = frozenset()
-    unavailable: str = ""            # why it may not apply (shown when asked for explicitly)
-
-
-# ----------------------------------------------------------------------------- per-split numbers
-
-def _truth_ok(s: SplitScores) -> bool:
-    return s.correct is not None and s.wrong is not None
-
-
-def _ratios(scored: Scored, s: SplitScores) -> np.ndarray:
-    wrong_nll = scored.pool.nll(s.wrong)
-    return tofu.truth_ratio(scored.pool.nll(s.correct), wrong_nll)
-
-
-def _prob_terms(scored: Scored, s: SplitScores) -> np.ndarray | None:
-    p = scored.pool.p_norm(s.answer)
-    if s.kind != "utility":
-        return p
-    if s.wrong is None:
-        return None
-    return tofu.normalised_probability(p, np.nan_to_num(scored.pool.p_norm(s.wrong), nan=0.0))
-
-
-def _compute_prob(scored):
-    out = []
-    for s in scored.splits.values():
-        terms = _prob_terms(scored, s)
-        if terms is not None:
-            out.append(Result(s.name, float(np.mean(terms)),
-                              {"prob": terms, "p_norm": scored.pool.p_norm(s.answer)}))
-    return out
-
-
-def _compute_nll(scored):
-    return [Result(s.name, float(np.mean(v)), {"nll": v})
-            for s in scored.splits.values() for v in [scored.pool.nll(s.answer)]]
-
-
-def _compute_exact(scored):
-    return [Result(s.name, float(np.mean(v)), {"exact_match": v})
-            for s in scored.splits.values() for v in [scored.pool.exact_match(s.answer)]]
-
-
-def _rouge_terms(s: SplitScores) -> np.ndarray:
-    return tofu.rouge_l_recall(s.generations, [r["answer"] for r in s.rows])
-
-
-def _compute_rouge(scored):
-    return [Result(s.name, float(np.mean(v)), {"rouge": v, "generation": np.array(s.generations, dtype=object)})
-            for s in scored.splits.values() if s.generations is not None for v in [_rouge_terms(s)]]
-
-
-def _compute_truth_ratio(scored):
-    out = []
-    for s in scored.splits.values():
-        if s.kind == "holdout" or not _truth_ok(s):
-            continue
-        r = _ratios(scored, s)
-        terms = tofu.truth_ratio_terms(r, forget=s.kind == "forget")
-        out.append(Result(s.name, float(np.mean(terms)), {"truth_ratio": terms, "truth_ratio_R": r}))
-    return out
-
-
-def _compute_forget_quality(scored):
-    s = scored.splits.get("forget")
-    ref = scored.reference.truth_ratio
-    if s is None or not _truth_ok(s) or ref is None:
-        return []
-    return [Result("forget", tofu.forget_quality(_ratios(scored, s), ref))]
-
-
-def _utility_parts(scored) -> list[float] | None:
-    parts = []
-    for s in scored.splits.values():
-        if s.kind not in ("retain", "utility"):
-            continue
-        terms = _prob_terms(scored, s)
-        if terms is None or s.generations is None or not _truth_ok(s):
-            return None
-        r = _ratios(scored, s)
-        parts += [float(np.mean(terms)), float(np.mean(_rouge_terms(s))),
-                  tofu.truth_ratio_score(r, forget=False)]
-    return parts or None
-
-
-def _compute_model_utility(scored):
-    parts = _utility_parts(scored)
-    return [] if parts is None else [Result(UTILITY_SPLIT, tofu.model_utility(parts))]
-
-
-def _mia_columns(scored, kind: str) -> tuple[np.ndarray, np.ndarray] | None:
-    """Per-example Min-K% (``kind="mink"``) or Min-K%++ (``"minkpp"``) scores on forget and holdout."""
-    f, h = scored.splits.get("forget"), scored.splits.get("holdout")
-    if f is None or h is None or not (f.tokens and h.tokens):
-        return None
-    out = []
-    for s in (f, h):
-        values, mask = scored.pool.padded_tokens(s.answer, "logp" if kind == "mink" else "z")
-        out.append(mia.min_k(values, mask, scored.k).numpy().astype(np.float64))
-    return out[0], out[1]
-
-
-def _auc_metric(kind: str):
-    def compute(scored):
-        got = _mia_columns(scored, kind)
-        if got is None:
-            return []
-        forget, holdout = got
-        return [Result("forget", mia.auc(forget, holdout), {kind: forget}),
-                Result("holdout", math.nan, {kind: holdout})]  # columns only, no record
-    return compute
-
-
-def _privleak_metric(kind: str):
-    def compute(scored):
-        ref = scored.reference.mink_auc if kind == "mink" else scored.reference.minkpp_auc
-        got = _mia_columns(scored, kind)
-        if got is None or ref is None:
-            return []
-        # MUSE's AUC labels forget 0 and holdout 1: the complement of P(forget > holdout)
-        return [Result("forget", mia.privleak(1.0 - mia.auc(*got), 1.0 - ref))]
-    return compute
-
-
-def _compute_mc(scored):
-    out = []
-    for s in scored.splits.values():
-        if s.options is None:
-            continue
-        option_scores = scored.pool.mean_logp(s.options)
-        correct = choice.mc_correct(option_scores, s.labels)
-        col = np.full(len(s.rows), np.nan)
-        col[s.mc_rows] = correct
-        picked = np.full(len(s.rows), np.nan)
-        picked[s.mc_rows] = choice.choose(option_scores)
-        out.append(Result(s.name, float(np.mean(correct)), {"mc_accuracy": col, "mc_choice": picked}))
-    return out
-
-
-def _margins(scored, s):
-    return choice.margins(scored.pool.mean_logp(s.correct), scored.pool.mean_logp(s.wrong))
-
-
-def _compute_margin(scored):
-    return [Result(s.name, float(np.mean(m)), {"margin": m})
-            for s in scored.splits.values() if _truth_ok(s) for m in [_margins(scored, s)]]
-
-
-def _compute_margin_win(scored):
-    return [Result(s.name, choice.margin_win_rate(m), {"margin_win": (m > 0).astype(np.float64)})
-            for s in scored.splits.values() if _truth_ok(s) for m in [_margins(scored, s)]]
-
-
-_REF = ("it needs the retain-only model: pass retain_stats= (the model, its per-example table "
-        "or a saved reference JSON)")
-_HOLDOUT = "it needs a benchmark with holdout rows and the forget and holdout splits"
-_TRUTH = "its rows need perturbed_answer (and paraphrased_answer outside utility sets)"
-_U = "retain,utility"
-
-METRICS: dict[str, Metric] = {m.name: m for m in [
-    Metric("prob", "TOFU Probability: mean p_norm(answer) = P(a|q)^(1/|a|); utility sets: "
-           "p_norm(a) / (p_norm(a) + sum p_norm(perturbed)) [TOFU, arXiv 2401.06121]",
-           True, _compute_prob, frozenset({"answer", "truth:utility"})),
-    Metric("nll", "mean token negative log-likelihood of the answer (EOS included)",
-           False, _compute_nll, frozenset({"answer"})),
-    Metric("exact_match", "teacher-forced exact match: every answer token is the argmax",
-           True, _compute_exact, frozenset({"answer"})),
-    Metric("rouge", "ROUGE-L recall (stemmed) of the greedy answer vs the answer [TOFU]",
-           True, _compute_rouge, frozenset({"generate"}), "it needs generation"),
-    Metric("truth_ratio", "TOFU Truth Ratio R = geo-mean p_norm(perturbed) / p_norm(paraphrase): "
-           "forget mean min(R,1/R), retain/utility mean max(0,1-R) [TOFU]",
-           True, _compute_truth_ratio, frozenset({f"truth:forget,{_U}"}), _TRUTH),
-    Metric("forget_quality", "TOFU Forget Quality: KS-test p-value of forget truth ratios vs the "
-           "retain-only model's [TOFU]", True, _compute_forget_quality, frozenset({"truth:forget"}),
-           _REF),
-    Metric("model_utility", "TOFU Model Utility: harmonic mean of prob, rouge, truth_ratio over "
-           "retain and every utility set [TOFU]", True, _compute_model_utility,
-           frozenset({"answer", f"truth:{_U}", f"generate:{_U}"}),
-           "it needs the retain or a utility split"),
-    Metric("mink_auc", "AUC of the Min-K% (K=40%) score, forget (members) vs holdout (ideal: the "
-           "retain-only model's, about 0.5) [Min-K%, arXiv 2310.16789]", None,
-           _auc_metric("mink"), frozenset({"tokens"}), _HOLDOUT),
-    Metric("minkpp_auc", "AUC of the Min-K%++ score, forget vs holdout (ideal about 0.5) "
-           "[Min-K%++, arXiv 2404.02936]", None, _auc_metric("minkpp"), frozenset({"tokens"}),
-           _HOLDOUT),
-    Metric("privleak", "MUSE PrivLeak: (AUC - AUC_retain) / AUC_retain * 100 with Min-K%, MUSE's AUC "
-           "convention (forget 0, holdout 1): 0 is ideal, -100 = forget set fully recognised "
-           "[MUSE, arXiv 2407.06460]", None, _privleak_metric("mink"),
-           frozenset({"tokens"}), f"{_HOLDOUT}; {_REF}"),
-    Metric("privleak_pp", "PrivLeak with the Min-K%++ score (0 is ideal) [MUSE; Min-K%++]", None,
-           _privleak_metric("minkpp"), frozenset({"tokens"}), f"{_HOLDOUT}; {_REF}"),
-    Metric("mc_accuracy", "multiple-choice accuracy: the option with the highest mean token "
-           "log-likelihood", True, _compute_mc, frozenset({"options"}),
-           "its rows need options and label"),
-    Metric("margin", "latent-knowledge margin: mean token log p(correct) - log p(wrong of the same "
-           "template), mean over questions (= -log truth ratio)", True, _compute_margin,
-           frozenset({"truth"}), _TRUTH),
-    Metric("margin_win", "fraction of questions where the correct answer beats the wrong ones "
-           "(margin > 0)", True, _compute_margin_win, frozenset({"truth"}), _TRUTH),
-]}
-
-
-def _needs(needs: set, name: str, kind: str) -> bool:
-    """Whether a pass ``name`` runs on a split of ``kind``: ``needs`` holds ``name`` (every split)
-    or ``name:kind1,kind2`` (only those kinds)."""
-    return name in needs or any(n.startswith(name + ":") and kind in n.split(":", 1)[1].split(",")
-                                for n in needs)
-
-
-# MUSE's metrics (audit/metrics/muse.py) run their own passes (raw-text prompts, whole-text
-# membership scores, :func:`audit.metrics.muse.score_muse`) on a benchmark that carries MUSE's
-# data (muse:news, muse:books); :func:`evaluate` runs them when asked, and on any other benchmark
-# they return nothing.
-def _muse_metric(name: str):
-    def compute(scored):
-        from audit.metrics import muse
-
-        return muse.COMPUTE[name](scored)
-    return compute
-
-
-_MUSE = "it runs on muse:news / muse:books only"
-METRICS.update({m.name: m for m in [
-    Metric("verbmem", "MUSE VerbMem: mean ROUGE-L F1 of the 128-token greedy continuation of a forget "
-           "excerpt vs its true continuation (first 128 tokens) [MUSE, arXiv 2407.06460]", True,
-           _muse_metric("verbmem"), frozenset({"generate:muse"}), _MUSE),
-    Metric("knowmem", "MUSE KnowMem: mean ROUGE-L F1 of the 32-token greedy answer after few-shot QA "
-           "prompts, forget and retain [MUSE]", True, _muse_metric("knowmem"),
-           frozenset({"generate:muse"}), _MUSE),
-    Metric("muse_auc", "AUC of Min-K% (K=40%) on whole texts, forget labelled 0 and holdout 1 "
-           "(memorised: near 0; retrained: about 0.5) [MUSE]", None, _muse_metric("muse_auc"),
-           frozenset({"muse"}), _MUSE),
-    Metric("muse_privleak", "MUSE PrivLeak: (muse_auc - AUC_retrain) / AUC_retrain * 100 (0 ideal; "
-           "negative: under-unlearned, positive: over-unlearned) [MUSE]", None,
-           _muse_metric("muse_privleak"), frozenset({"muse"}), f"{_MUSE}, with the retain-only model's AUC"),
-]})
-
-
-# Every metric that needs no generation (ROUGE, model utility, VerbMem and KnowMem decode greedily).
-FAST_METRICS = tuple(name for name, m in METRICS.items()
-                     if not any(n.split(":")[0] == "generate" for n in m.needs))
-MUSE_METRICS = ("verbmem", "knowmem", "muse_auc", "muse_privleak")
-
+from unlearn.scoring import answer_stats
 
 # ----------------------------------------------------------------------------- planning the passes
 
@@ -372,8 +52,6 @@ TEXT_TOKENS = 512   # a plain-text passage is scored on its first TEXT_TOKENS to
 def text_splits(benchmark, splits: Sequence[str] | None) -> list[str]:
     """The asked-for splits (default: every non-empty one) whose rows are plain-text passages, as
     RMU's WMDP corpora are: they have no question, so they are scored as text, not as QA."""
-    from unlearn.data.benchmarks import is_text_row
-
     available = _benchmark_splits(benchmark)
     names = [n for n, (_, rows) in available.items() if rows] if splits is None else list(dict.fromkeys(splits))
     return [n for n in names if n in available and available[n][1] and all(is_text_row(r) for r in available[n][1])]
@@ -383,9 +61,6 @@ def score_texts(model, tokenizer, rows: Sequence[dict], max_length: int = TEXT_T
     """Per passage: ``nll``, the mean negative log-likelihood of its tokens (every token after the
     first, up to ``max_length``), and ``prob`` = exp(-nll), the per-token probability: the same
     normalisation as a QA answer's ``prob``, over the whole passage."""
-    from unlearn.data.format import encode_rows, pad_id_of
-    from unlearn.scoring import answer_stats
-
     stats = answer_stats(model, encode_rows(tokenizer, rows, max_length=max_length), pad_id_of(tokenizer))
     return {"nll": stats.mean_nll.double().numpy(), "prob": stats.p_norm.double().numpy()}
 
@@ -412,12 +87,12 @@ def plan(pool: AnswerPool, benchmark, metrics: Sequence[str],
         s = SplitScores(name, kind, rows, answers, tokens=tokens)
         has_fields = all(r.get("perturbed_answer") for r in rows) and \
             (kind == "utility" or all("paraphrased_answer" in r for r in rows))
-        if _needs(needs, "truth", kind) and has_fields:
+        if needs_pass(needs, "truth", kind) and has_fields:
             key = "answer" if kind == "utility" else "paraphrased_answer"
             s.correct = pool.add_many(qs, [r[key] for r in rows])
             s.wrong = ragged_index([pool.add_many([r["question"]] * len(r["perturbed_answer"]),
                                                   r["perturbed_answer"]) for r in rows])
-        if _needs(needs, "options", kind):
+        if needs_pass(needs, "options", kind):
             mc = [i for i, r in enumerate(rows) if r.get("options") and r.get("label") is not None]
             if mc:
                 s.mc_rows = np.array(mc, dtype=np.int64)
@@ -446,8 +121,6 @@ def reference_stats(per_example: pd.DataFrame) -> dict:
             out[f"{kind}_auc"] = mia.auc(forget[kind].dropna(), holdout[kind].dropna())
     texts = {s: per_example[per_example["split"] == f"privleak:{s}"] for s in ("forget", "holdout")}
     if "mink" in per_example and all(len(t) and t["mink"].notna().any() for t in texts.values()):
-        from audit.metrics.muse import muse_auc
-
         out["muse_auc"] = muse_auc(texts["forget"]["mink"].dropna(), texts["holdout"]["mink"].dropna())
     return out
 
@@ -500,7 +173,7 @@ def evaluate(model, tokenizer, benchmark, metrics: Iterable[str] | None = None,
     """Score ``model`` on ``benchmark``; return ``(records, per_example)``.
 
     - ``model``, ``tokenizer``: a model object and its tokenizer, or a name/folder (then
-      ``tokenizer`` may be None; see :func:`unlearn.models.load_model`).
+      ``tokenizer`` may be None; see :func:`unlearn.loading.load_model`).
     - ``benchmark``: a :class:`~unlearn.data.benchmarks.Benchmark` or a name like ``world:forget10``.
     - ``metrics``: names from :data:`METRICS`; default all of them, skipping quietly those that do
       not apply (no reference, no holdout, no options). A metric asked for by name that cannot
@@ -531,41 +204,14 @@ def evaluate(model, tokenizer, benchmark, metrics: Iterable[str] | None = None,
     ``exact_match``, ``rouge``, ``generation``, ``truth_ratio``, ``truth_ratio_R``, ``mink``,
     ``minkpp``, ``mc_accuracy``, ``mc_choice``, ``margin``, ``margin_win``) that were computed.
     """
-    from unlearn.data.benchmarks import load_benchmark
-    from unlearn.data.format import prompt_format as as_format
-    from unlearn.models import load_model
-
-    require(isinstance(batch_size, int) and batch_size >= 1,
-            f"batch_size must be a positive whole number, got {batch_size!r}")
-    require(isinstance(max_new_tokens, int) and max_new_tokens >= 1,
-            f"max_new_tokens must be a positive whole number, got {max_new_tokens!r}")
-    require(isinstance(k, (int, float)) and 0 < k <= 1, f"k must be in (0, 1], got {k!r}")
-    explicit = metrics is not None and strict
+    names, explicit = _metric_names(metrics, strict, generate, batch_size, max_new_tokens, k)
     fmt = as_format(prompt_format)
-    names = list(METRICS) if metrics is None else [m for m in dict.fromkeys(metrics)]
-    for m in names:
-        lookup(METRICS, m, "metric")
-    if not generate:
-        slow = [m for m in names if m not in FAST_METRICS]
-        require(not (explicit and slow), f"{', '.join(slow)} need(s) generation; drop them or "
-                                         "pass generate=True")
-        names = [m for m in names if m in FAST_METRICS]
     model, tokenizer = load_model(model, tokenizer)
     bench = load_benchmark(benchmark)
     splits = None if splits is None else list(splits)
-
-    muse_data = getattr(bench, "muse", None)
-    wants_ref = {"forget_quality", "privleak", "privleak_pp", "muse_privleak"} & set(names)
-    mia_ok = bool(bench.forget and bench.holdout)
-    ref_metrics = [m for m, want in (("truth_ratio", "forget_quality" in wants_ref),
-                                     ("mink_auc", mia_ok and "privleak" in wants_ref),
-                                     ("minkpp_auc", mia_ok and "privleak_pp" in wants_ref),
-                                     ("muse_auc", muse_data is not None and "muse_privleak" in wants_ref))
-                   if want]
-    ref_kwargs = dict(tokenizer=tokenizer, benchmark=bench, batch_size=batch_size, metrics=ref_metrics,
-                      splits=["forget", "holdout"] if mia_ok else ["forget"], k=k, max_length=max_length,
-                      strict=False, muse_options=muse_options, prompt_format=fmt)
-    reference = _as_reference(retain_stats if wants_ref else None, ref_kwargs)
+    reference = _reference(retain_stats, names, bench, dict(
+        tokenizer=tokenizer, benchmark=bench, batch_size=batch_size, k=k, max_length=max_length,
+        strict=False, muse_options=muse_options, prompt_format=fmt))
 
     texts = text_splits(bench, splits)   # plain-text passages: prob / nll over the whole text
     if texts:
@@ -574,57 +220,89 @@ def evaluate(model, tokenizer, benchmark, metrics: Iterable[str] | None = None,
     pool = AnswerPool(tokenizer, max_length or model_max_length(model), fmt)
     planned = plan(pool, bench, names, splits)
     pool.run(model, batch_size)
-    needs = set().union(*(METRICS[m].needs for m in names))
-    to_generate = [s for s in planned.values() if _needs(needs, "generate", s.kind)]
-    if to_generate:
-        questions = list(dict.fromkeys(r["question"] for s in to_generate for r in s.rows))
-        generated = greedy_generate(model, tokenizer, questions, max_new_tokens, batch_size, fmt)
-        answers = dict(zip(questions, generated))
-        for s in to_generate:
-            s.generations = [answers[r["question"]] for r in s.rows]
+    _generate(model, tokenizer, planned, names, max_new_tokens, batch_size, fmt)
     muse_names = [m for m in names if m in MUSE_METRICS]
-    if muse_data is not None and muse_names:
-        from audit.metrics.muse import MuseScored, score_muse
-
+    muse = None
+    if getattr(bench, "muse", None) is not None and muse_names:
         options = {"batch_size": min(batch_size, 8), **(muse_options or {})}
-        muse = score_muse(model, tokenizer, muse_data, muse_names, reference=reference.muse_auc,
+        muse = score_muse(model, tokenizer, bench.muse, muse_names, reference=reference.muse_auc,
                           k=k, max_length=max_length, **options)
-        scored = MuseScored(pool, planned, float(k), reference, muse=muse)
-    else:
-        scored = Scored(pool, planned, float(k), reference)
+    scored = Scored(pool, planned, float(k), reference, muse=muse)
 
-    records: list[dict] = []
-    frames = []
-    text_metrics = [m for m in ("prob", "nll") if m in names]
-    for name in texts if text_metrics else []:
-        rows = _benchmark_splits(bench)[name][1]
-        values = score_texts(model, tokenizer, rows, min(max_length or TEXT_TOKENS, model_max_length(model)))
-        records += [{"metric": m, "split": name, "value": float(values[m].mean())} for m in text_metrics]
-        frames.append(pd.DataFrame({"split": name, "row": np.arange(len(rows), dtype=np.int64),
-                                    "text": [r["text"][:200] for r in rows], **{m: values[m] for m in text_metrics}}))
-    columns: dict[str, dict[str, np.ndarray]] = {name: {} for name in planned}
-    muse_columns: dict[str, dict] = {}
-    for m in names:
-        results = METRICS[m].compute(scored)
-        if explicit and not results and not (m in text_metrics and texts):
-            why = METRICS[m].unavailable or "no scored split has what it needs"
-            raise BasinError(f"metric {m!r} cannot be computed on {bench.name}: {why}")
-        for res in results:
-            if not math.isnan(res.value):
-                records.append({"metric": m, "split": res.split, "value": float(res.value)})
-            if m in MUSE_METRICS:
-                muse_columns.setdefault(m, {}).setdefault(res.split, {}).update(res.columns)
-            elif res.split in columns:
-                columns[res.split].update(res.columns)
+    text_metrics = [m for m in ("prob", "nll") if m in names] if texts else []
+    records, frames = _text_records(model, tokenizer, bench, texts, text_metrics, max_length)
+    computed, by_metric = compute_metrics(METRICS, names, scored, explicit=explicit, where=bench.name,
+                                          may_be_empty=text_metrics)
+    records += computed
     for name, s in planned.items():
-        frame = pd.DataFrame({"split": name, "row": np.arange(len(s.rows), dtype=np.int64),
-                              "question": [r["question"] for r in s.rows], **columns[name]})
-        frames.append(frame)
-    if getattr(scored, "muse", None) is not None:
-        from audit.metrics.muse import muse_table
-
-        frames.append(muse_table(scored.muse, muse_columns))
+        columns = {}
+        for m in names:
+            if m not in MUSE_METRICS:
+                columns.update(by_metric.get(m, {}).get(name, {}))
+        frames.append(pd.DataFrame({"split": name, "row": np.arange(len(s.rows), dtype=np.int64),
+                                    "question": [r["question"] for r in s.rows], **columns}))
+    if muse is not None:
+        frames.append(muse_table(muse, {m: c for m, c in by_metric.items() if m in MUSE_METRICS}))
     table = pd.concat(frames, ignore_index=True) if frames else \
         pd.DataFrame(columns=["split", "row", "question"])
     return records, table
 
+
+def _metric_names(metrics, strict: bool, generate: bool, batch_size, max_new_tokens, k) -> tuple[list[str], bool]:
+    """Check :func:`evaluate`'s options; return the metric names to compute and whether they were
+    asked for by name (then one that cannot be computed is refused)."""
+    require(isinstance(batch_size, int) and batch_size >= 1,
+            f"batch_size must be a positive whole number, got {batch_size!r}")
+    require(isinstance(max_new_tokens, int) and max_new_tokens >= 1,
+            f"max_new_tokens must be a positive whole number, got {max_new_tokens!r}")
+    require(isinstance(k, (int, float)) and 0 < k <= 1, f"k must be in (0, 1], got {k!r}")
+    explicit = metrics is not None and strict
+    names = list(METRICS) if metrics is None else [m for m in dict.fromkeys(metrics)]
+    for m in names:
+        lookup(METRICS, m, "metric")
+    if not generate:
+        slow = [m for m in names if m not in FAST_METRICS]
+        require(not (explicit and slow), f"{', '.join(slow)} need(s) generation; drop them or "
+                                         "pass generate=True")
+        names = [m for m in names if m in FAST_METRICS]
+    return names, explicit
+
+
+def _reference(retain_stats, names: list[str], bench, kwargs: dict) -> Reference:
+    """The retain-only model's numbers that the metrics ``names`` need (scored here when
+    ``retain_stats`` is the model itself, on only what they need)."""
+    wants = {"forget_quality", "privleak", "privleak_pp", "muse_privleak"} & set(names)
+    mia_ok = bool(bench.forget and bench.holdout)
+    metrics = [m for m, want in (("truth_ratio", "forget_quality" in wants),
+                                 ("mink_auc", mia_ok and "privleak" in wants),
+                                 ("minkpp_auc", mia_ok and "privleak_pp" in wants),
+                                 ("muse_auc", getattr(bench, "muse", None) is not None and "muse_privleak" in wants))
+               if want]
+    kwargs = dict(kwargs, metrics=metrics, splits=["forget", "holdout"] if mia_ok else ["forget"])
+    return _as_reference(retain_stats if wants else None, kwargs)
+
+
+def _generate(model, tokenizer, planned: dict[str, SplitScores], names: list[str], max_new_tokens: int,
+              batch_size: int, fmt=None) -> None:
+    """One greedy answer per distinct question of the splits whose metrics decode (ROUGE, model
+    utility), prompted in ``fmt``, stored on each split as ``generations``."""
+    needs = set().union(*(METRICS[m].needs for m in names))
+    to_generate = [s for s in planned.values() if needs_pass(needs, "generate", s.kind)]
+    if not to_generate:
+        return
+    questions = list(dict.fromkeys(r["question"] for s in to_generate for r in s.rows))
+    answers = dict(zip(questions, greedy_generate(model, tokenizer, questions, max_new_tokens, batch_size, fmt)))
+    for s in to_generate:
+        s.generations = [answers[r["question"]] for r in s.rows]
+
+
+def _text_records(model, tokenizer, bench, texts: list[str], metrics: list[str], max_length) -> tuple[list, list]:
+    """Records and per-passage tables of the plain-text splits ``texts`` (``prob`` / ``nll``)."""
+    records, frames = [], []
+    for name in texts if metrics else []:
+        rows = _benchmark_splits(bench)[name][1]
+        values = score_texts(model, tokenizer, rows, min(max_length or TEXT_TOKENS, model_max_length(model)))
+        records += [{"metric": m, "split": name, "value": float(values[m].mean())} for m in metrics]
+        frames.append(pd.DataFrame({"split": name, "row": np.arange(len(rows), dtype=np.int64),
+                                    "text": [r["text"][:200] for r in rows], **{m: values[m] for m in metrics}}))
+    return records, frames

@@ -38,7 +38,9 @@ import numpy as np
 import torch
 
 from audit.metrics import choice
+from unlearn.data.files import read_json_rows
 from unlearn.errors import BasinError, require
+from unlearn.loading import load_model
 
 LETTERS = ("A", "B", "C", "D", "E", "F", "G", "H")
 # The prompt of lm-eval's wmdp_* and mmlu tasks (doc_to_text), for up to len(LETTERS) choices.
@@ -73,11 +75,9 @@ def _yaml_str(s: str) -> str:
 
 def read_mc_rows(file: str | os.PathLike) -> list[dict]:
     """Rows ``{"question", "choices", "answer"}`` of a JSON Lines (or JSON list) file, checked."""
-    from unlearn.data.muse import read_json_rows
-
     file = Path(file)
     require(file.is_file(), f"multiple-choice file {file} does not exist")
-    rows = read_json_rows(file)
+    rows = read_json_rows(file, "multiple-choice")
     for i, r in enumerate(rows):
         ok = isinstance(r, dict) and isinstance(r.get("question"), str) and isinstance(r.get("choices"), list) \
             and isinstance(r.get("answer"), int) and 0 <= r["answer"] < len(r["choices"]) <= len(LETTERS)
@@ -168,15 +168,13 @@ def run_lmeval(model, tokenizer=None, tasks: str | Sequence[str] = ("wmdp_bio",)
     """Run lm-eval ``tasks`` on a model; return ``(records, lm_eval_results)``.
 
     ``model``: a model object (with ``tokenizer``) or a name / folder (see
-    :func:`unlearn.models.load_model`). ``include_path``: folder(s) of local YAML tasks; when
+    :func:`unlearn.loading.load_model`). ``include_path``: folder(s) of local YAML tasks; when
     every task is local, lm-eval's built-in task index (thousands of files) is not scanned.
     ``offline`` sets ``HF_DATASETS_OFFLINE=1`` for the call (local tasks need no network; hub tasks
     then need their data in the ``datasets`` cache). Records: one per task and metric,
     ``{"metric": "lmeval_<acc|acc_norm>", "split": task, "value"}``; with ``log_samples`` the
     results hold lm-eval's per-question ``samples``.
     """
-    from unlearn.models import load_model
-
     lm_eval, HFLM, TaskManager = _import_lm_eval()
     require(isinstance(batch_size, int) and batch_size >= 1, f"batch_size must be a positive whole number, got {batch_size!r}")
     tasks = [tasks] if isinstance(tasks, str) else list(tasks)

@@ -39,7 +39,6 @@ The metrics are registered in :data:`audit.metrics.METRICS` (``verbmem``, ``know
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -49,10 +48,13 @@ import torch
 
 from audit.metrics import mia
 from audit.metrics.tofu import rouge_l
-from audit.metrics.evaluation import MUSE_METRICS, Result, Scored
+from audit.metrics.types import Metric, Result, Scored, compute_metrics
 from audit.metrics.passes import greedy_generate_ids
+from unlearn.data.benchmarks import load_benchmark
 from unlearn.data.format import Example, collate
-from unlearn.errors import BasinError, require
+from unlearn.data.muse import MuseData
+from unlearn.errors import require
+from unlearn.loading import load_model
 from unlearn.registry import lookup
 from unlearn.scoring import token_logprobs
 
@@ -184,13 +186,6 @@ class MuseScores:
     score: str = "mink"                            # the membership score behind the two arrays
 
 
-@dataclass
-class MuseScored(Scored):
-    """A :class:`~audit.metrics.evaluation.Scored` that carries :class:`MuseScores`."""
-
-    muse: MuseScores | None = None
-
-
 def _muse_of(scored) -> MuseScores | None:
     return getattr(scored, "muse", None)
 
@@ -229,16 +224,32 @@ def compute_privleak(scored) -> list[Result]:
     return [Result("forget", privleak(got[0].value, m.auc_retrain))]
 
 
-COMPUTE = {"verbmem": compute_verbmem, "knowmem": compute_knowmem, "muse_auc": compute_auc,
-           "muse_privleak": compute_privleak}
+# MUSE's metrics run their own passes (raw-text prompts, whole-text membership scores,
+# :func:`score_muse`) on a benchmark that carries MUSE's data (muse:news, muse:books);
+# :func:`audit.metrics.evaluate` runs them when asked, and on any other benchmark they return nothing.
+_MUSE = "it runs on muse:news / muse:books only"
+MUSE_TABLE: dict[str, Metric] = {m.name: m for m in [
+    Metric("verbmem", "MUSE VerbMem: mean ROUGE-L F1 of the 128-token greedy continuation of a forget "
+           "excerpt vs its true continuation (first 128 tokens) [MUSE, arXiv 2407.06460]", True,
+           compute_verbmem, frozenset({"generate:muse"}), _MUSE,
+           knowledge=True, label="MUSE VerbMem (ROUGE-L F1)"),
+    Metric("knowmem", "MUSE KnowMem: mean ROUGE-L F1 of the 32-token greedy answer after few-shot QA "
+           "prompts, forget and retain [MUSE]", True, compute_knowmem, frozenset({"generate:muse"}), _MUSE,
+           knowledge=True, label="MUSE KnowMem (ROUGE-L F1)"),
+    Metric("muse_auc", "AUC of Min-K% (K=40%) on whole texts, forget labelled 0 and holdout 1 "
+           "(memorised: near 0; retrained: about 0.5) [MUSE]", None, compute_auc, frozenset({"muse"}), _MUSE,
+           knowledge=None, label="MUSE membership AUC"),
+    Metric("muse_privleak", "MUSE PrivLeak: (muse_auc - AUC_retrain) / AUC_retrain * 100 (0 ideal; "
+           "negative: under-unlearned, positive: over-unlearned) [MUSE]", None, compute_privleak,
+           frozenset({"muse"}), f"{_MUSE}, with the retain-only model's AUC",
+           knowledge=None, label="MUSE PrivLeak (%)"),
+]}
+MUSE_METRICS = tuple(MUSE_TABLE)
 
 
 # ----------------------------------------------------------------------------- entry point
 
 def _muse_data(benchmark):
-    from unlearn.data.benchmarks import load_benchmark
-    from unlearn.data.muse import MuseData
-
     if isinstance(benchmark, MuseData):
         return benchmark
     bench = load_benchmark(benchmark)
@@ -263,8 +274,6 @@ def _reference_auc(reference, data, tokenizer, kwargs) -> float | None:
     if isinstance(reference, dict):
         require("muse_auc" in reference, "a reference dict needs 'muse_auc' (the retain-only model's AUC)")
         return float(reference["muse_auc"])
-    from unlearn.models import load_model
-
     ref_model, _ = load_model(reference, tokenizer)
     return muse_auc(text_scores(ref_model, tokenizer, kwargs["forget"], **kwargs["score"]),
                     text_scores(ref_model, tokenizer, kwargs["holdout"], **kwargs["score"]))
@@ -296,8 +305,6 @@ def evaluate_muse(model, tokenizer=None, benchmark="muse:news", metrics: Iterabl
     ``privleak:holdout`` and the columns that apply (``prompt`` / ``question``, ``reference`` /
     ``answer``, ``generation``, ``verbmem``, ``knowmem``, ``mink``).
     """
-    from unlearn.models import load_model
-
     explicit = metrics is not None
     names = list(MUSE_METRICS) if metrics is None else list(dict.fromkeys(metrics))
     for name in names:
@@ -312,19 +319,8 @@ def evaluate_muse(model, tokenizer=None, benchmark="muse:news", metrics: Iterabl
                       score=score, verbmem_tokens=verbmem_tokens, knowmem_tokens=knowmem_tokens,
                       max_length=max_length, limit=limit)
 
-    from audit.metrics.evaluation import METRICS
-
-    scored = MuseScored(pool=None, splits={}, k=float(k), muse=muse)
-    records: list[dict] = []
-    columns: dict[str, dict] = {}
-    for name in names:
-        results = METRICS[name].compute(scored)
-        if explicit and not results:
-            raise BasinError(f"MUSE metric {name!r} could not be computed: {METRICS[name].unavailable}")
-        for res in results:
-            if not math.isnan(res.value):
-                records.append({"metric": name, "split": res.split, "value": float(res.value)})
-            columns.setdefault(name, {}).setdefault(res.split, {}).update(res.columns)
+    scored = Scored(pool=None, splits={}, k=float(k), muse=muse)
+    records, columns = compute_metrics(MUSE_TABLE, names, scored, explicit=explicit, where=data.corpus)
     return records, muse_table(muse, columns)
 
 

@@ -8,30 +8,17 @@ Every benchmark is a :class:`Benchmark` with TOFU-shaped rows (``question``, ``a
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import os
+from pathlib import Path
 from typing import Callable
 
+from unlearn.data.files import read_json_rows
+from unlearn.data.muse import muse_benchmark
+from unlearn.data.tofu import tofu_benchmark
+from unlearn.data.types import Benchmark
 from unlearn.data.world import World, WorldConfig, split_name_to_fraction
 from unlearn.errors import require
 from unlearn.registry import lookup
-
-
-@dataclass
-class Benchmark:
-    """Rows of one unlearning task. ``utility`` maps a set's name to its rows; rows with
-    ``options`` / ``label`` are multiple choice."""
-
-    name: str
-    forget: list[dict]
-    retain: list[dict]
-    holdout: list[dict] = field(default_factory=list)
-    utility: dict[str, list[dict]] = field(default_factory=dict)
-    description: str = ""
-
-    def __repr__(self) -> str:
-        sizes = ", ".join(f"{k}={len(v)}" for k, v in self.utility.items())
-        return (f"Benchmark({self.name!r}: forget={len(self.forget)}, retain={len(self.retain)}, "
-                f"holdout={len(self.holdout)}, utility[{sizes}])")
 
 
 def world_benchmark(split: str, world: WorldConfig | None = None, **fields) -> Benchmark:
@@ -49,18 +36,6 @@ def world_benchmark(split: str, world: WorldConfig | None = None, **fields) -> B
     forget, retain = w.split(split_name_to_fraction(split))
     return Benchmark(f"world:{split}", forget, retain, w.holdout, {"world_facts": w.utility},
                      description="embedded fictitious-people world (generated, offline)")
-
-
-def _tofu(split: str, **kwargs) -> Benchmark:
-    from unlearn.data.tofu import tofu_benchmark
-
-    return tofu_benchmark(split, **kwargs)
-
-
-def _muse(split: str, **kwargs) -> Benchmark:
-    from unlearn.data.muse import muse_benchmark
-
-    return muse_benchmark(split, **kwargs)
 
 
 # ----------------------------------------------------------------------------- plain-text corpora
@@ -107,11 +82,6 @@ def wmdp_corpus_benchmark(split: str, path=None, max_rows: int | None = None,
     text :class:`Benchmark`: ``<split>-forget-corpus.jsonl`` and ``<split>-retain-corpus.jsonl``
     (rows with ``text``) from ``path`` or ``$WMDP_CORPORA_DIR``. The bio forget corpus is gated:
     request it from the WMDP authors. Passages under 50 characters are dropped (as RMU's code does)."""
-    import os
-    from pathlib import Path
-
-    from unlearn.data.muse import read_json_rows
-
     require(split in WMDP_CORPORA, f"WMDP corpus {split!r} is not one of {', '.join(WMDP_CORPORA)}")
     folder = path if path is not None else os.environ.get("WMDP_CORPORA_DIR") or None
     require(folder is not None, "the WMDP corpora are read from a local folder: download "
@@ -121,7 +91,7 @@ def wmdp_corpus_benchmark(split: str, path=None, max_rows: int | None = None,
     names = [f"{split}-forget-corpus.jsonl", f"{split}-retain-corpus.jsonl"]
     missing = [n for n in names if not (folder / n).is_file()]
     require(not missing, f"WMDP corpora folder {folder} lacks {', '.join(missing)}")
-    forget, retain = (read_json_rows(folder / n) for n in names)
+    forget, retain = (read_json_rows(folder / n, "WMDP corpus") for n in names)
     return text_benchmark(f"wmdp-corpus:{split}", forget, retain, max_rows=max_rows, min_chars=min_chars,
                           description=f"WMDP {split} unlearning corpora (RMU), from {folder}")
 
@@ -129,8 +99,8 @@ def wmdp_corpus_benchmark(split: str, path=None, max_rows: int | None = None,
 # family -> loader(split, **kwargs)
 BENCHMARKS: dict[str, Callable[..., Benchmark]] = {
     "world": world_benchmark,
-    "tofu": _tofu,
-    "muse": _muse,
+    "tofu": tofu_benchmark,
+    "muse": muse_benchmark,
     "wmdp-corpus": wmdp_corpus_benchmark,
 }
 
@@ -143,7 +113,7 @@ BENCHMARK_NAMES = {
     "tofu:forget05": "TOFU, forget 5%",
     "tofu:forget10": "TOFU, forget 10%",
     "muse:news": "MUSE-News (muse-bench/MUSE-News or a local folder via MUSE_DIR): KnowMem QA as "
-                 "forget/retain rows; VerbMem, KnowMem, PrivLeak in basin audit (--generate for the first two)",
+                 "forget/retain rows; VerbMem, KnowMem, PrivLeak when audited (--generate for the first two)",
     "muse:books": "MUSE-Books (muse-bench/MUSE-Books or MUSE_DIR), as muse:news",
     "wmdp-corpus:bio": "RMU's WMDP bio forget/retain text corpora (a local folder via WMDP_CORPORA_DIR)",
     "wmdp-corpus:cyber": "RMU's WMDP cyber forget/retain text corpora (WMDP_CORPORA_DIR)",

@@ -289,7 +289,7 @@ def batches(examples: Sequence[Example], batch_size: int, pad_id: int):
 
 def recorded_format(source):
     """The prompt format a basin folder recorded, or None: a ``basin unlearn`` run folder's
-    ``config.json``, an audit folder's ``config.json`` (``kind: audit``) or a model built by
+    ``config.json``, a results folder's ``config.json`` (beside its ``records.jsonl``) or a model built by
     ``basin world build --base`` (``basin_fit.json``). Hugging Face folders record none."""
     if not isinstance(source, (str, Path)):
         return None

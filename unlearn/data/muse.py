@@ -33,17 +33,17 @@ or ``{"text": ...}``. Older MUSE releases name the retain files ``retain2_qa*.js
 
 The :class:`MuseBenchmark` is TOFU-shaped so that basin's loop, attacks and TOFU-style metrics
 run on it unchanged: ``forget`` / ``retain`` are the KnowMem question-answer rows. MUSE's own
-metrics (:mod:`audit.metrics.muse`) read the rest from ``benchmark.muse`` (:class:`MuseData`).
+metrics read the rest from ``benchmark.muse`` (:class:`MuseData`).
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from unlearn.data.benchmarks import Benchmark
+from unlearn.data.files import read_json_rows
+from unlearn.data.types import Benchmark
 from unlearn.errors import BasinError, require
 
 HUB_IDS = {"news": "muse-bench/MUSE-News", "books": "muse-bench/MUSE-Books"}
@@ -87,30 +87,6 @@ class MuseBenchmark(Benchmark):
     muse: MuseData | None = None
 
 
-def read_json_rows(file: str | os.PathLike) -> list:
-    """A JSON list, or JSON Lines; a bad file names itself (and the line)."""
-    file = Path(file)
-    text = file.read_text(encoding="utf-8")
-    stripped = text.lstrip()
-    if stripped.startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise BasinError(f"{file} is not valid JSON ({err.msg} at line {err.lineno}); the MUSE "
-                             "file may be truncated: download it again") from None
-        require(isinstance(rows, list), f"{file} must hold a JSON list")
-        return rows
-    rows = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise BasinError(f"{file} line {number} is not valid JSON ({err.msg}); the MUSE "
-                                 "file may be truncated: download it again") from None
-    return rows
-
-
 def _texts(rows: list, name: str) -> list[str]:
     out = []
     for i, r in enumerate(rows):
@@ -149,12 +125,12 @@ def _from_folder(folder: Path, corpus: str) -> MuseData:
     missing = [name for name, path in found.items() if path is None]
     require(not missing, f"MUSE folder {folder} lacks {', '.join(missing)}; download these files "
                          f"from the {HUB_IDS[corpus]} data set into that folder (see docs/real_world.md)")
-    rows = {name: read_json_rows(path) for name, path in found.items()}
+    rows = {name: read_json_rows(path, "MUSE") for name, path in found.items()}
     optional = {name: _pick(folder, name, alt) for name, alt in OPTIONAL_FILES.items()}
     privleak = {s: _texts(rows[f"privleak/{s}.json"], f"privleak/{s}.json") for s in PRIVLEAK_SETS}
     if optional["privleak/retain.json"] is not None:
-        privleak["retain"] = _texts(read_json_rows(optional["privleak/retain.json"]), "privleak/retain.json")
-    raw = {s: _texts(read_json_rows(optional[f"raw/{s}.json"]), f"raw/{s}.json")
+        privleak["retain"] = _texts(read_json_rows(optional["privleak/retain.json"], "MUSE"), "privleak/retain.json")
+    raw = {s: _texts(read_json_rows(optional[f"raw/{s}.json"], "MUSE"), f"raw/{s}.json")
            for s in RAW_SETS if optional[f"raw/{s}.json"] is not None}
     return MuseData(corpus, _fields(rows["verbmem/forget.json"], ("prompt", "gt"), "verbmem/forget.json"),
                     {s: _fields(rows[f"knowmem/{s}.json"], ("question", "answer"), f"knowmem/{s}.json")
@@ -203,7 +179,7 @@ def muse_benchmark(split: str, path: str | os.PathLike | None = None, raw: bool 
     """``muse:news`` / ``muse:books`` as a :class:`MuseBenchmark`: ``forget`` / ``retain`` are
     KnowMem's ``forget_qa`` / ``retain_qa`` rows (``question``, ``answer``), ``muse`` holds every
     MUSE set. ``holdout`` and ``utility`` are empty (MUSE's non-members are whole texts, scored by
-    :mod:`audit.metrics.muse`)."""
+    MUSE's own metrics)."""
     data = load_muse(split, path=path, raw=raw)
     return MuseBenchmark(f"muse:{split}", [dict(r) for r in data.knowmem["forget_qa"]],
                          [dict(r) for r in data.knowmem["retain_qa"]], [], {},

@@ -28,11 +28,11 @@ that relearning and other per-author splits can group them.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
-from unlearn.data.benchmarks import Benchmark
+from unlearn.data.files import read_json_rows
+from unlearn.data.types import Benchmark
 from unlearn.errors import BasinError, require
 
 HUB_ID = "locuslab/TOFU"
@@ -49,30 +49,15 @@ def required_files(split: str) -> list[str]:
             *(f"{name}.json" for name in UTILITY_SETS)]
 
 
-def read_jsonl(file: str | os.PathLike) -> list[dict]:
-    """Rows of a JSON Lines file (blank lines skipped); a bad line names file and line number."""
-    rows = []
-    with open(file, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as err:
-                raise BasinError(f"{file} line {number} is not valid JSON ({err.msg}); "
-                                 "the TOFU file may be truncated: download it again") from None
-    return rows
-
-
 def _from_folder(folder: Path, split: str) -> dict[str, list[dict]]:
     require(folder.is_dir(), f"TOFU folder {folder} does not exist or is not a folder; pass the folder "
                              "that holds TOFU's JSON files (e.g. forget10_perturbed.json)")
     missing = [name for name in required_files(split) if not (folder / name).is_file()]
     require(not missing, f"TOFU folder {folder} lacks {', '.join(missing)}; download these files "
                          f"from the {HUB_ID} data set into that folder")
-    files = {name[:-len(".json")]: read_jsonl(folder / name) for name in required_files(split)}
+    files = {name[:-len(".json")]: read_json_rows(folder / name, "TOFU") for name in required_files(split)}
     holdout = folder / f"holdout{split[len('forget'):]}.json"
-    files["holdout"] = read_jsonl(holdout) if holdout.is_file() else []
+    files["holdout"] = read_json_rows(holdout, "TOFU") if holdout.is_file() else []
     return files
 
 
@@ -131,7 +116,7 @@ def tofu_benchmark(split: str, path: str | os.PathLike | None = None,
 
     ``path``: a folder with TOFU's JSON files; default ``$TOFU_DIR``, else the hub (network).
     ``utility_rows``: keep at most this many rows of each utility set, evenly spaced (a quick look
-    on a CPU: greedy generation over the 217 utility questions dominates a small audit).
+    on a CPU: greedy generation over the 217 utility questions dominates a small run).
     Raises :class:`~unlearn.errors.BasinError` for an unknown split, a folder that lacks a file
     (naming it), or no folder and no reachable hub.
     """

@@ -14,6 +14,9 @@ An objective is an object with
 
 from __future__ import annotations
 
+import inspect
+
+from unlearn.errors import BasinError
 from unlearn.objectives.ga import GA, GradDiff
 from unlearn.objectives.npo import NPO
 from unlearn.objectives.rmu import RMU
@@ -31,10 +34,6 @@ OBJECTIVES = {
 
 def make_objective(name: str, **kwargs):
     """Build an objective by name with its keyword arguments (did-you-mean on a miss)."""
-    import inspect
-
-    from unlearn.errors import BasinError
-
     cls = lookup(OBJECTIVES, name, "objective")
     allowed = set(inspect.signature(cls.__init__).parameters) - {"self"}
     unknown = set(kwargs) - allowed

@@ -263,6 +263,15 @@ RECIPES = {
     "hybrid": hybrid, "sam": sam,
 }
 ZO_NAMES = ("zo-sgd", "zo-adam", "adazo")
+# each recipe's tier in the paper's ladder (written into records, so a report needs no table)
+TIERS = {
+    "sophia": "second order",
+    "sgd": "first order", "adam": "first order",
+    "signsgd": "compressed", "signadam": "compressed", "qsgd": "compressed", "qadam": "compressed",
+    "zo-sgd": "zeroth order", "zo-adam": "zeroth order", "adazo": "zeroth order",
+    "hybrid": "hybrid",
+    "sam": "sharpness-aware",
+}
 
 
 def option_names(name: str) -> list[str]:
@@ -299,6 +308,7 @@ def _factory(name: str):
     factory.__name__ = factory.__qualname__ = name.replace("-", "_")
     factory.__doc__ = recipe.__doc__
     factory.options = option_names(name)
+    factory.tier = TIERS[name]
     return factory
 
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from analysis.load import load_records, records_path
+from analysis.report import write_report
+
 
 def register(sub) -> None:
     p = sub.add_parser("report", help="build an offline HTML report (tables, figures, audit cards, "
@@ -17,9 +20,6 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from analysis.load import load_records, records_path
-    from analysis.report import write_report
-
     for source in args.runs:
         records_path(source)  # a missing folder or one without records.jsonl -> BasinError
     df = load_records(args.runs)  # a malformed record -> RecordError (a BasinError)

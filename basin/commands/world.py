@@ -3,6 +3,13 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
+
+from unlearn.build import BuildConfig, build, finetune_fit
+from unlearn.cache import cache_root, ensure_writable
+from unlearn.data.format import cli_prompt_format
+from unlearn.data.world import WorldConfig, forget_count
+from unlearn.pretrain import FitConfig
 
 
 def register(sub) -> None:
@@ -35,11 +42,6 @@ def register(sub) -> None:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from unlearn.build import BuildConfig, build, finetune_fit
-    from unlearn.cache import cache_root, ensure_writable
-    from unlearn.data.world import WorldConfig, forget_count
-    from unlearn.pretrain import FitConfig
-
     world = WorldConfig(n_people=args.people, n_holdout=args.holdout, n_countries=args.countries,
                         seed=args.seed)
     n_forget = forget_count(world.n_people, args.forget)  # validates the fraction early
@@ -47,8 +49,6 @@ def run_build(args: argparse.Namespace) -> int:
     ensure_writable(cache_root(args.cache))
     steps = {"max_steps": args.max_steps} if args.max_steps is not None else {}
     fit = finetune_fit(seed=args.seed, **steps) if args.base else FitConfig(seed=args.seed, **steps)
-    from unlearn.data.format import cli_prompt_format
-
     config = BuildConfig(world=world, size=args.size, forget=forget, fit=fit, base=args.base, device=args.device,
                          dtype=args.dtype, prompt_format=cli_prompt_format(args.prompt_format, args.prompt_arg) or "plain")
     result = build(config, cache_dir=args.cache, progress=not args.quiet)
@@ -66,8 +66,6 @@ def run_build(args: argparse.Namespace) -> int:
         print(f"done in {result.seconds:.1f} s; use them as --model world:{args.size} and "
               f"world:{args.size}:retain{100 - round(args.forget * 100)}")
     else:
-        from dataclasses import asdict
-
         opts = " ".join(f"--benchmark-arg {k}={v}" for k, v in asdict(world).items())
         print(f"done in {result.seconds:.1f} s; use them as --model {result.original_dir} (and "
               f"{result.retain_dir}) with --benchmark world:{forget} {opts}")

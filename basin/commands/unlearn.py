@@ -7,20 +7,12 @@ import dataclasses
 import os
 from pathlib import Path
 
+import yaml
 
-def _key_values(items: list[str] | None, flag: str) -> dict:
-    """Parse ``KEY=VALUE`` pairs; values are read as YAML scalars (numbers, booleans, strings)."""
-    import yaml
-
-    from unlearn.errors import BasinError
-
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise BasinError(f"{flag} expects KEY=VALUE, got {item!r} (e.g. {flag} beta=0.1)")
-        key, value = item.split("=", 1)
-        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
-    return out
+from basin.options import key_values
+from unlearn.data.format import cli_prompt_format
+from unlearn.errors import BasinError
+from unlearn.train import UnlearnConfig, unlearn
 
 
 def register(sub) -> None:
@@ -65,11 +57,6 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import yaml
-
-    from unlearn.errors import BasinError
-    from unlearn.train import UnlearnConfig, unlearn
-
     data = {}
     if args.config:
         try:
@@ -80,12 +67,10 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, f.name, None)
         if value is not None and f.name not in ("objective_args", "optimizer_args", "benchmark_args"):
             data[f.name] = value
-    data.setdefault("objective_args", {}).update(_key_values(args.obj, "--obj"))
-    data.setdefault("optimizer_args", {}).update(_key_values(args.opt, "--opt"))
-    data.setdefault("benchmark_args", {}).update(_key_values(args.benchmark_arg, "--benchmark-arg"))
+    data.setdefault("objective_args", {}).update(key_values(args.obj, "--obj"))
+    data.setdefault("optimizer_args", {}).update(key_values(args.opt, "--opt"))
+    data.setdefault("benchmark_args", {}).update(key_values(args.benchmark_arg, "--benchmark-arg"))
     if args.prompt_format or args.prompt_arg:
-        from unlearn.data.format import cli_prompt_format
-
         data["prompt_format"] = cli_prompt_format(args.prompt_format or data.get("prompt_format"), args.prompt_arg)
     config = UnlearnConfig.from_dict(data)
     result = unlearn(config, out=args.out, progress=not args.quiet)

@@ -1,8 +1,13 @@
-"""``basin demo``: the main job on the embedded default (see :mod:`analysis.demo`)."""
+"""``basin demo``: the main job on the embedded default (see :mod:`basin.demo`)."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import time
+
+from basin.demo import DemoConfig, run_demo
+from unlearn.errors import require
 
 
 def register(sub) -> None:
@@ -25,15 +30,8 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import time
-
-    from analysis.demo import DemoConfig, run_demo
-    from unlearn.errors import require
-
     start = time.perf_counter()
     if args.cache:  # every stage (and every sweep worker) reads the models from this cache
-        import os
-
         os.environ["BASIN_CACHE"] = args.cache
     place = {"out": args.out, "device": args.device, "dtype": args.dtype, "engine": args.engine}
     if args.base:

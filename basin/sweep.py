@@ -38,10 +38,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from tqdm.auto import tqdm
 
+from audit.runner import AuditConfig, audit
+from unlearn.build import world_model_path
+from unlearn.cache import digest
 from unlearn.errors import BasinError, require
 from unlearn.registry import lookup
+from unlearn.train import UnlearnConfig, unlearn
 
 
 @dataclass
@@ -66,8 +71,6 @@ class SweepConfig:
 
     @classmethod
     def from_yaml(cls, path) -> "SweepConfig":
-        import yaml
-
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as err:
@@ -99,8 +102,6 @@ def job_name(values: dict) -> str:
         if key == "seed":
             parts.append(f"s{value}")
         elif isinstance(value, (dict, list)):
-            from unlearn.cache import digest
-
             parts.append(f"{key}{digest(value)[:6]}")
         elif isinstance(value, str):
             parts.append(value.replace("/", "_").replace(":", "_"))
@@ -111,8 +112,6 @@ def job_name(values: dict) -> str:
 
 def plan_jobs(config: SweepConfig) -> list[Job]:
     """The grid's cartesian product as jobs (checked before anything runs: bad fields, names)."""
-    from audit.runner import AuditConfig
-    from unlearn.train import UnlearnConfig
 
     out = Path(config.out)
     keys = list(config.grid)
@@ -139,9 +138,6 @@ def plan_jobs(config: SweepConfig) -> list[Job]:
 
 def run_job(job: Job, progress: bool = False) -> dict:
     """Unlearn (or resume, or reuse) and audit one grid point; return what was done and its time."""
-    from audit.runner import AuditConfig, audit
-    from unlearn.train import UnlearnConfig, unlearn
-
     start = time.perf_counter()
     unlearn(UnlearnConfig.from_dict(job.unlearn), out=job.run_dir, progress=progress)
     audited = False
@@ -202,8 +198,6 @@ ENGINES = {"local": run_local, "ray": run_ray}
 def _prepare_models(jobs: list[Job]) -> None:
     """Build the embedded world's models once, here, before workers need them (two workers would
     otherwise train the same cached model side by side)."""
-    from unlearn.build import world_model_path
-
     names = {j.unlearn["model"] for j in jobs} | {j.original for j in jobs} | {j.retain for j in jobs}
     for name in sorted(n for n in names if isinstance(n, str) and n.startswith("world:")):
         world_model_path(name)

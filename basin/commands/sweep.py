@@ -1,9 +1,14 @@
 """``basin sweep SPEC.yaml``: a grid of unlearning runs, each audited, on an engine (see
-:mod:`analysis.sweep`)."""
+:mod:`basin.sweep`)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+
+from analysis.load import load_records
+from analysis.report import write_report
+from basin.sweep import SweepConfig, run_sweep, sweep_sources
 
 
 def register(sub) -> None:
@@ -21,10 +26,6 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from analysis.sweep import SweepConfig, run_sweep, sweep_sources
-
     config = SweepConfig.from_yaml(args.spec)
     changes = {k: v for k, v in (("engine", args.engine), ("out", args.out)) if v is not None}
     if args.address is not None:
@@ -34,9 +35,6 @@ def run(args: argparse.Namespace) -> int:
     for r in results:
         print(f"{r['name']:<24} {r['seconds']:>7.1f} s  {r['run']}" + (f"  {r['audit']}" if r["audit"] else ""))
     if args.report:
-        from analysis.load import load_records
-        from analysis.report import write_report
-
         index = write_report(load_records(sweep_sources(config)), f"{config.out}/report",
                              title=f"basin sweep: {args.spec}")
         print(f"report: {index}")

@@ -112,6 +112,15 @@ def live(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: t.data for name, t in model.state_dict(keep_vars=True).items()}
 
 
+def sweep_buffer(model: nn.Module, reference: nn.Module | None = None):
+    """The set-up every weight-space sweep shares: one buffer holding ``model``'s weights
+    (:func:`make_buffer`), and the live tensors of the buffer, the model and the reference (None
+    without one): ``(buffer, dst, src, ref)``."""
+    buffer = make_buffer(model)
+    load_from(buffer, model)
+    return buffer, live(buffer), live(model), live(reference) if reference is not None else None
+
+
 @torch.no_grad()
 def write_transformed(buffer: dict[str, torch.Tensor], model: dict[str, torch.Tensor], names: Iterable[str],
                       transform: Transform, reference: dict[str, torch.Tensor] | None = None) -> None:

@@ -2,27 +2,29 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
+from audit.attacks import ATTACKS
+from audit.attacks.quantize import METHODS
+from audit.metrics import METRICS
+from basin.sweep import ENGINES
+from unlearn.data.benchmarks import BENCHMARK_NAMES
+from unlearn.models import SIZES
+from unlearn.objectives import OBJECTIVES
+from unlearn.optim import OPTIMIZERS
 
-# (title, module, attribute): registries shown by `basin ls`, as far as they exist
+# (title, registry): the registries `basin ls` shows
 SECTIONS = [
-    ("benchmarks", "unlearn.data.benchmarks", "BENCHMARK_NAMES"),
-    ("model sizes", "unlearn.models", "SIZES"),
-    ("objectives", "unlearn.objectives", "OBJECTIVES"),
-    ("optimizers", "unlearn.optim", "OPTIMIZERS"),
-    ("attacks", "audit.attacks", "ATTACKS"),
-    ("quantization methods", "audit.attacks.quantize", "METHODS"),
-    ("metrics", "audit.metrics", "METRICS"),
-    ("sweep engines", "analysis.sweep", "ENGINES"),
+    ("benchmarks", BENCHMARK_NAMES),
+    ("model sizes", SIZES),
+    ("objectives", OBJECTIVES),
+    ("optimizers", OPTIMIZERS),
+    ("attacks", ATTACKS),
+    ("quantization methods", METHODS),
+    ("metrics", METRICS),
+    ("sweep engines", ENGINES),
 ]
 
 
-# Metrics that measure knowledge: on the forget split a *lower* knowledge score is the goal.
-KNOWLEDGE_METRICS = {"prob", "nll", "exact_match", "rouge", "margin", "margin_win", "verbmem", "knowmem"}
-
-
-def describe(value, name: str = "") -> str:
+def describe(value) -> str:
     """One line for a registry entry: a string, a size dict, or an object's docstring."""
     if isinstance(value, str):
         return value
@@ -31,7 +33,7 @@ def describe(value, name: str = "") -> str:
     text = getattr(value, "description", None) or (getattr(value, "__doc__", None) or "")
     line = text.strip().splitlines()[0] if text.strip() else ""
     hib = getattr(value, "higher_is_better", None)
-    if hib is not None and name in KNOWLEDGE_METRICS:
+    if hib is not None and getattr(value, "knowledge", None) is not None:  # knowledge: lower on forget
         good, bad = ("higher", "lower") if hib else ("lower", "higher")
         line += f" ({good} is better on retain and utility sets, {bad} on the forget set)"
     elif hib is not None:
@@ -45,13 +47,10 @@ def register(sub) -> None:
 
 
 def run(args) -> int:
-    for title, module, attr in SECTIONS:
-        if importlib.util.find_spec(module.rsplit(".", 1)[0]) is None or importlib.util.find_spec(module) is None:
-            continue
-        registry = getattr(importlib.import_module(module), attr)
+    for title, registry in SECTIONS:
         print(f"{title}:")
         width = max(len(k) for k in registry)
         for name, value in registry.items():
-            print(f"  {name:<{width}}  {describe(value, name)}")
+            print(f"  {name:<{width}}  {describe(value)}")
         print()
     return 0

@@ -5,7 +5,7 @@ records to the (record-only) analysis library. Stages:
 
 1. build (or reuse from the cache) the world, its tokenizer, the tiny original model and the
    retain-only gold model;
-2. a sweep (:mod:`analysis.sweep`, local engine): unlearn the forget set with NPO + retain NLL
+2. a sweep (:mod:`basin.sweep`, local engine): unlearn the forget set with NPO + retain NLL
    and each optimizer tier (adam, signadam, adazo, hybrid, sophia) for several seeds, into
    ``OUT/runs/<optimizer>-s<seed>``, and audit each unlearned model with relearning, 4-bit RTN,
    NF4 and interpolation from the original into ``OUT/audits/<optimizer>-s<seed>`` (forget and
@@ -25,7 +25,14 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from analysis.verdicts import Claim
+from analysis.load import load_records
+from analysis.report import write_report
+from analysis.verdicts import Claim, evaluate_claims, verdict_table
+from audit.runner import audit_plane
+from basin.sweep import SweepConfig, run_sweep
+from unlearn.build import BuildConfig, build, finetune_fit, retain_split
+from unlearn.data.world import WorldConfig
+from unlearn.pretrain import FitConfig
 
 # Per-optimizer settings for NPO on the tiny model, chosen by a small learning-rate sweep on
 # seed 0 (docs/paper_index.md): each is the setting that forgot the forget set while keeping the
@@ -125,12 +132,6 @@ AUDIT_METRICS = ("prob", "nll", "exact_match", "truth_ratio", "forget_quality", 
 def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool = True,
              log=print) -> dict:
     """Run every stage; return ``{"report": path, "verdicts": DataFrame, "seconds": {stage: s}}``."""
-    from analysis.report import write_report
-    from analysis.verdicts import evaluate_claims, verdict_table
-    from analysis.sweep import SweepConfig, run_sweep
-    from unlearn.build import BuildConfig, build, finetune_fit, retain_split
-    from unlearn.data.world import WorldConfig
-    from unlearn.pretrain import FitConfig
 
     out = Path(config.out)
     seconds: dict[str, float] = {}
@@ -178,8 +179,6 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
     corners = [n for n in ("adam", "hybrid") if n in config.optimizers]
     plane_dir = out / "audits" / "plane"
     if len(corners) == 2 and not (plane_dir / "records.jsonl").exists():
-        from audit.runner import audit_plane
-
         s0 = config.seeds[0]
         audit_plane(original, str(out / "runs" / f"adam-s{s0}"), str(out / "runs" / f"hybrid-s{s0}"),
                     names=("original", f"adam-s{s0}", f"hybrid-s{s0}"), benchmark=config.benchmark,
@@ -190,8 +189,6 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
     seconds["plane"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    from analysis.load import load_records
-
     df = load_records(runs + audits)
     claims = config.claims()
     verdicts = verdict_table(evaluate_claims(df, claims))

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
+
+from audit.runner import FAST_METRICS, AuditConfig, audit
+from basin.options import attack_args, key_values
+from unlearn.data.format import cli_prompt_format
 
 
 def register(sub) -> None:
@@ -51,44 +57,22 @@ def register(sub) -> None:
     p.set_defaults(func=run)
 
 
-def _attack_args(items) -> dict:
-    import yaml
-
-    from unlearn.errors import BasinError
-
-    out: dict = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        attack, dot, option = key.partition(".")
-        if not sep or not dot:
-            raise BasinError(f"--arg expects ATTACK.KEY=VALUE, got {item!r} (e.g. --arg relearn.lr=1e-3)")
-        out.setdefault(attack.strip(), {})[option.strip().replace("-", "_")] = yaml.safe_load(value)
-    return out
-
-
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    from audit.runner import FAST_METRICS, AuditConfig, audit
-    from unlearn.cli_unlearn import _key_values
-    from unlearn.data.format import cli_prompt_format
-
     benchmark, bench_args = args.benchmark, {}
     run_config = Path(args.model) / "config.json"
     if benchmark is None and (Path(args.model) / "model").is_dir() and run_config.exists():
         saved = json.loads(run_config.read_text())  # a basin unlearn run: audit what it unlearned
         benchmark, bench_args = saved.get("benchmark"), dict(saved.get("benchmark_args") or {})
-    bench_args.update(_key_values(args.benchmark_arg, "--benchmark-arg"))
+    bench_args.update(key_values(args.benchmark_arg, "--benchmark-arg"))
     attacks = tuple(a.strip() for a in args.attacks.split(",") if a.strip())
     if args.metrics:
         metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
     else:
         metrics = None if args.generate else FAST_METRICS
-    muse = _key_values(args.muse_arg, "--muse-arg")
-    lmeval = {"tasks": args.lmeval_task, **_key_values(args.lmeval_arg, "--lmeval-arg")} if args.lmeval_task else None
+    muse = key_values(args.muse_arg, "--muse-arg")
+    lmeval = {"tasks": args.lmeval_task, **key_values(args.lmeval_arg, "--lmeval-arg")} if args.lmeval_task else None
     config = AuditConfig(benchmark=benchmark or "world:forget10", benchmark_args=bench_args, attacks=attacks,
-                         metrics=metrics, muse_options=muse, lmeval=lmeval, attack_args=_attack_args(args.arg),
+                         metrics=metrics, muse_options=muse, lmeval=lmeval, attack_args=attack_args(args.arg),
                          generate=args.generate, max_retain=args.max_retain, seed=args.seed,
                          device=args.device, dtype=args.dtype,
                          prompt_format=cli_prompt_format(args.prompt_format, args.prompt_arg))
