@@ -1,6 +1,6 @@
 """What a wrong prompt format costs, and what a TOFU forget10 audit of SmolLM2-135M costs.
 
-Run: ``python bench/prompt_format_bench.py [--tofu DIR] [--steps 60] [--timing]`` (SmolLM2 converted
+Run: ``python bench/prompt_format_bench.py [--tofu DIR] [--steps 60] [--lr 3e-4] [--timing]`` (SmolLM2 converted
 once into the cache, see docs/real_world.md; TOFU's files from ``--tofu`` or ``$TOFU_DIR``).
 
 1. Format error. SmolLM2 is fine-tuned (the TOFU recipe in miniature, :func:`unlearn.build.finetune_fit`
@@ -27,6 +27,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import argparse
 import dataclasses
+import inspect
 import json
 import sys
 import tempfile
@@ -57,7 +58,7 @@ def _probs(model, tok, rows, fmt) -> float:
     return float(stats.p_norm.mean())
 
 
-def format_error(tofu_dir, steps: int, out: Path) -> dict:
+def format_error(tofu_dir, steps: int, lr: float, out: Path) -> dict:
     from unlearn.build import finetune_fit
     from unlearn.data.format import encode_rows
     from unlearn.models import load_model
@@ -68,9 +69,11 @@ def format_error(tofu_dir, steps: int, out: Path) -> dict:
     sets = {"forget (trained)": forget, "retain (trained)": retain, "retain (unseen)": unseen}
     formats = ("llama2-chat", "plain", "chat")
     before = {f: {k: _probs(model, tok, rows, f) for k, rows in sets.items()} for f in formats}
+    print("before fine-tuning:", json.dumps(before), flush=True)
     start = time.perf_counter()
     result = fit(model, tok, encode_rows(tok, forget + retain, max_length=512, fmt="llama2-chat"),
-                 finetune_fit(max_steps=steps), progress=True, desc="fine-tune SmolLM2 in llama2-chat")
+                 finetune_fit(max_steps=steps, lr=lr, eval_every=max(1, steps // 2)), progress=True,
+                 desc="fine-tune SmolLM2 in llama2-chat")
     seconds = time.perf_counter() - start
     after = {f: {k: _probs(model, tok, rows, f) for k, rows in sets.items()} for f in formats}
     model.save_pretrained(out, safe_serialization=True)
@@ -118,7 +121,7 @@ def audit_time(tofu_dir, checkpoint: str, fraction: float = 1 / 20) -> dict:
     from audit.attacks.quantize import quantize
     from audit.attacks.relearn import relearn
     from audit.metrics import evaluate
-    from audit.runner import DEFAULT_ATTACK_ARGS, FAST_METRICS, _subsample
+    from audit.runner import FAST_METRICS, _subsample
     from unlearn.data.format import prompt_format
     from unlearn.data.tofu import tofu_benchmark
     from unlearn.models import load_model
@@ -135,7 +138,7 @@ def audit_time(tofu_dir, checkpoint: str, fraction: float = 1 / 20) -> dict:
                                    prompt_format=fmt))
     eval_fwd = fwd * pairs / pairs_s
     eval_gen = max(both - fwd, 0.0) * questions / questions_s
-    steps = DEFAULT_ATTACK_ARGS["relearn"]["steps"]
+    steps = inspect.signature(relearn).parameters["steps"].default   # the audit's relearning settings
     it = relearn(model, tokenizer=tok, forget_rows=full.forget, steps=(5,), prompt_format=fmt)
     relearn_step = _timed(lambda: next(iter(it))) / 5
     q = quantize(model, methods=("rtn", "nf4"), bits=None)
@@ -159,6 +162,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tofu", default=os.environ.get("TOFU_DIR"), help="folder with TOFU's JSON files")
     parser.add_argument("--steps", type=int, default=60, help="fine-tuning steps (default 60)")
+    parser.add_argument("--lr", type=float, default=3e-4, help="fine-tuning learning rate (default 3e-4)")
     parser.add_argument("--out", default=str(Path(tempfile.gettempdir()) / "smollm2-tofu-llama2-chat"),
                         help="where the fine-tuned model goes")
     parser.add_argument("--timing", action="store_true", help="also time the forget10 audit (long)")
@@ -169,7 +173,7 @@ def main() -> int:
     print(f"torch threads {torch.get_num_threads()}, load {_load()}", flush=True)
     report = {}
     if not args.timing_only:
-        report["format_error"] = format_error(args.tofu, args.steps, Path(args.out))
+        report["format_error"] = format_error(args.tofu, args.steps, args.lr, Path(args.out))
         print(json.dumps(report["format_error"], indent=1), flush=True)
     if args.timing or args.timing_only:
         report["audit_time"] = audit_time(args.tofu, args.out)

@@ -83,6 +83,16 @@ class PromptFormat:
     def as_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @property
+    def description(self) -> str:
+        """One line for ``basin ls``: the layout of a prompt and its answer."""
+        if self.apply_chat_template:
+            extra = [f"system prompt {self.system_prompt!r}"] if self.system_prompt else []
+            extra += [f"date_string {self.date_string!r}"] if self.date_string else []
+            return "the tokenizer's chat template" + (f" ({', '.join(extra)})" if extra else "")
+        return (f"{self.prompt_text('{question}')!r} then {self.answer_prefix + '{answer}'!r} and EOS, "
+                f"{self.tokenize} tokenisation")
+
     def prompt_text(self, question: str) -> str:
         """The prompt as text (tags form; a chat template renders its own)."""
         return (self.system_prompt_with_special_tokens + self.user_start_tag + question + self.user_end_tag
