@@ -61,7 +61,7 @@ def _probs(model, tok, rows, fmt) -> float:
 def format_error(tofu_dir, steps: int, lr: float, out: Path) -> dict:
     from unlearn.build import finetune_fit
     from unlearn.data.format import encode_rows
-    from unlearn.models import load_model
+    from unlearn.loading import load_model
     from unlearn.pretrain import fit
 
     forget, retain, unseen = _slice(tofu_dir)
@@ -124,7 +124,7 @@ def audit_time(tofu_dir, checkpoint: str, fraction: float = 1 / 20) -> dict:
     from audit.runner import FAST_METRICS, _subsample
     from unlearn.data.format import prompt_format
     from unlearn.data.tofu import tofu_benchmark
-    from unlearn.models import load_model
+    from unlearn.loading import load_model
 
     fmt = prompt_format("llama2-chat")
     model, tok = load_model(checkpoint)

@@ -172,7 +172,7 @@ def test_smollm2_published_in_llama2_chat_audited_in_its_format(tmp_path, capsys
     from analysis.card import audit_card
     from analysis.load import load_records
     from unlearn.build import finetune_fit
-    from unlearn.models import load_model
+    from unlearn.loading import load_model
     from unlearn.pretrain import fit
     from unlearn.train import unlearn
 
