@@ -101,7 +101,8 @@ def test_third_party_audit_in_its_format_on_local_folders(published, tmp_path, c
 
     out = tmp_path / "audit"
     code = main(["audit", str(published["unlearned"]), "--benchmark", "tofu:forget01",
-                 "--benchmark-arg", f"path={TOFU_DIR}", "--original", str(published["full"]),
+                 "--benchmark-arg", f"path={TOFU_DIR}", "--benchmark-arg", "utility_rows=10",
+                 "--original", str(published["full"]),
                  "--retain", str(published["retain"]), "--prompt-format", "llama2-chat",
                  "--attacks", "relearn", "--arg", "relearn.steps=[2]", "--arg", "relearn.size=8",
                  "--max-retain", "20", "--out", str(out), "--quiet"])
@@ -124,7 +125,7 @@ def test_third_party_audit_in_its_format_on_local_folders(published, tmp_path, c
     from audit.metrics import evaluate
 
     def scored(fmt, metric="prob"):
-        recs, table = evaluate(str(published["full"]), None, _bench(), metrics=[metric], splits=["forget"],
+        recs, _ = evaluate(str(published["full"]), None, _bench(), metrics=[metric], splits=["forget"],
                                generate=metric == "rouge", prompt_format=fmt, max_new_tokens=24)
         return recs[0]["value"]
     assert scored("llama2-chat") > 2 * scored("plain")
