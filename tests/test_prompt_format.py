@@ -149,6 +149,11 @@ def test_hand_checked_layouts(tofu_pairs, tokenizers):
     assert l2.decode(inst.input_ids, skip_special_tokens=True).startswith("[INST] " + question + " [/INST]")
     assert inst.input_ids[0] == l2.bos_token_id and inst.input_ids[-1] == l2.eos_token_id
     assert inst.input_ids.count(l2.eos_token_id) == 1   # asst_end_tag does not end a single turn
+    phi = encode_qa(l3, question, answer, 4096, prompt_format("phi"))
+    n_masked = phi.labels.index(next(lab for lab in phi.labels if lab != IGNORE))
+    # "Answer: " ends in a space token; joined, the space opens the answer's first word, which the
+    # prompt-length mask then covers (open-unlearning's rule, kept: the models were trained so)
+    assert l3.decode(phi.input_ids[n_masked - 1:n_masked]) == " " + answer.split()[0]
 
 
 def test_plain_is_todays_format(micro_tokenizer):
