@@ -195,7 +195,7 @@ def test_smollm2_published_in_llama2_chat_audited_in_its_format(tmp_path, capsys
                  "--benchmark-arg", f"path={TOFU_DIR}", "--benchmark-arg", "utility_rows=4",
                  "--original", str(tmp_path / "full"), "--retain", str(base),
                  "--prompt-format", "llama2-chat", "--generate", "--attacks", "relearn",
-                 "--arg", "relearn.steps=[1]", "--arg", "relearn.size=4", "--arg", "relearn.lr=1e-5",
+                 "--arg", "relearn.steps=[1]", "--arg", "relearn.size=4", "--arg", "relearn.lr=0.00001",
                  "--max-retain", "5", "--device", "cpu", "--out", str(out), "--quiet"])
     assert code == 0, capsys.readouterr().err
     df = load_records(out)
