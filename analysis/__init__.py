@@ -6,7 +6,7 @@ they carry, :mod:`analysis.names`) and never trains, attacks or loads a model.
 - :mod:`analysis.tables`    ``mean_ci``, ``summarize``, ``pivot``, ``recovery_per_seed``, ``recovery_table``
 - :mod:`analysis.plots`     ``robustness_curve``, ``basin_1d``, ``basin_2d``, ``tier_summary`` (-> Figure)
 - :mod:`analysis.card`      ``audit_card(df, optimizer=...)`` -> Markdown or HTML
-- :mod:`analysis.verdicts`  ``Claim``, ``PAPER_CLAIMS``, ``evaluate``, ``evaluate_claims``, ``verdict_table``
+- :mod:`analysis.verdicts`  ``Claim``, ``Bands``, ``PAPER_CLAIMS``, ``claims_for``, ``evaluate_claims``, ``verdict_table``
 - :mod:`analysis.report`    ``write_report(data, out_dir)`` -> ``out_dir/index.html`` (atomic)
 - :mod:`analysis.synthetic` made-up records for tests and trying the report (marked synthetic)
 

@@ -19,6 +19,7 @@ from analysis.names import optimizer_tier
 from analysis.plots import ATTACK_NAMES, METRIC_LABELS, SPLIT_LABELS
 from analysis.tables import (format_ci, knowledge_sign, latest_step, mean_ci, model_rows, per_seed,
                              recovery_table)
+from unlearn.records import is_control
 
 # what an attacker needs to do, per attack, in words
 ATTACK_ACCESS = {
@@ -35,10 +36,11 @@ MEANINGFUL_GAP = 0.05       # the original must beat the retain-only model on th
 
 
 def select_model(df: pd.DataFrame, *, model: str | None = None, optimizer: str | None = None,
-                 objective: str | None = None, run: str | None = None) -> pd.DataFrame:
+                 objective: str | None = None, run: str | None = None, recipe: str | None = None) -> pd.DataFrame:
     """The unlearned rows matching every given filter, plus all reference rows (original, retain)."""
     mask = df["role"] == "unlearned"
-    for col, want in (("model", model), ("optimizer", optimizer), ("objective", objective), ("run", run)):
+    for col, want in (("model", model), ("optimizer", optimizer), ("objective", objective), ("run", run),
+                      ("recipe", recipe)):
         if want is not None:
             mask &= df[col] == want
     return df[mask | (df["role"] != "unlearned")]
@@ -87,10 +89,12 @@ def _recovery_reading(row) -> str:
 
 def worst_cases(df: pd.DataFrame, metric: str, splits: Sequence[str]) -> pd.DataFrame:
     """Per attack and split, the setting with the highest mean recovery (ties: the first); where
-    recovery is undefined everywhere, the setting with the most knowledge by the raw metric."""
+    recovery is undefined everywhere, the setting with the most knowledge by the raw metric.
+    Controls (``-snapback`` settings, :func:`unlearn.records.is_control`) are never a worst case."""
     rec = recovery_table(df, metrics=[metric], splits=list(splits))
     if rec.empty:
         return rec
+    rec = rec[~rec["setting"].map(is_control)]
     rows = []
     sign = knowledge_sign(metric) or 1
     order = {a: i for i, a in enumerate(MODEL_ATTACKS)}
@@ -315,14 +319,15 @@ def render_html(blocks: list) -> str:
 
 
 def audit_card(df: pd.DataFrame, *, model: str | None = None, optimizer: str | None = None,
-               objective: str | None = None, run: str | None = None, fmt: str = "markdown",
+               objective: str | None = None, run: str | None = None, recipe: str | None = None,
+               fmt: str = "markdown",
                forget_metric: str = "prob", forget_splits: Sequence[str] = ("forget", "forget_unseen"),
                utility_metric: str = "model_utility", name: str | None = None) -> str:
     """The audit card of the unlearned model(s) selected by ``model`` / ``optimizer`` /
-    ``objective`` / ``run`` (seeds pooled), as ``fmt`` = ``markdown`` or ``html``."""
+    ``objective`` / ``run`` / ``recipe`` (seeds pooled), as ``fmt`` = ``markdown`` or ``html``."""
     if fmt not in ("markdown", "html"):
         raise ValueError(f"fmt must be 'markdown' or 'html', got {fmt!r}")
     blocks = card_blocks(df, forget_metric=forget_metric, forget_splits=forget_splits,
                          utility_metric=utility_metric, name=name, model=model, optimizer=optimizer,
-                         objective=objective, run=run)
+                         objective=objective, run=run, recipe=recipe)
     return render_markdown(blocks) if fmt == "markdown" else render_html(blocks)

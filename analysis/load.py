@@ -25,6 +25,11 @@ row per record with the columns of :data:`COLUMNS`:
                setting (``steps=20`` -> 20, ``rtn-4bit-g128`` -> 4, ``alpha=0.3`` -> 0.3)
 ``y``          second plane coordinate for ``plane`` settings ``x=0.5,y=0.25`` (float)
 ``lr``         learning rate from the record or the config (float, NaN when unknown)
+``recipe``     the unlearning run's settings, everything in its config that is not the seed or
+               bookkeeping (:func:`unlearn.records.recipe_of`): ``lr=0.001 steps=60 cfg=1a2b3c4d``; an audit folder
+               takes it from the config of the run it audited; records without a config get
+               ``lr=<lr>`` (or ``""`` when no lr is known, and always for reference models). Runs
+               with different recipes are different comparison units, never pooled.
 ``label``      display name of the series: the optimizer for unlearned models (the model name
                when no optimizer is known), ``original`` or ``retain-only`` for references
 ``source``     where the record came from (folder or file name; ``"<memory>"`` for dicts)
@@ -48,17 +53,17 @@ import pandas as pd
 
 from analysis.names import learn, learn_tiers
 from unlearn.errors import BasinError
-from unlearn.records import REQUIRED
+from unlearn.records import REQUIRED, recipe_of
 
 RECORDS_FILE = "records.jsonl"
 CONFIG_FILE = "config.json"
 ROLES = ("unlearned", "original", "retain")
 TEXT_COLUMNS = ("model", "attack", "setting", "metric", "split", "role", "optimizer", "objective",
-                "run", "label", "source")
+                "run", "label", "source", "recipe")
 NUMERIC_COLUMNS = ("value", "step", "attack_seed", "x", "y", "lr")
 COLUMNS = ("model", "attack", "setting", "metric", "value", "split", "seed", "role", "optimizer",
-           "objective", "run", "step", "attack_seed", "x", "y", "lr", "label", "source")
-CONFIG_FIELDS = ("optimizer", "objective", "seed", "lr", "role")
+           "objective", "run", "step", "attack_seed", "x", "y", "lr", "recipe", "label", "source")
+CONFIG_FIELDS = ("optimizer", "objective", "seed", "lr", "role", "recipe")
 
 
 
@@ -137,7 +142,7 @@ def validate_record(record, where: str = "record") -> dict:
         v = record.get(field)
         if v is not None and not _is_number(v):
             raise bad(field, "a number or null")
-    for field in ("optimizer", "objective", "run"):
+    for field in ("optimizer", "objective", "run", "recipe"):
         v = record.get(field)
         if v is not None and not isinstance(v, str):
             raise bad(field, "a string")
@@ -214,7 +219,26 @@ def config_fields(config: Mapping) -> dict:
     for key in ("seed", "lr", "role"):
         if key in config and config[key] is not None and key not in out:
             out[key] = config[key]
+    recipe = recipe_of(config)
+    if recipe:
+        out["recipe"] = recipe
     return out
+
+
+def _audited_run(folder: Path, model) -> Path | None:
+    """The ``basin unlearn`` run folder an audit folder's config names (its ``model``), looked up
+    as written, then relative to the audit folder's ancestors (a report read from another
+    working directory, or a copied tree: ``runs/adam-s0`` beside ``audits/adam-s0``)."""
+    if not isinstance(model, str) or not model:
+        return None
+    path = Path(model)
+    ancestors = list(folder.resolve().parents)
+    candidates = [path] if path.is_absolute() else [path] + [a / path for a in ancestors]
+    candidates += [a / Path(*path.parts[-k:]) for k in range(len(path.parts) - 1, 0, -1) for a in ancestors]
+    for c in candidates:
+        if (c / CONFIG_FILE).is_file() and (c / "model").exists() and c.resolve() != folder.resolve():
+            return c
+    return None
 
 
 def _read_config(folder: Path) -> dict:
@@ -272,7 +296,11 @@ def _records_from_path(source) -> list[dict]:
         return load_frame(path).to_dict("records")
     folder = path.parent
     _learn_manifest(folder)
-    defaults = config_fields(_read_config(folder))
+    config = _read_config(folder)
+    if config.get("kind") == "audit":  # an audit folder: the recipe is the audited run's
+        run = _audited_run(folder, config.get("model"))
+        config = _read_config(run) if run is not None else {}
+    defaults = config_fields(config)
     run_name = folder.name if Path(source).is_dir() or path.name == RECORDS_FILE else path.stem
     out = []
     for line_no, rec in _read_jsonl(path):
@@ -336,6 +364,9 @@ def normalise_frame(df: pd.DataFrame) -> pd.DataFrame:
             df[col] = np.nan
         df[col] = pd.to_numeric(df[col], errors="coerce").astype(float)
     df["seed"] = pd.to_numeric(df["seed"], errors="raise").astype("int64")
+    derive = (df["recipe"] == "") & (df["role"] == "unlearned") & df["lr"].notna()
+    df.loc[derive, "recipe"] = [f"lr={lr:g}" for lr in df.loc[derive, "lr"]]
+    df.loc[df["role"] != "unlearned", "recipe"] = ""
     parsed_x = df["setting"].map(parse_setting_x)
     df["x"] = df["x"].where(df["x"].notna(), parsed_x)
     plane = df["attack"] == "plane"

@@ -109,6 +109,7 @@ TIERS: list[tuple[str, tuple[str, ...]]] = [
     ("compressed", ("signsgd", "signadam", "qsgd", "qadam")),
     ("zeroth order", ("zo-sgd", "zo-adam", "adazo")),
     ("hybrid", ("hybrid",)),
+    ("control", ("adam-noise",)),
     ("other", ()),
     ("sharpness-aware", ("sam",)),
 ]

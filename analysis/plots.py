@@ -7,9 +7,14 @@ save it with ``fig.savefig(path)``.
 - :func:`basin_1d`: loss along the linear path between two models, forget and retain, with the
   barrier marked. :func:`barrier` computes it.
 - :func:`basin_2d`: a filled contour of the plane through three models, the models marked.
+- :func:`flatness`: Hessian trace, largest eigenvalue and random sharpness of the forget and retain
+  losses per optimizer (the ``flatness`` diagnostic), mean and 95% CI over seeds.
+- :func:`barriers`: the interpolation barrier per model pair, raw and per unit of distance.
 - :func:`tier_summary`: forget efficacy and utility per optimizer, clean and after each attack,
   optimizers ordered by tier (second order -> first order -> compressed -> zeroth order ->
   hybrid -> others -> sam).
+- :func:`unlearning_frontier`: forget against retain and utility across learning rates, one
+  Pareto front per optimizer (:func:`frontier_points`, :func:`pareto_front`).
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from analysis.tables import knowledge_sign, latest_step, mean_ci, model_rows, pe
 _PALETTE = ["#7f3c8d", "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#17becf", "#8c564b",
             "#e377c2", "#bcbd22", "#9467bd", "#393b79", "#637939", "#8c6d31", "#843c39", "#5254a3"]
 _TIER_MARKERS = {"second order": "D", "first order": "o", "compressed": "s", "zeroth order": "^",
-                 "hybrid": "*", "other": "v", "sharpness-aware": "P"}
+                 "hybrid": "*", "control": "X", "other": "v", "sharpness-aware": "P"}
 REFERENCE_STYLE = {"original": dict(color="black", linestyle="--", marker=None),
                    "retain-only": dict(color="#888888", linestyle=":", marker=None)}
 
@@ -361,6 +366,80 @@ def basin_1d(df: pd.DataFrame, metric: str | None = None, splits: Sequence[str] 
         return fig
 
 
+FLATNESS_METRICS = ("hessian_trace", "hessian_eig_max", "sharpness_mean", "sharpness_max")
+_SPLIT_COLORS = {"forget": "#d62728", "retain": "#1f77b4"}
+
+
+def _points(ax, data: pd.DataFrame, category: str, categories: list[str], splits: Sequence[str]) -> None:
+    """Mean and 95% CI over seeds of ``value`` per category (x axis), one marker series per split,
+    side by side."""
+    width = 0.5 / max(1, len(splits))
+    for k, split in enumerate(splits):
+        sub = per_seed(data[data["split"] == split], [category])
+        stats = [mean_ci(sub.loc[sub[category] == c, "value"]) for c in categories]
+        xs = np.arange(len(categories)) + (k - (len(splits) - 1) / 2) * width
+        means = np.array([st["mean"] for st in stats], dtype=float)
+        half = np.array([st["ci_half"] for st in stats], dtype=float)
+        ax.errorbar(xs, means, yerr=np.where(np.isfinite(half), half, 0.0), fmt="o", capsize=3,
+                    color=_SPLIT_COLORS.get(split, "#444444"), label=SPLIT_LABELS.get(split, split))
+    ax.set_xticks(np.arange(len(categories)))
+    ax.set_xticklabels([_wrap(c, 14) for c in categories], rotation=30, ha="right")
+    ax.axhline(0.0, color="#999999", linewidth=0.8)
+    ax.grid(alpha=0.3, axis="y")
+
+
+def flatness(df: pd.DataFrame, metrics: Sequence[str] = FLATNESS_METRICS,
+             splits: Sequence[str] = ("forget", "retain")) -> Figure:
+    """Flatness of the forget and retain losses around each model (the ``flatness`` diagnostic):
+    one panel per measure (Hutchinson trace of the Hessian, largest Hessian eigenvalue, random
+    sharpness at each relative norm), one column per optimizer (and the original / retain-only
+    models), mean and 95% CI over seeds per split."""
+    with mpl.rc_context(STYLE):
+        data = _series(df[df["attack"] == "flatness"])
+        panels = []
+        for metric in metrics:
+            for setting in sorted(data.loc[data["metric"] == metric, "setting"].unique()):
+                panels.append((metric, setting))
+        ncols = min(3, max(1, len(panels)))
+        nrows = max(1, math.ceil(len(panels) / ncols))
+        fig = _new_figure(4.6 * ncols + 0.8, 3.6 * nrows + 0.6)
+        if not panels:
+            return _no_data(fig, "no flatness records (audit with the flatness diagnostic)")
+        axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+        names = _ordered_series(data["series"].unique())
+        for ax, (metric, setting) in zip(axes, panels):
+            sub = data[(data["metric"] == metric) & (data["setting"] == setting)]
+            _points(ax, sub, "series", names, [s for s in splits if (sub["split"] == s).any()])
+            label = METRIC_LABELS.get(metric, metric)
+            ax.set_title(_wrap(f"{label}, {setting.removeprefix('sharpness-')}" if metric.startswith("sharp")
+                               else label, 48))
+        for ax in axes[len(panels):]:
+            ax.axis("off")
+        _suptitle(fig, "Flatness around each model: higher = sharper (mean and 95% CI over seeds)")
+        _legend(fig, axes)
+        return fig
+
+
+def barriers(df: pd.DataFrame, splits: Sequence[str] = ("forget", "retain"), attack: str = "interpolate") -> Figure:
+    """The loss barrier of every interpolated pair (``original->adam``, ``adam->hybrid``, ...):
+    left the barrier in NLL, right the barrier per unit of weight-space distance
+    ||theta_B - theta_A||; mean and 95% CI over seeds per split."""
+    with mpl.rc_context(STYLE):
+        data = df[(df["attack"] == attack) & (df["setting"] == "path")]
+        fig = _new_figure(11.0, 4.2)
+        if not data["metric"].isin(["barrier", "barrier_per_distance"]).any():
+            return _no_data(fig, "no interpolation barriers in the records")
+        pairs = sorted(data["model"].unique(), key=lambda m: (not m.startswith("original"), m))
+        axes = fig.subplots(1, 2, squeeze=False).ravel()
+        for ax, metric in zip(axes, ("barrier", "barrier_per_distance")):
+            sub = data[data["metric"] == metric]
+            _points(ax, sub, "model", pairs, [s for s in splits if (sub["split"] == s).any()])
+            ax.set_title(METRIC_LABELS.get(metric, metric))
+        _suptitle(fig, "Linear-interpolation barriers between models (0 = linearly connected)")
+        _legend(fig, axes)
+        return fig
+
+
 def basin_2d(df: pd.DataFrame, metric: str | None = None, splits: Sequence[str] = ("forget", "retain"),
              *, model: str | None = None, corners: Sequence[str] | None = None,
              corner_xy: Sequence[tuple[float, float]] = ((0.0, 0.0), (1.0, 0.0), (0.0, 1.0)),
@@ -526,3 +605,141 @@ def _tier_bands(ax_top, ax_bottom, labels: list[str]) -> None:
             shade = not shade
             start = i
     ax_top.set_xlim(-0.5, len(labels) - 0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# the unlearning frontier
+
+
+def pareto_front(x: Sequence[float], y: Sequence[float]) -> np.ndarray:
+    """Mask of the points no other point beats on both axes, with less ``x`` (less knowledge of the
+    forget set) and more ``y`` (more retain knowledge or utility) better: point i is on the front
+    unless some j has x_j <= x_i and y_j >= y_i with one of the two strict. NaN is never on it."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    ok = np.isfinite(x) & np.isfinite(y)
+    front = ok.copy()
+    for i in np.flatnonzero(ok):
+        beats = ok & (x <= x[i]) & (y >= y[i]) & ((x < x[i]) | (y > y[i]))
+        front[i] = not beats.any()
+    return front
+
+
+def frontier_points(df: pd.DataFrame, forget: tuple[str, str] = ("prob", "forget"),
+                    other: tuple[str, str] = ("prob", "retain"), attack: str = "calibrate") -> pd.DataFrame:
+    """One row per (series, steps, lr): the forget and the ``other`` (metric, split) as mean and 95% CI
+    over seeds, and whether the point is on its series' Pareto front (:func:`pareto_front`).
+
+    Reads the records of ``attack``: ``calibrate``, the probes of ``basin calibrate`` (with ``lr`` and
+    ``steps``), or ``training``, the last evaluation of each ``basin unlearn`` run (a sweep over
+    learning rates; ``lr`` comes from the run's config). References (original, retain-only) come out
+    as rows of their own with ``lr`` NaN. Columns: series, role, steps, lr, x, x_half, y, y_half, n,
+    pareto, and x_seeds / y_seeds (the per-seed values, paired by seed)."""
+    data = df[df["attack"] == attack]
+    if attack == "training" and len(data):   # each run's final evaluation
+        data = data[data["step"] == data.groupby("run")["step"].transform("max")]
+    if "steps" not in data.columns:
+        data = data.assign(steps=np.nan)
+    data = data.assign(steps=pd.to_numeric(data["steps"], errors="coerce"), series=data["label"])
+    keys = ["series", "role", "steps", "lr"]
+    rows = []
+    for key, g in data.groupby(keys, dropna=False, sort=False):
+        stats, seeds = {}, {}
+        for name, (metric, split) in (("x", forget), ("y", other)):
+            sub = g[(g["metric"] == metric) & (g["split"] == split)]
+            seeds[name] = latest_step(sub).groupby("seed")["value"].mean()
+            stats[name] = mean_ci(seeds[name])
+        if stats["x"]["n"] == 0 or stats["y"]["n"] == 0:
+            continue
+        paired = pd.concat(seeds, axis=1).dropna()
+        rows.append({**dict(zip(keys, key)), "x": stats["x"]["mean"], "x_half": stats["x"]["ci_half"],
+                     "y": stats["y"]["mean"], "y_half": stats["y"]["ci_half"],
+                     "n": min(stats["x"]["n"], stats["y"]["n"]),
+                     "x_seeds": paired["x"].tolist(), "y_seeds": paired["y"].tolist()})
+    cols = keys + ["x", "x_half", "y", "y_half", "n", "pareto", "x_seeds", "y_seeds"]
+    if not rows:
+        return pd.DataFrame(columns=cols)
+    out = pd.DataFrame(rows).sort_values(["series", "steps", "lr"], na_position="last").reset_index(drop=True)
+    out["pareto"] = False
+    for idx in out[out["role"] == "unlearned"].groupby("series").groups.values():
+        out.loc[idx, "pareto"] = pareto_front(out.loc[idx, "x"], out.loc[idx, "y"])
+    return out[cols]
+
+
+def unlearning_frontier(df: pd.DataFrame, forget: tuple[str, str] = ("prob", "forget"),
+                        others: Sequence[tuple[str, str]] = (("prob", "retain"), ("prob", "world_facts")),
+                        attack: str = "calibrate") -> Figure:
+    """The unlearning frontier: forget knowledge (x, less = more forgotten) against retain knowledge
+    and utility (y, more = better), one panel per (metric, split) in ``others`` that the records hold.
+
+    Each optimizer is one colour; each point one learning rate (and step count), the mean over seeds
+    (large marker; each seed a small dot beside it, as 95% CIs from two or three seeds span the whole
+    axis), joined in lr order. Filled markers
+    are the series' Pareto front (no other of its points forgets more *and* keeps more), hollow ones
+    are dominated; front points are labelled with their lr. The original model (black star) and the
+    retain-only gold model (grey cross) mark the two ends, and the calibration target, when the
+    records carry one in the plotted metric (``target_metric``), is a dotted vertical line. The x
+    axis is logarithmic when the points span more than a factor of 100 (forgetting near the floor).
+    Points come from :func:`frontier_points`.
+    """
+    with mpl.rc_context(STYLE):
+        data = df[df["attack"] == attack]
+        present = [(m, s) for m, s in others if ((data["metric"] == m) & (data["split"] == s)).any()]
+        fig = _new_figure(4.6 * max(1, len(present)) + 1.0, 4.6)
+        if data.empty or not present or not ((data["metric"] == forget[0]) & (data["split"] == forget[1])).any():
+            return _no_data(fig, f"no {forget[0]} ({forget[1]}) records at several learning rates "
+                            f"(attack {attack!r}): run basin calibrate, or a sweep over lr")
+        axes = np.atleast_1d(fig.subplots(1, len(present), squeeze=False)[0])
+        target = pd.Series([], dtype=float)   # drawn only when the records' target is in the plotted metric
+        if {"target", "target_metric"} <= set(data.columns) and forget[1] == "forget":
+            target = pd.to_numeric(data.loc[data["target_metric"] == forget[0], "target"], errors="coerce").dropna()
+        for ax, other in zip(axes, present):
+            pts = frontier_points(data, forget, other, attack)
+            for name in _ordered_series(pts["series"]):
+                sub = pts[pts["series"] == name]
+                if name in REFERENCE_STYLE:
+                    r = sub.iloc[0]
+                    ax.plot([r["x"]], [r["y"]], linestyle="none", markersize=11, label=name,
+                            marker="*" if name == "original" else "X", color=REFERENCE_STYLE[name]["color"])
+                    continue
+                style = series_style(name)
+                several_steps = sub["steps"].nunique() > 1
+                for steps, line in sub.groupby("steps", dropna=False):
+                    label = f"{name} ({steps:g} steps)" if several_steps and np.isfinite(steps) else name
+                    line = line.sort_values("lr")
+                    ax.plot(line["x"], line["y"], color=style["color"], linewidth=1.0, alpha=0.6,
+                            linestyle="-" if not several_steps else ["-", "--", ":", "-."][
+                                sorted(sub["steps"].unique()).index(steps) % 4])
+                    sx = [v for vs in line["x_seeds"] for v in vs]
+                    sy = [v for vs in line["y_seeds"] for v in vs]
+                    if line["n"].max() > 1:
+                        ax.plot(sx, sy, linestyle="none", marker=".", markersize=4, color=style["color"], alpha=0.4)
+                    for on, face in ((True, style["color"]), (False, "white")):
+                        part = line[line["pareto"] == on]
+                        if not part.empty:
+                            ax.plot(part["x"], part["y"], linestyle="none", marker=style["marker"], markersize=6,
+                                    color=style["color"], markerfacecolor=face,
+                                    label=label if on else "_" + label)
+                    for r in line[line["pareto"]].itertuples():
+                        ax.annotate(f"{r.lr:.2g}", (r.x, r.y), textcoords="offset points", xytext=(4, 3),
+                                    fontsize=7, color=style["color"])
+            if not target.empty:
+                ax.axvline(float(target.median()), color="#555555", linestyle=":", linewidth=1.2,
+                           label="calibration target")
+            xs = np.concatenate([pts["x"].to_numpy(float)] + [np.asarray(v, float) for v in pts["x_seeds"]])
+            xs = xs[np.isfinite(xs)]
+            if (xs > 0).all() and xs.max() / xs.min() > 100:   # near the floor: a log axis keeps points apart
+                ax.set_xscale("log")
+                edge = xs.max() * 1e-4                        # collapsed models: drawn at the edge, counted
+                if xs.min() < edge:
+                    ax.set_xlim(left=edge / 2)
+                    below = int((pts["x"] < edge / 2).sum())
+                    ax.text(0.01, 0.01, f"{below} point(s) below {edge / 2:.0e} off the axis", fontsize=7,
+                            transform=ax.transAxes, color="#555555")
+            ax.set_xlabel(short_label(*forget) + ": lower = more forgotten")
+            ax.set_ylabel(short_label(*other) + ": higher = better")
+            ax.set_title(SPLIT_LABELS.get(other[1], other[1]))
+            ax.grid(alpha=0.3)
+        _suptitle(fig, "The unlearning frontier: forgetting against what is kept, one point per learning rate "
+                  "(mean over seeds, dots = single seeds; filled = Pareto front)")
+        _legend(fig, axes)
+        return fig

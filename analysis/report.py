@@ -69,9 +69,23 @@ def plan_figures(df: pd.DataFrame) -> list[tuple[str, str, Callable[[], object]]
         out.append(("basin-1d", "Loss along the straight line between two models (mode connectivity); "
                     "the bar marks the barrier: the largest rise above the straight chord.",
                     lambda: plots.basin_1d(df)))
+    if ((df["attack"] == "interpolate") & df["metric"].isin(["barrier", "barrier_per_distance"])).any():
+        out.append(("barriers", "Loss barrier of each interpolated pair, raw (left) and per unit of "
+                    "weight-space distance ||θ_B − θ_A|| (right), mean and 95% CI over seeds.",
+                    lambda: plots.barriers(df)))
+    if (df["attack"] == "flatness").any():
+        out.append(("flatness", "Flatness of the forget and retain losses around each model: "
+                    "Hutchinson trace of the Hessian, its largest eigenvalue (power iteration) and "
+                    "the mean / max loss rise under random weight perturbations of fixed relative norm.",
+                    lambda: plots.flatness(df)))
     for model in sorted(df.loc[df["attack"] == "plane", "model"].unique())[:3]:
         out.append((f"basin-2d-{_slug(model)}", f"Loss over the plane through three models ({model}).",
                     lambda mo=model: plots.basin_2d(df, model=mo)))
+    if ((df["attack"] == "calibrate") & (df["metric"] == "prob") & (df["split"] == "forget")).any():
+        out.append(("frontier", "The unlearning frontier: forget-set answer probability against retain-set "
+                    "probability and utility, one point per learning rate of basin calibrate's probes "
+                    "(mean over the calibration seeds, small dots = single seeds); filled markers are each optimizer's Pareto front.",
+                    lambda: plots.unlearning_frontier(df)))
     if (df["role"] == "unlearned").any():
         fmetric = next((m for m in FORGET_METRICS if ((df["metric"] == m) & (df["split"] == "forget")).any()), None)
         if fmetric:
@@ -169,18 +183,29 @@ def _pivot_html(table: pd.DataFrame) -> str:
 def _verdicts_html(vt: pd.DataFrame) -> str:
     if vt.empty:
         return "<p>No claims were evaluated.</p>"
+    vs = [b if isinstance(b, str) and b else f"{t:g}" for b, t in zip(vt["b"], vt["than"])]
     rows = pd.DataFrame({
         "claim": vt["text"],
         "verdict": [f'<span class="verdict v-{_slug(v)}">{_e(v)}</span>' for v in vt["verdict"]],
-        "A vs B": [f"{a} vs {b}" for a, b in zip(vt["a"], vt["b"])],
+        "A vs B": [f"{a}{' (' + ra + ')' if ra else ''} vs {b}{' (' + rb + ')' if rb else ''}"
+                   for a, ra, b, rb in zip(vt["a"], vt["recipe_a"], vs, vt["recipe_b"])],
         "compared": [f"{q} of {m} ({_text(s) or 'its only split'}) under "
                      f"{'no attack' if at == 'none' else at}" + (f" at {st}" if _text(st) else "")
-                     for q, m, s, at, st in zip(vt["quantity"], vt["metric"], vt["split"], vt["attack"], vt["setting"])],
-        "mean A / B (seeds)": [f"{_num(ma)} / {_num(mb)} ({na} / {nb})" for ma, mb, na, nb
-                               in zip(vt["mean_a"], vt["mean_b"], vt["n_a"], vt["n_b"])],
+                     for q, m, s, at, st in zip(vt["quantity"], vt["metric"], vt["split"], vt["attack"], vt["settings"])],
+        "test (n)": [f"{t} ({na}" + (f"/{nb})" if isinstance(b, str) and b else ")") if t else f"({na}/{nb})"
+                     for t, na, nb, b in zip(vt["test"], vt["n_a"], vt["n_b"], vt["b"])],
+        "mean A / B": [f"{_num(ma)} / {_num(mb)}" for ma, mb in zip(vt["mean_a"], vt["mean_b"])],
         "A − B [95% CI]": [f"{_num(d)} [{_num(lo)}, {_num(hi)}]" if np.isfinite(d) else ""
                            for d, lo, hi in zip(vt["diff"], vt["ci_low"], vt["ci_high"])],
+        "p (Holm)": [f"{_num(p)} ({_num(ph)})" if np.isfinite(p) else ""
+                     for p, ph in zip(vt["p_value"], vt["p_holm"])],
+        "recovery / recovery_gold / margin, A | B": [
+            " | ".join(f"{_num(r)} / {_num(g)} / {_num(m)}" for r, g, m in ((ra, ga, ma), (rb, gb, mb)))
+            if np.isfinite(ga) or np.isfinite(gb) else ""
+            for ra, rb, ga, gb, ma, mb in zip(vt["recovery_a"], vt["recovery_b"], vt["recovery_gold_a"],
+                                              vt["recovery_gold_b"], vt["margin_a"], vt["margin_b"])],
         "why": vt["reason"],
+        "conditions checked": vt["conditions"],
     })
     return _html_table(rows, raw_html_cols=("verdict",), nowrap_cols=("A − B [95% CI]",))
 
@@ -218,9 +243,12 @@ def _card_selections(df: pd.DataFrame) -> list[dict]:
     sels = []
     for obj in objectives:
         for opt in order_optimizers(set(unl.loc[unl["objective"] == obj, "optimizer"])):
-            sel = {"optimizer": opt or None, "objective": obj or None}
-            name = " / ".join(x for x in (opt, obj) if x) or "unlearned model"
-            sels.append({"name": name, **sel})
+            recipes = sorted(set(unl.loc[(unl["objective"] == obj) & (unl["optimizer"] == opt), "recipe"]))
+            for recipe in recipes:  # runs at different settings get a card each
+                sel = {"optimizer": opt or None, "objective": obj or None,
+                       "recipe": recipe if len(recipes) > 1 else None}
+                name = " / ".join(x for x in (opt, obj, recipe if len(recipes) > 1 else "") if x) or "unlearned model"
+                sels.append({"name": name, **sel})
     return sels
 
 
@@ -259,10 +287,15 @@ def build_report(df: pd.DataFrame, folder: Path, *, claims: Iterable[Claim] | No
     vt = verdict_table(verdicts)
     link = _write_csv(vt, folder / "tables", "verdicts.csv", files)
     section("verdicts", "Verdicts on the paper's claims",
-            "<p>Each claim is fixed in advance (optimizers, attack, metric, split, quantity); the verdict "
-            "comes from the 95% Welch confidence interval of the difference of per-seed numbers: "
-            "entirely on the claimed side = reproduced, entirely on the other = not reproduced, "
-            f'otherwise inconclusive. <a href="{link}">CSV</a></p>' + _verdicts_html(vt))
+            "<p>Each claim is fixed in advance (optimizers and their recipes, attack and the settings "
+            "pooled, metric, split, quantity). A comparison under an attack first checks its conditions "
+            "(both arms forgot alike and near the gold model, the attack leaves knowledge in the original, "
+            "utility alike); a failed one makes the verdict inconclusive. The test is the paired t on "
+            "per-seed differences where seeds pair the runs, else Welch's t (TOST for equivalence claims), "
+            "with p Holm-corrected across this report's claims: significant on the claimed side = "
+            "reproduced, on the other = not reproduced, otherwise inconclusive. An exact permutation test "
+            "is given beside (in the CSV); with 3 seeds its smallest attainable p is 0.125 paired and 0.05 "
+            f'unpaired. <a href="{link}">CSV</a></p>' + _verdicts_html(vt))
 
     # figures
     figs_html = []

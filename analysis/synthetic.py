@@ -167,3 +167,67 @@ def write_synthetic_runs(root: str | Path, records: list[dict] | None = None) ->
         append_records(folder / "records.jsonl", slim)
         folders.append(folder)
     return folders
+
+
+def _per_seed(value, seeds: Sequence[int]) -> list[float]:
+    """A number per seed: a scalar repeats, a sequence gives one value per seed in order."""
+    if isinstance(value, (int, float)):
+        return [float(value)] * len(seeds)
+    values = [float(v) for v in value]
+    if len(values) != len(seeds):
+        raise ValueError(f"{len(values)} values for {len(seeds)} seeds")
+    return values
+
+
+def comparison_records(arms: dict, *, seeds: Sequence[int] = (0, 1, 2), original: dict | None = None,
+                       gold: dict | None = None, metric: str = "prob", objective: str = "npo") -> list[dict]:
+    """Hand-set records for verdict tests: every number is given, nothing is drawn at random.
+
+    ``arms`` maps an optimizer name to ``{"clean": forget value, "retain": retain value,
+    "attacked": {(attack, setting): forget value under that attack}, "lr": ..., "recipe": ...,
+    "margin": clean latent margin, "margin_attacked": {(attack, setting): margin}, "seeds": ...}``;
+    values are scalars or one number per seed. The same forget numbers are written on ``forget``
+    and ``forget_unseen``. ``original`` and ``gold`` (the retain-only model) take ``clean``,
+    ``retain`` and ``attacked`` the same way (defaults: original 0.95 clean, 0.95 under every
+    attack; gold 0.05 everywhere; retain 0.95). Several recipes of one optimizer are given as
+    ``"name@anything"`` keys with their own ``lr`` / ``recipe``.
+    """
+    out: list[dict] = []
+    refs = {"original": {"clean": 0.95, "retain": 0.95, "default_attacked": 0.95, **(original or {})},
+            "retain": {"clean": 0.05, "retain": 0.95, "default_attacked": 0.05, **(gold or {})}}
+    keys = sorted({k for arm in arms.values() for k in arm.get("attacked", {})}
+                  | {k for ref in refs.values() for k in ref.get("attacked", {})})
+    for role, ref in refs.items():
+        for i, seed in enumerate(seeds):
+            base = dict(role=role, run=f"synthetic-{role}", synthetic=True)
+            for split in ("forget", "forget_unseen"):
+                out.append(_rec(role, "none", "", metric, _per_seed(ref["clean"], seeds)[i], split, seed, **base))
+            out.append(_rec(role, "none", "", metric, _per_seed(ref["retain"], seeds)[i], "retain", seed, **base))
+            for attack, setting in keys:
+                v = ref.get("attacked", {}).get((attack, setting), ref["default_attacked"])
+                for split in ("forget", "forget_unseen"):
+                    out.append(_rec(role, attack, setting, metric, _per_seed(v, seeds)[i], split, seed, **base))
+    for key, arm in arms.items():
+        opt = key.split("@")[0]
+        arm_seeds = arm.get("seeds", seeds)
+        for i, seed in enumerate(arm_seeds):
+            run = f"synthetic-{key}-s{seed}"
+            common = dict(role="unlearned", optimizer=opt, objective=objective, run=run,
+                          lr=arm.get("lr", 1e-3), synthetic=True)
+            if "recipe" in arm:
+                common["recipe"] = arm["recipe"]
+            for split in ("forget", "forget_unseen"):
+                out.append(_rec(run, "none", "", metric, _per_seed(arm["clean"], arm_seeds)[i], split, seed, **common))
+                if "margin" in arm:
+                    out.append(_rec(run, "none", "", "margin", _per_seed(arm["margin"], arm_seeds)[i], split,
+                                    seed, **common))
+            out.append(_rec(run, "none", "", metric, _per_seed(arm.get("retain", 0.95), arm_seeds)[i], "retain",
+                            seed, **common))
+            for (attack, setting), v in arm.get("attacked", {}).items():
+                for split in ("forget", "forget_unseen"):
+                    out.append(_rec(run, attack, setting, metric, _per_seed(v, arm_seeds)[i], split, seed, **common))
+                    m = arm.get("margin_attacked", {}).get((attack, setting))
+                    if m is not None:
+                        out.append(_rec(run, attack, setting, "margin", _per_seed(m, arm_seeds)[i], split, seed,
+                                        **common))
+    return out

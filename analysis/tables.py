@@ -26,11 +26,15 @@ from scipy import stats
 from analysis.names import DESCENDING_ATTACKS, KNOWLEDGE_SIGN, attack_rank, optimizer_rank
 
 GROUP_KEYS = ("objective", "optimizer", "label", "role", "attack", "setting", "x", "metric", "split")
-UNIT_KEYS = ("objective", "optimizer")  # what identifies an unlearning recipe across seeds
+# what identifies an unlearning recipe across seeds: runs that differ in any config field other
+# than the seed (lr, steps, optimizer or objective arguments: the ``recipe`` column of
+# analysis.load) are different units and are never pooled
+UNIT_KEYS = ("objective", "optimizer", "recipe")
 CONFIDENCE = 0.95
 # attacks that walk a path between several models rather than attack one model
 PATH_ATTACKS = ("interpolate", "plane")
-TRAJECTORY = ("training",)  # evaluations logged during unlearning: not an attack on a finished model
+TRAJECTORY = ("training", "calibrate")  # evaluations during unlearning / calibration probes: not attacks
+
 
 def knowledge_sign(metric: str) -> int | None:
     """+1 if a higher ``metric`` means more knowledge of the scored answers, -1 if lower does, None if
@@ -171,8 +175,7 @@ def pivot(df: pd.DataFrame, metric: str, split: str, *, rows: Sequence[str] | No
     if sub.empty:
         return pd.DataFrame()
     if rows is None:
-        several = sub.loc[sub["role"] == "unlearned", "objective"].nunique() > 1
-        rows = ("label", "objective") if several else ("label",)
+        rows = _series_rows(sub[sub["role"] == "unlearned"])
     summ = summarize(sub, keys=tuple(dict.fromkeys(GROUP_KEYS + tuple(rows))))
     same_n = summ["n"].nunique() == 1
     with_n = show_n is True or (show_n == "auto" and not same_n)
@@ -192,10 +195,20 @@ def recovery_pivot(rec: pd.DataFrame, metric: str, split: str, *, column: str = 
     if sub.empty:
         return pd.DataFrame()
     sub = sub.assign(label=sub["optimizer"].where(sub["optimizer"] != "", "(no optimizer)"))
-    several = sub["objective"].nunique() > 1
     sub = sub.assign(cell=[format_interval(m, lo, hi, digits) for m, lo, hi in
                            zip(sub[column], sub[f"{column}_ci_low"], sub[f"{column}_ci_high"])])
-    return wide(sub, "cell", ("label", "objective") if several else ("label",))
+    return wide(sub, "cell", _series_rows(sub))
+
+
+def _series_rows(unlearned: pd.DataFrame) -> tuple[str, ...]:
+    """Row keys of a wide table: the label, plus the objective when there are several, plus the
+    recipe when an optimizer was run at several (runs at different settings never share a row)."""
+    rows = ["label"]
+    if unlearned["objective"].nunique() > 1:
+        rows.append("objective")
+    if "recipe" in unlearned.columns and (unlearned.groupby(["objective", "optimizer"])["recipe"].nunique() > 1).any():
+        rows.append("recipe")
+    return tuple(rows)
 
 
 def _row_rank(label: str):

@@ -4,7 +4,11 @@ For the audited model (role ``unlearned``), and, when given, the original model 
 ``original``: the ceiling, what the attack leaves of knowledge that was never removed) and the
 retain-only model (role ``retain``: the floor, what the attack produces from nothing), the audit
 scores the clean model (attack ``none``) and every setting of every attack with the benchmark
-metrics. ``interpolate`` runs only for the audited model, on the path from the original to it.
+metrics. ``interpolate`` runs only for the audited model, on the path from the original to it, or
+from another model named by its option ``endpoint`` (a run folder or model: adam -> hybrid, seed 0
+-> seed 1); its ``path`` records hold the barrier, the distance ||theta_B - theta_A|| and the
+barrier per unit of distance. Diagnostics (``flatness``) write their measured values as records
+instead of scoring attacked models.
 Records are appended to ``OUT/records.jsonl`` after each setting; a rerun of the same audit skips
 what is already there, so an interrupted audit resumes. The audited model is never modified: its
 weight hash is checked before and after every attack.
@@ -25,7 +29,7 @@ from tqdm.auto import tqdm
 
 from audit.attacks import ATTACKS, Attack, describe_attacks, get_attack
 from audit.attacks.common import check_same_architecture
-from audit.attacks.interpolate import loss_barrier, plane
+from audit.attacks.interpolate import distance, loss_barrier, plane
 from audit.metrics import METRICS, describe_metrics, evaluate, reference_stats
 from audit.metrics.lmeval import run_lmeval
 from audit.metrics.muse import score_muse
@@ -37,7 +41,7 @@ from unlearn.errors import BasinError, require
 from unlearn.loading import load_model
 from unlearn.models import DTYPES, canonical_dtype, check_device_name, resolve_device, weights_hash
 from unlearn.optim import OPTIMIZERS
-from unlearn.records import append_records, read_records
+from unlearn.records import append_records, read_records, recipe_of
 from unlearn.registry import lookup
 from unlearn.train import OBJECT_MODEL
 
@@ -45,6 +49,10 @@ DEFAULT_ATTACKS = ("relearn", "quantize", "interpolate")
 # what the audit writes beside the registered metrics, described for the report like them
 AUDIT_METRICS = {
     "barrier": {"label": "loss barrier along the path (nats)", "higher_is_better": False, "knowledge": None},
+    "barrier_per_distance": {"label": "loss barrier per unit of distance ||θ_B − θ_A||", "higher_is_better": False,
+                             "knowledge": None},
+    "distance": {"label": "weight-space distance between the path's ends", "higher_is_better": None,
+                 "knowledge": None},
     "code_change": {"label": "fraction of quantization codes changed", "higher_is_better": None,
                     "knowledge": None},
     "lmeval_acc": {"label": "lm-eval accuracy", "higher_is_better": True, "knowledge": True},
@@ -115,7 +123,8 @@ def _resolve_format(spec, model, out):
     return chosen
 
 
-def _subsample(rows: list[dict], n: int) -> list[dict]:
+def subsample(rows: list[dict], n: int) -> list[dict]:
+    """``n`` rows evenly spaced over ``rows`` (all of them when n <= 0 or there are no more)."""
     if n <= 0 or len(rows) <= n:
         return rows
     step = len(rows) / n
@@ -144,6 +153,7 @@ def _run_info(source) -> dict:
             and (Path(source) / "model").exists():
         cfg = json.loads((Path(source) / "config.json").read_text())
         info = {k: cfg.get(k) for k in ("optimizer", "objective", "seed", "lr", "model")}
+        info["recipe"] = recipe_of(cfg) or None  # the run's settings: runs at different ones are never pooled
         if info["model"] == OBJECT_MODEL:  # started from an object: no name to load the original by
             info["model"] = None
         return info
@@ -181,21 +191,30 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     for role, source in (("original", original), ("retain", retain)):
         if source is not None:
             refs[role] = load_model(source, None if isinstance(source, (str, Path)) else tok, **safety)[0]
+    endpoints = {}  # attack -> (label, model): another model in place of the reference it needs
+    for attack in config.attacks:
+        option = get_attack(attack).endpoint
+        source = config.attack_args.get(attack, {}).get(option) if option else None
+        if source is not None:
+            endpoints[attack] = (_model_label(source),
+                                 load_model(source, None if isinstance(source, (str, Path)) else tok, **safety)[0])
     for attack in config.attacks:
         for role in get_attack(attack).needs:
-            require(role in refs, f"{attack} needs the {role} model: pass --{role} (or audit a basin unlearn "
-                                  "run folder, which names its original)")
-    for role, ref in refs.items():  # fail before anything is written
-        check_same_architecture(ref, target, f"the {role} model and the audited model")
+            require(role in refs or attack in endpoints,
+                    f"{attack} needs the {role} model: pass --{role} (or audit a basin unlearn run folder, which "
+                    "names its original)" + (f", or another model as its option {get_attack(attack).endpoint}"
+                                            if get_attack(attack).endpoint else ""))
+    for role, ref in [*refs.items(), *((f"{a} endpoint", m) for a, (_, m) in endpoints.items())]:
+        check_same_architecture(ref, target, f"the {role} model and the audited model")  # fail before writing
 
     bench = load_benchmark(config.benchmark, **config.benchmark_args)
-    bench = dataclasses.replace(bench, retain=_subsample(bench.retain, config.max_retain))  # keeps MUSE data
+    bench = dataclasses.replace(bench, retain=subsample(bench.retain, config.max_retain))  # keeps MUSE data
     config = dataclasses.replace(config, prompt_format=_resolve_format(config.prompt_format, model, out))
     fmt = prompt_format(config.prompt_format)
     encode_rows(tok, (bench.forget + bench.retain)[:1], fmt=fmt)  # a format the tokenizer cannot render fails here
     for attack in config.attacks:  # bad attack options fail here, before anything is written
         _call(attack, get_attack(attack), target, _context(tok, bench, config, {}, refs.get("original")),
-              config.attack_args.get(attack, {})).close()
+              _options(config, attack, endpoints)).close()
     out = Path(out) if out is not None else None
     done = set()
     if out is not None:
@@ -210,8 +229,8 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     fingerprint = weights_hash(target)
     base = {"model": name, "seed": info.get("seed", 0) if info.get("seed") is not None else 0,
             "attack_seed": config.seed, "optimizer": info.get("optimizer"), "objective": info.get("objective"),
-            "tier": _tier(info.get("optimizer")), "prompt_format": fmt.name,
-            "prompt_hint": chat_template_hint(tok, fmt)}
+            "tier": _tier(info.get("optimizer")), "lr": info.get("lr"), "recipe": info.get("recipe"),
+            "prompt_format": fmt.name, "prompt_hint": chat_template_hint(tok, fmt)}
     sources = {"original": original, "retain": retain}
     records: list[dict] = [r for r in (read_records(out / "records.jsonl") if done else [])]
 
@@ -236,9 +255,10 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
         bar.set_postfix(role=role, attack=attack)
         row_base = {**base, "role": role}
         if role != "unlearned":
-            row_base.update({"model": role, "optimizer": None, "objective": None, "tier": None,
+            row_base.update({"model": role, "optimizer": None, "objective": None, "tier": None, "lr": None,
+                             "recipe": None,
                              "reference": str(sources[role]) if isinstance(sources[role], (str, Path)) else role})
-        new = _audit_one(m, tok, bench, attack, role, refs, config, retain_stats, row_base, done)
+        new = _audit_one(m, tok, bench, attack, role, refs, config, retain_stats, row_base, done, endpoints)
         if out is not None and new:
             append_records(out / "records.jsonl", new)
         records += new
@@ -246,12 +266,13 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
             raise RuntimeError(f"attack {attack} modified the audited model; this is a bug in basin")
     if out is not None:
         written = sorted({r["metric"] for r in records})
+        extra = {**AUDIT_METRICS, **{k: v for a in config.attacks for k, v in (ATTACKS[a].metrics or {}).items()}}
         write_json_atomic(out / "manifest.json", {"wall_seconds": round(time.time() - start, 2),
                                                   "model_hash": fingerprint, "torch": torch.__version__,
                                                   "prompt_format": fmt.as_dict(),
                                                   "describe": {"metrics": {**describe_metrics(written),
-                                                                           **{m: AUDIT_METRICS[m] for m in written
-                                                                              if m in AUDIT_METRICS}},
+                                                                           **{m: extra[m] for m in written
+                                                                              if m in extra}},
                                                                "attacks": describe_attacks(config.attacks)}})
     return pd.DataFrame(records)
 
@@ -277,14 +298,31 @@ def _score(model, tok, bench, config, retain_stats, base, attack, setting, x, sp
     return out
 
 
+def _options(config, attack: str, endpoints: dict) -> dict:
+    """The attack's options from the config, with a named endpoint model loaded in place."""
+    args = dict(config.attack_args.get(attack, {}))
+    if attack in endpoints:
+        args[get_attack(attack).endpoint] = endpoints[attack][1]
+    return args
+
+
+def _model_label(source) -> str:
+    """A short name for a model: a run folder's optimizer, else the folder's name."""
+    info = _run_info(source)
+    if info.get("optimizer"):
+        return str(info["optimizer"])
+    return Path(str(source)).name if isinstance(source, (str, Path)) else "endpoint"
+
+
 def _context(tok, bench, config, stats, reference) -> dict:
     """What an attack may ask for by keyword (each takes the ones in its signature)."""
-    return {"tokenizer": tok, "forget_rows": bench.forget, "seed": config.seed, "stats": stats,
-            "calibration": calibration_ids(tok, bench.retain, config.prompt_format), "reference": reference,
-            "prompt_format": config.prompt_format}
+    return {"tokenizer": tok, "forget_rows": bench.forget, "retain_rows": bench.retain, "seed": config.seed,
+            "stats": stats, "calibration": calibration_ids(tok, bench.retain, config.prompt_format),
+            "reference": reference, "prompt_format": config.prompt_format}
 
 
-def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base, done) -> list[dict]:
+def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base, done,
+               endpoints=None) -> list[dict]:
     if attack == "none":
         if (role, "none", "clean") in done:
             return []
@@ -292,9 +330,15 @@ def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base
                       splits=config.clean_splits)
 
     spec = get_attack(attack)
-    args = config.attack_args.get(attack, {})
+    endpoints = endpoints or {}
+    args = _options(config, attack, endpoints)
     stats: dict = {}
     context = _context(tok, bench, config, stats, refs.get("original") if role == "unlearned" else None)
+    if spec.diagnostic:  # measured values, not attacked models
+        return [{**base, "attack": attack, "setting": setting, "x": x, "metric": metric, "split": split,
+                 "value": float(value)}
+                for setting, x, values in _call(attack, spec, model, context, args) if (role, attack, setting) not in done
+                for (split, metric), value in values.items()]
     unseen = None
     if spec.trained_rows is not None:
         used = set(spec.trained_rows(len(bench.forget), {**spec.defaults, **args}, config.seed))
@@ -306,7 +350,8 @@ def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base
                                   splits=["forget"], metrics=UNSEEN_METRICS, unseen=unseen, with_lmeval=False)
                 if r["split"] == "forget_unseen"]
     curve = []
-    pair = f"original->{base.get('optimizer') or base['model']}"  # a path's records name both ends
+    start, start_model = endpoints.get(attack, ("original", refs.get("original")))
+    pair = f"{start}->{base.get('optimizer') or base['model']}"  # a path's records name both ends
     for setting, x, attacked in _call(attack, spec, model, context, args):
         if (role, attack, setting) in done:
             continue
@@ -318,11 +363,17 @@ def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base
             recs = [{**r, "model": pair} for r in recs]
             curve.append((x, {(r["split"], r["metric"]): r["value"] for r in recs}))
         out += recs
-    for split in ("forget", "retain") if curve else ():  # the loss barrier along a path
+    if curve:  # the path's length ||theta_B - theta_A||, the barrier, and the barrier per unit length
+        path = {**base, "model": pair, "attack": attack, "setting": "path", "x": None}
+        length = distance(start_model, model)
+        out.append({**path, "metric": "distance", "split": "weights", "value": length})
+    for split in ("forget", "retain") if curve else ():
         pts = [(a, vals.get((split, "nll"))) for a, vals in curve]
         if all(v is not None for _, v in pts) and {0.0, 1.0} <= {a for a, _ in pts}:
-            out.append({**base, "model": pair, "attack": attack, "setting": "path", "x": None,
-                        "metric": "barrier", "split": split, "value": loss_barrier(pts)})
+            b = loss_barrier(pts)
+            out.append({**path, "metric": "barrier", "split": split, "value": b})
+            out.append({**path, "metric": "barrier_per_distance", "split": split,
+                        "value": b / length if length > 0 else float("nan")})
     return out
 
 
@@ -345,7 +396,7 @@ def audit_plane(first, second, third, tokenizer=None, *, names=("original", "sec
     b = load_model(second, None if isinstance(second, (str, Path)) else tok, **place)[0]
     c = load_model(third, None if isinstance(third, (str, Path)) else tok, **place)[0]
     bench = load_benchmark(benchmark, **(benchmark_args or {}))
-    bench = Benchmark(bench.name, bench.forget, _subsample(bench.retain, max_retain), [], {})
+    bench = Benchmark(bench.name, bench.forget, subsample(bench.retain, max_retain), [], {})
     fmt = format_spec(prompt_format if prompt_format is not None else recorded_format(first))
     axis = sorted(set(grid) | {0.0, 1.0})
     label = " | ".join(names)

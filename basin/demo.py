@@ -27,8 +27,9 @@ from pathlib import Path
 
 from analysis.load import load_records
 from analysis.report import write_report
-from analysis.verdicts import Claim, evaluate_claims, verdict_table
+from analysis.verdicts import PAPER_CLAIMS, claims_for, evaluate_claims, verdict_table
 from audit.runner import audit_plane
+from basin.calibrate import load_calibration
 from basin.sweep import SweepConfig, run_sweep
 from unlearn.build import BuildConfig, build, finetune_fit, retain_split
 from unlearn.data.world import WorldConfig
@@ -46,28 +47,8 @@ DEMO_OPTIMIZERS: dict[str, dict] = {
     "hybrid": {"lr": 1e-3, "optimizer_args": {"n_fo": 10, "n_zo": 10, "zo_lr_scale": 0.1}},
 }
 
-DEMO_CLAIMS = [
-    Claim("hybrid-vs-adam-relearn",
-          "Hybrid FO-ZO unlearning recovers less forgotten knowledge than Adam under relearning "
-          "(forget items not used by the attacker).",
-          a="hybrid", b="adam", attack="relearn", metric="prob", split="forget_unseen", quantity="recovery"),
-    Claim("hybrid-vs-adam-quantize",
-          "Hybrid FO-ZO unlearning recovers less forgotten knowledge than Adam under 4-bit quantization.",
-          a="hybrid", b="adam", attack="quantize", metric="prob", split="forget", quantity="recovery"),
-    Claim("zo-vs-adam-relearn",
-          "Zeroth-order unlearning (AdaZO) recovers less forgotten knowledge than Adam under relearning.",
-          a="adazo", b="adam", attack="relearn", metric="prob", split="forget_unseen", quantity="recovery"),
-    Claim("signadam-vs-adam-relearn",
-          "Compressed unlearning (signAdam) recovers less forgotten knowledge than Adam under relearning.",
-          a="signadam", b="adam", attack="relearn", metric="prob", split="forget_unseen", quantity="recovery"),
-    Claim("adam-vs-sophia-relearn",
-          "First-order unlearning (Adam) recovers less forgotten knowledge than second-order (Sophia) "
-          "under relearning.",
-          a="adam", b="sophia", attack="relearn", metric="prob", split="forget_unseen", quantity="recovery"),
-    Claim("hybrid-vs-adazo-retain",
-          "Hybrid FO-ZO unlearning keeps more retain knowledge than pure zeroth-order unlearning (AdaZO).",
-          a="hybrid", b="adazo", attack="none", metric="prob", split="retain", direction="greater"),
-]
+# the paper's claims, one definition per name (analysis.verdicts.PAPER_CLAIMS)
+DEMO_CLAIMS = PAPER_CLAIMS
 
 
 # The TOFU recipe on a real pretrained model (``basin demo --base smollm2-135m``): SmolLM2-135M
@@ -103,6 +84,7 @@ class DemoConfig:
     interpolation_points: int = 5
     max_retain: int = 60
     plane_grid: tuple = (-0.5, 0.5, 1.5)  # plus 0 and 1: a 5 x 5 grid through three models
+    calibrated: str | None = None   # basin calibrate's file: its optimizers, lr and steps replace `optimizers`
 
     @classmethod
     def quick(cls, **overrides) -> "DemoConfig":
@@ -122,7 +104,7 @@ class DemoConfig:
 
     def claims(self) -> list:
         """The claims this configuration can test: both optimizers of a claim must be run."""
-        return [c for c in DEMO_CLAIMS if c.a in self.optimizers and c.b in self.optimizers]
+        return claims_for(self.optimizers, DEMO_CLAIMS)
 
 
 AUDIT_METRICS = ("prob", "nll", "exact_match", "truth_ratio", "forget_quality", "mc_accuracy", "margin",
@@ -151,6 +133,9 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
         f"retain-only forget prob {built.retain_fit['eval']['forget']['prob']:.3f})")
 
     t = time.perf_counter()
+    optimizers = config.optimizers
+    if config.calibrated:  # the calibrated optimizers, their lr / steps / options from the file
+        optimizers = {n: config.optimizers.get(n, {}) for n in load_calibration(config.calibrated)["optimizers"]}
     attack_args = {"relearn": {"steps": tuple(config.relearn_steps), "size": 0.2, "lr": config.relearn_lr},
                    "quantize": {"methods": ("rtn", "nf4"), "bits": (4,)},  # 4-bit RTN (g128), NF4
                    "interpolate": {"points": config.interpolation_points}}
@@ -160,9 +145,9 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
                  "objective": config.objective, "objective_args": dict(config.objective_args),
                  "steps": config.steps, "batch_size": config.batch_size, "eval_every": config.steps,
                  "eval_max_rows": config.max_retain, "save_every": config.steps // 2, **place},
-        grid={"optimizer": list(config.optimizers), "seed": list(config.seeds)},
+        grid={"optimizer": list(optimizers), "seed": list(config.seeds)},
         recipes={name: {"lr": r["lr"], "optimizer_args": dict(r.get("optimizer_args", {}))}
-                 for name, r in config.optimizers.items()},
+                 for name, r in optimizers.items() if "lr" in r}, calibrated=config.calibrated,
         audit={"attacks": ("relearn", "quantize", "interpolate"), "attack_args": attack_args,
                "metrics": AUDIT_METRICS, "max_retain": config.max_retain, "splits": ("forget", "retain"),
                "clean_splits": ("forget", "retain", "world_facts"), **place},
@@ -176,7 +161,7 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
 
     t = time.perf_counter()
     # the basin picture: the plane through the original, Adam's and the hybrid's first seed
-    corners = [n for n in ("adam", "hybrid") if n in config.optimizers]
+    corners = [n for n in ("adam", "hybrid") if n in optimizers]
     plane_dir = out / "audits" / "plane"
     if len(corners) == 2 and not (plane_dir / "records.jsonl").exists():
         s0 = config.seeds[0]
@@ -190,7 +175,7 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
 
     t = time.perf_counter()
     df = load_records(runs + audits)
-    claims = config.claims()
+    claims = [c for c in config.claims() if c.a in optimizers and c.b in optimizers]
     verdicts = verdict_table(evaluate_claims(df, claims))
     model_label = config.base or f"{config.size} model"
     report = write_report(df, out / "report", claims=claims,

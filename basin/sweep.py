@@ -27,6 +27,7 @@ A spec (``SweepConfig``, or YAML with the same fields)::
     retain: world:tiny:retain90
     engine: ray
     engine_args: {num_cpus: 1}
+    calibrated: runs/calibration   # optional: lr, steps, optimizer options from basin calibrate
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ import yaml
 from tqdm.auto import tqdm
 
 from audit.runner import AuditConfig, audit
+from basin.calibrate import calibrated_fields, load_calibration
 from unlearn.build import world_model_path
 from unlearn.cache import digest
 from unlearn.errors import BasinError, require
@@ -61,9 +63,13 @@ class SweepConfig:
     references: bool = True                           # attack original / retain once (ceiling, floor)
     engine: str = "local"
     engine_args: dict = field(default_factory=dict)
+    calibrated: str | None = None                     # basin calibrate's file: lr, steps, optimizer options
 
     def __post_init__(self):
         lookup(ENGINES, self.engine, "sweep engine")
+        fixed = sorted({"lr", "steps", "epochs", "optimizer_args"} & set(self.grid))
+        require(not (self.calibrated and fixed), f"grid over {', '.join(fixed)} conflicts with calibrated: "
+                "the calibration sets them; drop one of the two")
         require(isinstance(self.grid, dict) and self.grid, "grid must map UnlearnConfig fields to lists of values")
         for key, values in self.grid.items():
             require(isinstance(values, (list, tuple)) and len(values) > 0,
@@ -116,11 +122,15 @@ def plan_jobs(config: SweepConfig) -> list[Job]:
     out = Path(config.out)
     keys = list(config.grid)
     jobs = []
+    if config.calibrated:
+        calibration = load_calibration(config.calibrated)
     for combo in itertools.product(*(config.grid[k] for k in keys)):
         values = dict(zip(keys, combo))
         fields = {**config.unlearn, **values}
         fields.update(config.recipes.get(fields.get("optimizer", UnlearnConfig.optimizer), {}))
         fields.update(values)                          # the grid wins over a recipe
+        if config.calibrated:                          # the calibration wins over both (and checks the seed)
+            fields = calibrated_fields(fields, calibration)
         unlearn_config = UnlearnConfig.from_dict(fields)  # bad fields fail here, before any run
         audit = None
         if config.audit is not None:

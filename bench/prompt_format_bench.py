@@ -121,7 +121,7 @@ def audit_time(tofu_dir, checkpoint: str, fraction: float = 1 / 20) -> dict:
     from audit.attacks.quantize import quantize
     from audit.attacks.relearn import relearn
     from audit.metrics import evaluate
-    from audit.runner import FAST_METRICS, _subsample
+    from audit.runner import FAST_METRICS, subsample
     from unlearn.data.format import prompt_format
     from unlearn.data.tofu import tofu_benchmark
     from unlearn.loading import load_model
@@ -129,7 +129,7 @@ def audit_time(tofu_dir, checkpoint: str, fraction: float = 1 / 20) -> dict:
     fmt = prompt_format("llama2-chat")
     model, tok = load_model(checkpoint)
     full = tofu_benchmark("forget10", path=tofu_dir)
-    full = dataclasses.replace(full, retain=_subsample(full.retain, 100))   # what the audit scores
+    full = dataclasses.replace(full, retain=subsample(full.retain, 100))   # what the audit scores
     small = _fraction(full, fraction)
     (pairs, questions), (pairs_s, questions_s) = _work(full, tok, fmt), _work(small, tok, fmt)
     fwd = _timed(lambda: evaluate(model, tok, small, metrics=list(FAST_METRICS), generate=False, strict=False,

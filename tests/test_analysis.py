@@ -72,9 +72,11 @@ def test_config_fields_are_joined_and_folder_names_the_run(tmp_path):
     assert set(adam["lr"]) == {1e-5} and set(adam["seed"]) == {1}
     assert set(df.loc[df["role"] == "original", "label"]) == {"original"}
     assert set(df.loc[df["role"] == "retain", "label"]) == {"retain-only"}
-    assert list(df.columns[:18]) == ["model", "attack", "setting", "metric", "value", "split", "seed", "role",
+    assert list(df.columns[:19]) == ["model", "attack", "setting", "metric", "value", "split", "seed", "role",
                                      "optimizer", "objective", "run", "step", "attack_seed", "x", "y", "lr",
-                                     "label", "source"]
+                                     "recipe", "label", "source"]
+    # one recipe over the seeds; the synthetic config holds no steps
+    assert len(set(df.loc[df["optimizer"] == "adam", "recipe"])) == 1 and adam["recipe"].iloc[0].startswith("lr=1e-05 cfg=")
 
 
 def test_settings_give_numeric_axes():
@@ -259,7 +261,8 @@ def test_paper_claims_follow_the_synthetic_effect_both_ways():
     assert out["signadam-vs-adam-relearn"].verdict == "inconclusive"  # no signadam records
     swapped = load_records(synthetic_records(("adam", "hybrid"), (0, 1, 2), basins=False,
                                              leak={"adam": 0.2, "hybrid": 0.6}))
-    assert verdicts.evaluate(swapped, verdicts.PAPER_CLAIMS[0]).verdict == "not reproduced"
+    claim = next(c for c in verdicts.PAPER_CLAIMS if c.name == "hybrid-vs-adam-relearn")
+    assert verdicts.evaluate(swapped, claim).verdict == "not reproduced"
     table = verdicts.verdict_table(out.values())
     assert {"claim", "verdict", "ci_low", "ci_high", "reason"} <= set(table.columns)
 

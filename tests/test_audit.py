@@ -113,3 +113,46 @@ def test_cli_refuses_pickle_checkpoints(trained_micro, tmp_path, capsys):
     assert main(["audit", str(folder), "--attacks", "quantize", "--out", str(tmp_path / "out"), "--quiet"]) == 2
     assert "allow-pickle" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_audit_flatness_records_and_interpolation_from_another_model(trained_micro, unlearned_micro, micro_bench):
+    from audit.attacks.interpolate import distance
+
+    model, tok, _ = trained_micro
+    endpoint = copy.deepcopy(unlearned_micro)
+    with torch.no_grad():  # a second "unlearned" model a fixed step away from the first
+        for p in endpoint.parameters():
+            p.add_(0.01)
+    config = AuditConfig(benchmark=micro_bench, attacks=("interpolate", "flatness"), score_references=False,
+                         metrics=("nll", "prob"),
+                         attack_args={"interpolate": {"points": 3, "endpoint": endpoint},
+                                      "flatness": {"rho": (0.01,), "draws": 2, "probes": 2, "iters": 2,
+                                                   "max_rows": 4, "batch_size": 4}})
+    df = audit(unlearned_micro, tok, original=model, config=config, progress=False, name="npo-adam")
+    path = df[(df.attack == "interpolate") & (df.setting == "path")].set_index(["metric", "split"]).value
+    length = distance(endpoint, unlearned_micro)
+    assert path[("distance", "weights")] == pytest.approx(length)
+    assert length != pytest.approx(distance(model, unlearned_micro))  # the path starts at the endpoint
+    for split in ("forget", "retain"):
+        assert path[("barrier_per_distance", split)] == pytest.approx(path[("barrier", split)] / length)
+    assert set(df[df.attack == "interpolate"].model) == {"endpoint->npo-adam"}
+    # the a=0 point is the endpoint, not the original
+    a0 = df[(df.attack == "interpolate") & (df.setting == "a=0") & (df.metric == "nll") & (df.split == "forget")]
+    end_nll = answer_stats(endpoint, encode_rows(tok, micro_bench.forget), tok.pad_token_id).mean_nll.mean().item()
+    assert a0.value.item() == pytest.approx(end_nll, rel=1e-5)
+    flat = df[df.attack == "flatness"]
+    assert set(flat.setting) == {"loss", "sharpness-tensor-0.01", "hutchinson-2", "power-2"}
+    assert {"hessian_trace", "hessian_trace_se", "hessian_eig_max", "sharpness_mean", "sharpness_max"} <= set(flat.metric)
+    assert set(flat.split) == {"forget", "retain"} and set(flat.role) == {"unlearned"}
+
+
+def test_interpolation_pair_is_named_by_the_endpoints_run(tmp_path):
+    import json
+
+    from audit.runner import _model_label
+
+    run = tmp_path / "adam-s1"
+    (run / "model").mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"optimizer": "adam", "seed": 1, "model": "world:tiny"}))
+    assert _model_label(run) == "adam"                           # a run folder: its optimizer
+    assert _model_label(tmp_path / "some-checkpoint") == "some-checkpoint"  # a plain folder: its name

@@ -17,7 +17,8 @@ import torch
 from basin.cli import main
 from unlearn.data.benchmarks import Benchmark
 from unlearn.errors import BasinError
-from unlearn.loading import load_model, place, resolve_device, weights_hash
+from unlearn.loading import load_model
+from unlearn.models import place, resolve_device, weights_hash
 from unlearn.train import UnlearnConfig, unlearn
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -50,7 +50,7 @@ def mse_closure(model, x, y, n_micro: int = 1):
 # ----------------------------------------------------------------------------- API and registry
 
 def test_registry_lists_every_tier_with_a_docstring():
-    expected = {"sgd", "adam", "signsgd", "signadam", "qsgd", "qadam", "sophia", "zo-sgd", "zo-adam",
+    expected = {"sgd", "adam", "adam-noise", "signsgd", "signadam", "qsgd", "qadam", "sophia", "zo-sgd", "zo-adam",
                 "adazo", "hybrid", "sam"}
     assert set(OPTIMIZERS) == expected
     for name, factory in OPTIMIZERS.items():
@@ -95,6 +95,7 @@ def test_scheduler_drives_the_learning_rate():
 CONFORMANCE = {
     "sgd": (0.2, 100, {}),
     "adam": (0.05, 300, {}),
+    "adam-noise": (0.05, 300, {"noise_std": 0.1}),
     "signsgd": (0.01, 400, {}),
     "signadam": (0.01, 400, {}),
     "qsgd": (0.02, 300, {"bits": 3}),
@@ -359,6 +360,7 @@ REAL = {
     "qsgd": (1e-3, {"bits": 4}, 3),
     "qadam": (1e-3, {"bits": 2, "rounding": "stochastic"}, 3),
     "sophia": (1e-3, {"k": 2}, 3),
+    "adam-noise": (1e-3, {"noise_std": 0.1}, 3),
     "sam": (3e-3, {}, 3),
     "zo-sgd": (1e-2, {"q": 4, "perturb": r"mlp\."}, 3),
     "zo-adam": (1e-2, {"q": 4, "perturb": r"mlp\."}, 3),

@@ -14,6 +14,7 @@ from basin.sweep import SweepConfig, job_name, plan_jobs, run_sweep, sweep_sourc
 from conftest import MICRO_WORLD
 from basin.cli import main
 from unlearn.errors import BasinError
+from unlearn.records import recipe_of
 
 WORLD_ARGS = {"n_people": MICRO_WORLD.n_people, "n_holdout": MICRO_WORLD.n_holdout,
               "n_countries": MICRO_WORLD.n_countries, "seed": MICRO_WORLD.seed}
@@ -92,6 +93,12 @@ def test_cli_sweep_writes_a_report(start_model, tmp_path, capsys):
     path.write_text(yaml.safe_dump({k: v for k, v in spec.__dict__.items()}))
     assert main(["sweep", str(path), "--report", "--quiet"]) == 0
     assert (tmp_path / "cli" / "report" / "index.html").exists()
+    # the audit's records carry the audited run's recipe (lr, steps, config hash), references none
+    run = json.loads((tmp_path / "cli" / "runs" / "adam-s0" / "config.json").read_text())
+    recs = [json.loads(x) for x in (tmp_path / "cli" / "audits" / "adam-s0" / "records.jsonl").open()]
+    assert {r["recipe"] for r in recs if r["role"] == "unlearned"} == {recipe_of(run)}
+    assert recipe_of(run).startswith("lr=0.001 steps=")
+    assert {r.get("recipe") for r in recs if r["role"] != "unlearned"} <= {None}
     bad = tmp_path / "bad.yaml"
     bad.write_text("out: x\ngrids: {}\n")
     assert main(["sweep", str(bad)]) == 2

@@ -46,8 +46,20 @@ def test_npo_adam_forgets_and_keeps_retain(trained_micro, patched_bench):
     after = answer_stats(result.model, encode_rows(tok, patched_bench.forget), pad).p_norm.mean()
     retain_after = answer_stats(result.model, encode_rows(tok, patched_bench.retain), pad).p_norm.mean()
     assert before > 0.9 and after < 0.3 and retain_after > 0.6, (before, after, retain_after)
-    steps = sorted({r["step"] for r in result.records})
+    steps = sorted({r["step"] for r in result.records if r["split"] != "optimizer"})
     assert steps == [0, 6, 12, 18, 20]
+    rms = [r for r in result.records if r["metric"] == "update_rms"]
+    assert [r["step"] for r in rms] == list(range(1, 21))   # one optimizer record per step
+    assert 0.5 < rms[0]["value"] <= 1.0  # Adam's first step: |m^/sqrt(v^)| = 1 where g != 0, else 0
+
+
+def test_sophia_run_records_its_clip_fraction_every_step(trained_micro, patched_bench):
+    result = _run(trained_micro, optimizer="sophia", steps=3, eval_every=0, save_every=0,
+                  optimizer_args={"k": 1})
+    clip = [r for r in result.records if r["metric"] == "sophia_clip_fraction"]
+    assert [r["step"] for r in clip] == [1, 2, 3]
+    assert all(0.0 <= r["value"] <= 1.0 and r["split"] == "optimizer" for r in clip)
+    assert clip[0]["value"] > 0  # with gamma 0.01 the first step clips coordinates
 
 
 def test_same_seed_same_weights_other_seed_other_weights(trained_micro, patched_bench):

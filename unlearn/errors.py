@@ -10,6 +10,10 @@ class BasinError(ValueError):
     """A problem with the user's input; the message says what is wrong and how to fix it."""
 
 
+class LossDiverged(BasinError):
+    """Unlearning stopped because the loss became non-finite (the learning rate is too high)."""
+
+
 def require(condition: bool, message: str) -> None:
     """Raise :class:`BasinError` with ``message`` unless ``condition`` holds."""
     if not condition:

@@ -13,18 +13,52 @@ table and figure from records alone. Required keys (see :data:`REQUIRED`):
 
 Optional keys that reports understand: ``role`` (``unlearned`` / ``original`` / ``retain``:
 ceiling and floor references), ``optimizer``, ``objective``, ``run``, ``step``, ``attack_seed``,
-``x`` (the numeric axis of a setting: steps, bits, alpha, scale).
+``x`` (the numeric axis of a setting: steps, bits, alpha, scale), ``lr`` and ``recipe`` (the
+unlearning run's settings, :func:`recipe_of`: runs with different recipes are never pooled).
+
+A setting that ends in :data:`CONTROL_SUFFIX` (``rtn-4bit-snapback``) is a *control*, not an
+attack: the original's attacked weights plus the unlearning update. Readers never count it as an
+attack setting (:func:`is_control`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import numbers
 import os
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Mapping
 
 REQUIRED = ("model", "attack", "setting", "metric", "value", "split", "seed")
+CONTROL_SUFFIX = "-snapback"
+# config fields that do not change what a run computes (the seed is the replicate, not the recipe)
+RECIPE_IGNORED = ("seed", "device", "eval_every", "eval_max_rows", "save_every", "attn_implementation",
+                  "out", "synthetic", "kind", "role")
+
+
+def recipe_of(config: Mapping) -> str:
+    """The comparison unit of an unlearning run's config: ``lr=<lr> steps=<steps> cfg=<hash>``.
+
+    ``cfg`` is the first 8 hex digits of the SHA-1 of the config as canonical JSON (sorted keys)
+    without the fields of :data:`RECIPE_IGNORED`, so it covers the optimizer's and the
+    objective's arguments, the step count, the batch size, the schedule, the model and the
+    benchmark. ``""`` when the config has no learning rate (not an unlearning run).
+    """
+    opt = config.get("optimizer")
+    lr = config.get("lr", opt.get("lr") if isinstance(opt, Mapping) else None)
+    if not isinstance(lr, numbers.Real) or isinstance(lr, bool):
+        return ""
+    kept = {k: v for k, v in config.items() if k not in RECIPE_IGNORED}
+    digest = hashlib.sha1(json.dumps(kept, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    steps = config.get("steps")
+    return f"lr={lr:g}" + (f" steps={steps}" if steps is not None else "") + f" cfg={digest}"
+
+
+def is_control(setting) -> bool:
+    """Whether a setting is a snap-back control (``rtn-4bit-snapback``), not an attack."""
+    return isinstance(setting, str) and setting.endswith(CONTROL_SUFFIX)
 
 
 def check_record(record: dict) -> dict:

@@ -60,7 +60,7 @@ from tqdm.auto import tqdm
 from unlearn.cache import atomic_dir, write_json_atomic
 from unlearn.data.benchmarks import load_benchmark
 from unlearn.data.format import collate, encode_rows, format_spec, pad_id_of, prompt_format, recorded_format
-from unlearn.errors import BasinError, require
+from unlearn.errors import BasinError, LossDiverged, require
 from unlearn.loading import load_model
 from unlearn.models import (MIXED, canonical_dtype, check_device_name, dtype_key, input_device, resolve_device,
                             resolve_dtype)
@@ -304,6 +304,16 @@ def evaluate_progress(model, tokenizer, forget_ex, retain_ex, step: int, base: d
     return out
 
 
+def step_diagnostics(optimizer, step: int, base: dict) -> list[dict]:
+    """The optimizer's numbers for the step just taken (``update_rms``; Sophia's
+    ``sophia_clip_fraction``; see :class:`unlearn.optim.BasinOptimizer`) as records, split
+    ``optimizer``, with the step's ``phase`` ("fo", "zo", ... for the hybrid)."""
+    phase = getattr(optimizer, "phase", None)
+    return [{**base, "attack": "training", "setting": f"step={step}", "x": step, "step": step,
+             "metric": metric, "split": "optimizer", "value": float(value), "phase": phase}
+            for metric, value in getattr(optimizer, "diagnostics", {}).items()]
+
+
 # ----------------------------------------------------------------------------- checkpoints
 
 CKPT = "checkpoint"
@@ -438,10 +448,12 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
         if not math.isfinite(loss):
             where = f"; the last good checkpoint (step {last_good}) is kept in {out / CKPT}" \
                 if out is not None and last_good else ""
-            raise BasinError(f"the loss became {loss} at step {step + 1}{where}; "
+            raise LossDiverged(f"the loss became {loss} at step {step + 1}{where}; "
                              "lower the learning rate (--lr) or check the objective's options")
         bar.set_postfix(loss=f"{loss:.4f}", phase=getattr(optimizer, "phase", ""))
         done = step + 1
+        if main:
+            records += _log(out, step_diagnostics(optimizer, done, base))
         if config.eval_every and (done % config.eval_every == 0 or done == steps) and main:
             records += _log(out, evaluate_progress(model, tokenizer, forget_ex, eval_retain, done, base))
             model.train()

@@ -19,6 +19,9 @@ descriptions into their manifests for the report. ``basin ls`` prints the first 
 docstring. The modules keep their names (``audit.attacks.quantize`` is the module; the function is
 ``audit.attacks.quantize.quantize`` or ``ATTACKS["quantize"].run``).
 
+A *diagnostic* (``Attack.diagnostic``; ``flatness``) measures the model instead of attacking it:
+it yields ``(setting, x, {(split, metric): value})`` and the audit writes each value as a record.
+
 A setting named ``<setting>-snapback`` is a *control*, not an attack: the original's attacked
 weights plus the unlearning update (:func:`is_control`).
 """
@@ -29,13 +32,13 @@ import inspect
 from dataclasses import dataclass
 from typing import Callable
 
+from unlearn.records import CONTROL_SUFFIX, is_control  # noqa: F401 - the record schema's definition
 from unlearn.registry import lookup
 
-from . import interpolate, noise, precision, prune, quantize, relearn
+from . import flatness, interpolate, noise, precision, prune, quantize, relearn
 
 # the keywords the audit runner supplies to any attack that asks for them by name
-CONTEXT = ("tokenizer", "forget_rows", "seed", "stats", "calibration", "reference")
-CONTROL_SUFFIX = "-snapback"
+CONTEXT = ("tokenizer", "forget_rows", "retain_rows", "seed", "stats", "calibration", "reference")
 ALL_ROLES = ("unlearned", "original", "retain")
 
 
@@ -54,7 +57,12 @@ class Attack:
     - ``path``: its settings walk from the reference to the model, so records name the pair and
       the runner adds the loss barrier along the path;
     - ``trained_rows(n_forget, options, seed)``: the forget rows the attack trains on (the other
-      ones are scored as ``forget_unseen``), or None.
+      ones are scored as ``forget_unseen``), or None;
+    - ``endpoint``: the option that names another model to use in place of the needed reference
+      (interpolate's ``endpoint``: a path between two unlearned models); the audit loads it;
+    - ``diagnostic``: it yields measured values ``(setting, x, {(split, metric): value})``, not
+      attacked models;
+    - ``metrics``: descriptions (label, direction) of the metrics a diagnostic writes.
     """
 
     run: Callable
@@ -65,6 +73,9 @@ class Attack:
     descending: bool = False
     path: bool = False
     trained_rows: Callable | None = None
+    endpoint: str | None = None
+    diagnostic: bool = False
+    metrics: dict | None = None
 
     @property
     def defaults(self) -> dict:
@@ -83,7 +94,8 @@ class Attack:
 
     def describe(self) -> dict:
         """What a report needs of this attack, as JSON (written into audit manifests)."""
-        return {"label": self.label, "axis": self.axis, "descending": self.descending, "path": self.path}
+        return {"label": self.label, "axis": self.axis, "descending": self.descending, "path": self.path,
+                "diagnostic": self.diagnostic}
 
 
 def _relearn_rows(n_forget: int, options: dict, seed: int) -> list[int]:
@@ -97,22 +109,19 @@ ATTACKS: dict[str, Attack] = {
                        descending=True),
     "interpolate": Attack(interpolate.interpolate, "linear interpolation",
                           "interpolation coefficient α (0 = first model, 1 = second)",
-                          roles=("unlearned",), needs=("original",), path=True),
+                          roles=("unlearned",), needs=("original",), path=True, endpoint="endpoint"),
     "noise": Attack(noise.noise, "weight noise", "weight-noise scale (std relative to the weights)"),
     "prune": Attack(prune.prune, "magnitude pruning", "sparsity (fraction of weights pruned)"),
     "precision": Attack(precision.precision, "precision change", "bits per weight (floating point)",
                         descending=True),
+    "flatness": Attack(flatness.flatness, "flatness", "measure (sharpness rho, probes, iterations)",
+                       diagnostic=True, metrics=flatness.METRICS_WRITTEN),
 }
 
 
 def get_attack(name: str) -> Attack:
     """The attack called ``name``, or a :class:`BasinError` that suggests close names."""
     return lookup(ATTACKS, name, "attack")
-
-
-def is_control(setting: str) -> bool:
-    """Whether a setting is a snap-back control (``rtn-4bit-snapback``), not an attack."""
-    return str(setting).endswith(CONTROL_SUFFIX)
 
 
 def describe_attacks(names) -> dict[str, dict]:

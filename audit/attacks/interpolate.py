@@ -33,7 +33,8 @@ def _alphas(points: int | None, alphas: Sequence[float] | None) -> list[float]:
 
 
 def interpolate(model: nn.Module, *, reference: nn.Module | None = None, points: int = DEFAULT_POINTS,
-                alphas: Sequence[float] | None = None) -> Iterator[tuple[str, float, nn.Module]]:
+                alphas: Sequence[float] | None = None,
+                endpoint: nn.Module | None = None) -> Iterator[tuple[str, float, nn.Module]]:
     """Linear mode connectivity: theta(a) = (1 - a) theta_reference + a theta_model, every tensor, fp32.
 
     Yields ``(f"a={a:g}", a, model)`` for ``points`` evenly spaced a in [0, 1] (default 11: 0, 0.1,
@@ -43,7 +44,12 @@ def interpolate(model: nn.Module, *, reference: nn.Module | None = None, points:
     which is exact at both ends and when the two tensors are equal (Frankle et al. 2020, arXiv
     1912.05671). One buffer model for the whole path; neither input is modified. Score each point
     and pass ``[(a, loss), ...]`` to :func:`loss_barrier`.
+
+    ``endpoint``, when given, is the model at a = 0 instead of ``reference``: a path between two
+    unlearned models (adam -> hybrid, seed 0 -> seed 1) rather than from the original. (The audit
+    takes a run folder or model name here and loads it.)
     """
+    reference = endpoint if endpoint is not None else reference
     if reference is None:
         raise BasinError("interpolate needs the other endpoint: pass reference=<model at a=0>")
     check_same_architecture(reference, model, "models to interpolate")
@@ -82,6 +88,24 @@ def loss_barrier(curve: Sequence[tuple[float, float]]) -> float:
         raise BasinError("loss_barrier got a non-finite loss; check the model at that point")
     l0, l1 = ends[0.0], ends[1.0]
     return max(loss - (l0 + a * (l1 - l0)) for a, loss in points)
+
+
+def distance(first: nn.Module, second: nn.Module) -> float:
+    """||theta_second - theta_first||: the Euclidean length of the interpolation path, over the
+    tensors :func:`interpolate` moves (every floating-point tensor, tied ones once), in float64.
+
+    ``loss_barrier / distance`` is the barrier per unit of weight-space distance: two pairs of
+    models whose paths differ in length can then be compared (a barrier grows with the distance
+    it is measured over; the same model pair at twice the distance would show a higher bump).
+    """
+    check_same_architecture(first, second, "models to measure the distance between")
+    a, b = named_tensors(first), named_tensors(second)
+    total = 0.0
+    with torch.no_grad():
+        for name, t in a.items():
+            if name in b:
+                total += float((b[name].double() - t.double()).pow(2).sum())
+    return math.sqrt(total)
 
 
 def plane(model: nn.Module, *, second: nn.Module, third: nn.Module, xs: Sequence[float] | None = None,

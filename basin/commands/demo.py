@@ -24,6 +24,8 @@ def register(sub) -> None:
     p.add_argument("--dtype", default="float32", help="float32 (default), bfloat16, bf16-mixed")
     p.add_argument("--engine", default="local", help="run the unlearn + audit jobs one after another (local, "
                    "default) or as Ray tasks (ray; pip install 'basin[sweep]')")
+    p.add_argument("--calibrated", metavar="FILE", help="unlearn the optimizers of basin calibrate's file at "
+                   "its lr and steps (the demo's seeds must not be calibration seeds)")
     p.add_argument("--cache", default=None, help="cache folder (default $BASIN_CACHE or ~/.cache/basin)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -33,7 +35,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     if args.cache:  # every stage (and every sweep worker) reads the models from this cache
         os.environ["BASIN_CACHE"] = args.cache
-    place = {"out": args.out, "device": args.device, "dtype": args.dtype, "engine": args.engine}
+    place = {"out": args.out, "device": args.device, "dtype": args.dtype, "engine": args.engine,
+             "calibrated": args.calibrated}
     if args.base:
         config = DemoConfig.pretrained(args.base, **place)
         if args.quick:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import yaml
 
+from basin.calibrate import calibrated_fields
 from basin.options import key_values
 from unlearn.data.format import cli_prompt_format
 from unlearn.errors import BasinError
@@ -51,6 +52,8 @@ def register(sub) -> None:
                    "plain; docs/auditing.md)")
     p.add_argument("--prompt-arg", action="append", metavar="KEY=VALUE",
                    help="change one field of the prompt format, e.g. --prompt-arg 'system_prompt=You are ...'")
+    p.add_argument("--calibrated", metavar="FILE", help="take lr, steps and optimizer options from basin "
+                   "calibrate's calibration.json (or its folder); the seed must not be a calibration seed")
     p.add_argument("--out", required=True, help="run folder to write (or resume)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -72,6 +75,10 @@ def run(args: argparse.Namespace) -> int:
     data.setdefault("benchmark_args", {}).update(key_values(args.benchmark_arg, "--benchmark-arg"))
     if args.prompt_format or args.prompt_arg:
         data["prompt_format"] = cli_prompt_format(args.prompt_format or data.get("prompt_format"), args.prompt_arg)
+    if args.calibrated:  # lr, steps and optimizer options from basin calibrate (checked against it)
+        if args.lr is not None or args.steps is not None or args.epochs is not None or args.opt:
+            raise BasinError("--calibrated sets lr, steps and the optimizer options; drop --lr, --steps, --epochs, --opt")
+        data = calibrated_fields({k: v for k, v in data.items() if v != {}}, args.calibrated)
     config = UnlearnConfig.from_dict(data)
     result = unlearn(config, out=args.out, progress=not args.quiet)
     if int(os.environ.get("RANK", "0")) != 0:  # a data-parallel launch: the first process reports

@@ -14,8 +14,8 @@ import re
 from unlearn.errors import BasinError, require
 from unlearn.optim.estimators import Backprop, Curvature, SharpnessAware
 from unlearn.optim.optimizer import Alternating, BasinOptimizer, Constant, Phase, Plan
-from unlearn.optim.transforms import (DecoupledWeightDecay, Momentum, Quantize, ScaleByAdam, ScaleByAdaZO,
-                                      ScaleBySophia, Sign)
+from unlearn.optim.transforms import (AddNoise, DecoupledWeightDecay, Momentum, Quantize, ScaleByAdam,
+                                      ScaleByAdaZO, ScaleBySophia, Sign)
 from unlearn.optim.zeroth_order import DIFFERENCES, DIRECTIONS, ZerothOrder
 from unlearn.registry import lookup
 
@@ -110,6 +110,25 @@ def adam(b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8, weight_decay: fl
     Matches ``torch.optim.AdamW(betas=(b1, b2), eps=eps, weight_decay=wd)`` to rounding.
     """
     return _single(Backprop(), [_adam_link(b1, b2, eps)] + _tail(weight_decay))
+
+
+def adam_noise(noise_std: float = 1.0, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8,
+               weight_decay: float = 0.0) -> Plan:
+    """Adam + isotropic Gaussian noise: p -= lr * (m^/(sqrt(v^)+eps) + noise_std * xi), xi ~ N(0, I) (ZO control).
+
+    The noise-matched control for zeroth-order descent: Adam's update (Kingma & Ba 2015) plus the
+    random displacement a zeroth-order step makes, without the zeroth-order estimate. ``noise_std``
+    is the per-coordinate root mean square of the added step in units of lr, so the noise moves
+    the weights by lr * noise_std * sqrt(D) per step (D coordinates; exact for E||.||^2, within
+    1/sqrt(2D) relative per step). To match a zeroth-order run, equate the step norms:
+    noise_std = update_rms_ZO * lr_ZO / lr, where ``update_rms`` is the ZO run's per-step
+    ||Delta p|| / (lr_ZO sqrt(D)), written to its records every step (for the hybrid: the mean
+    over its ``phase == "zo"`` steps; lr_ZO = lr * zo_lr_scale). The default 1.0 is the
+    size of Adam's own first step (|m^/sqrt(v^)| = 1 per coordinate). Noise is seeded by
+    (seed, step, tensor) (:class:`unlearn.optim.transforms.AddNoise`).
+    """
+    _number("noise_std", noise_std, 0)
+    return _single(Backprop(), [_adam_link(b1, b2, eps), AddNoise(float(noise_std))] + _tail(weight_decay))
 
 
 def signsgd(weight_decay: float = 0.0) -> Plan:
@@ -256,7 +275,7 @@ def hybrid(total_steps: int | None = None, fo: str = "adam", zo: str = "adazo", 
 
 
 RECIPES = {
-    "sgd": sgd, "adam": adam,
+    "sgd": sgd, "adam": adam, "adam-noise": adam_noise,
     "signsgd": signsgd, "signadam": signadam, "qsgd": qsgd, "qadam": qadam,
     "sophia": sophia,
     "zo-sgd": zo_sgd, "zo-adam": zo_adam, "adazo": adazo,
@@ -271,6 +290,7 @@ TIERS = {
     "zo-sgd": "zeroth order", "zo-adam": "zeroth order", "adazo": "zeroth order",
     "hybrid": "hybrid",
     "sam": "sharpness-aware",
+    "adam-noise": "control",  # Adam + a zeroth-order step's worth of noise: a control, not a rung
 }
 
 

@@ -19,6 +19,12 @@ Per-tensor state lives in ``self.state[p]`` under names prefixed by a *state nam
 for single-phase optimizers and for the hybrid's ``shared`` policy, "fo/" or "zo/" for its
 ``separate`` policy. ``state_dict`` adds the step counter and identity of the optimizer to
 torch's state dict; all randomness is derived from (seed, step), so that is all a resume needs.
+
+After each step, :attr:`BasinOptimizer.diagnostics` holds per-step numbers for the run records:
+``update_rms`` = ||Delta p|| / (lr sqrt(D)) over the D updated coordinates (the root mean square
+of the chain's direction, in units of the learning rate; a zeroth-order run's value is the
+``noise_std`` that makes ``adam-noise`` a noise-matched control), and whatever the links tally
+(``sophia_clip_fraction``: the fraction of coordinates Sophia clipped).
 """
 
 from __future__ import annotations
@@ -116,6 +122,12 @@ def named_parameters(params) -> list[tuple[str, torch.Tensor]]:
     return unique
 
 
+def _ratio(name: str, num: float, den: float) -> float:
+    """A tally as a number: root mean square for ``*_rms`` tallies (sum of squares / count),
+    else a fraction (count / total)."""
+    return (num / den) ** 0.5 if name.endswith("_rms") else num / den
+
+
 class BasinOptimizer(torch.optim.Optimizer):
     """Every optimizer tier behind the ``torch.optim.Optimizer`` interface; see the module docstring.
 
@@ -137,6 +149,7 @@ class BasinOptimizer(torch.optim.Optimizer):
         self.plan, self.seed, self.total_steps, self.name = plan, seed, total_steps, name
         self.steps_taken = 0
         self._last_phase: str | None = None
+        self.diagnostics: dict[str, float] = {}
         self._params = [(j, n, p) for j, (n, p) in enumerate(pairs)]
         for phase in plan.phases.values():
             phase.estimator.bind(self._params)
@@ -174,16 +187,22 @@ class BasinOptimizer(torch.optim.Optimizer):
         estimate = phase.estimator.estimate(self._params, closure, n_micro, t, self.seed, **options)
         lr_of = {id(p): group["lr"] for group in self.param_groups for p in group["params"]}
         prefix = self._namespace(phase.name)
+        tallies: dict[str, list] = {}
         with torch.no_grad():
             for j, p, g, extras in estimate.signals:
-                self._apply_chain(phase, prefix, t, j, p, g, extras, lr_of[id(p)] * phase.lr_scale)
+                self._apply_chain(phase, prefix, t, j, p, g, extras, lr_of[id(p)] * phase.lr_scale, tallies)
+        # read back once per step (numerators are device tensors: no synchronisation per tensor)
+        self.diagnostics = {name: _ratio(name, sum(float(x) for x in parts), den)
+                            for name, (parts, den) in tallies.items() if den}
         self.steps_taken += 1
         self._last_phase = phase.name
         return estimate.loss
 
     def _apply_chain(self, phase: Phase, prefix: str, t: int, j: int, p: torch.Tensor,
-                     g: torch.Tensor, extras: dict, lr: float) -> None:
-        """p -= lr * chain(g), with the chain's state buffers for tensor j in this namespace."""
+                     g: torch.Tensor, extras: dict, lr: float, tallies: dict | None = None) -> None:
+        """p -= lr * chain(g), with the chain's state buffers for tensor j in this namespace;
+        ``tallies`` (name -> [numerators, denominator]) collects the step's diagnostics."""
+        tallies = {} if tallies is None else tallies
         state = self.state[p]
         count_key = prefix + "t"
         state[count_key] = state.get(count_key, 0) + 1
@@ -194,11 +213,12 @@ class BasinOptimizer(torch.optim.Optimizer):
                 if key not in state:
                     state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 buffers[name] = state[key]
-        ctx = UpdateContext(lr=lr, t=state[count_key], extras=extras,
+        ctx = UpdateContext(lr=lr, t=state[count_key], extras=extras, tallies=tallies,
                             rng=lambda tag: generator(derive_seed(self.seed, t, tag, j), p.device))
         direction = g
         for link in phase.chain:
             direction = link(direction, p, buffers, ctx)
+        ctx.tally("update_rms", torch.linalg.vector_norm(direction, dtype=torch.float32).square(), direction.numel())
         p.add_(direction, alpha=-lr)
 
     # -- checkpoints -------------------------------------------------------------------------------

@@ -83,6 +83,19 @@ def sophia_direction(g: torch.Tensor, m: torch.Tensor, h: torch.Tensor, h_est: t
     return (m / (gamma * h).clamp_min_(eps)).clamp_(-1.0, 1.0)
 
 
+def add_gaussian_noise(d: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
+    """d + std * xi, xi ~ N(0, I) from ``generator``: isotropic Gaussian noise on the direction
+    (the step becomes p -= lr (d + std xi)).
+
+    The noise of a step over D coordinates has E ||lr std xi||^2 = (lr std)^2 D, and its norm is
+    lr std sqrt(D) to within a relative 1/sqrt(2D) (the chi distribution's spread), so ``std`` is
+    the per-coordinate root mean square of the injected step in units of lr. Used as the
+    noise-matched control of zeroth-order descent (``adam-noise``): Adam's update plus noise of the
+    size a zeroth-order step moves the weights, without the zeroth-order estimate.
+    """
+    return d + std * torch.randn(d.shape, generator=generator, device=d.device, dtype=d.dtype)
+
+
 def momentum_direction(g: torch.Tensor, m: torch.Tensor, beta: float) -> torch.Tensor:
     """Heavy-ball momentum with ``torch.optim.SGD`` semantics (dampening 0): m = beta m + g.
     Returns the buffer itself (links never modify their input, so this is safe)."""
@@ -152,6 +165,15 @@ class UpdateContext:
     t: int
     rng: Callable[[str], torch.Generator]
     extras: dict = field(default_factory=dict)
+    tallies: dict = field(default_factory=dict)  # name -> [numerators, denominator] over a step's tensors
+
+    def tally(self, name: str, numerator, denominator: int) -> None:
+        """Add to a per-step diagnostic: the optimizer reports (sum of numerators) / (sum of
+        denominators) over the step's tensors in ``BasinOptimizer.diagnostics``. A numerator may
+        be a 0-d device tensor; it is read back once, after the step."""
+        acc = self.tallies.setdefault(name, [[], 0])
+        acc[0].append(numerator)
+        acc[1] += denominator
 
 
 class Link:
@@ -202,8 +224,11 @@ class ScaleBySophia(Link):
         self.b1, self.b2, self.gamma, self.eps = b1, b2, gamma, eps
 
     def __call__(self, d, p, state, ctx):
-        return sophia_direction(d, state["m"], state["h"], ctx.extras.get("hessian"),
-                                self.b1, self.b2, self.gamma, self.eps)
+        out = sophia_direction(d, state["m"], state["h"], ctx.extras.get("hessian"),
+                               self.b1, self.b2, self.gamma, self.eps)
+        # clipped coordinates step by exactly lr * sign(m): the signSGD share of the update
+        ctx.tally("sophia_clip_fraction", (out.abs() == 1.0).sum(), out.numel())
+        return out
 
 
 class Momentum(Link):
@@ -235,6 +260,18 @@ class Quantize(Link):
     def __call__(self, d, p, state, ctx):
         gen = ctx.rng("quantize") if self.stochastic else None
         return quantize(d, self.bits, self.stochastic, gen, self.scale)
+
+
+class AddNoise(Link):
+    """d -> d + std * xi, xi ~ N(0, I); see :func:`add_gaussian_noise`. The noise comes from
+    ``ctx.rng("noise")``, a generator seeded from (optimizer seed, step, tensor): same seed, same
+    bits; the tensors of a step draw independent noise."""
+
+    def __init__(self, std: float):
+        self.std = std
+
+    def __call__(self, d, p, state, ctx):
+        return add_gaussian_noise(d, self.std, ctx.rng("noise")) if self.std else d
 
 
 class DecoupledWeightDecay(Link):

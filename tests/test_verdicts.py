@@ -1,0 +1,352 @@
+"""Verdicts that cannot mislead: one test per defect of the verdict layer, on hand-set records.
+
+Every number below is set by hand (``analysis.synthetic.comparison_records``), so the expected
+verdicts, intervals and p-values are derived here from the definitions, not read off the code.
+The default world: original forget 0.95 (0.95 under every attack), gold (retain-only) 0.05
+everywhere, retain 0.95 for every model, so the clean original-gold gap is 0.9.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from itertools import combinations
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from analysis.card import worst_cases
+from analysis.load import load_records
+from analysis.synthetic import comparison_records
+from analysis.verdicts import Claim, evaluate, evaluate_claims, verdict_table
+
+Q = ("quantize", "rtn-4bit")
+SNAP = ("quantize", "rtn-4bit-snapback")
+
+# hybrid recovers clearly less than adam under 4-bit: recovery_gold = (u - 0.05) / 0.9
+GOOD = {"adam": {"clean": [0.05, 0.06, 0.04], "attacked": {Q: [0.50, 0.55, 0.45]}},
+        "hybrid": {"clean": [0.05, 0.05, 0.06], "attacked": {Q: [0.20, 0.22, 0.18]}}}
+
+QUANT_CLAIM = Claim("q", "hybrid recovers less than adam under 4-bit", a="hybrid", b="adam",
+                    attack="quantize", metric="prob", split="forget", quantity="recovery")
+
+
+def frame(arms=GOOD, **kw):
+    return load_records(comparison_records(arms, **kw))
+
+
+def with_(arms, name, **fields):
+    out = {k: dict(v) for k, v in arms.items()}
+    out[name] = {**out[name], **fields}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# defect 1: controls are never attack settings; only like settings are pooled
+
+
+def test_snapback_control_is_never_pooled_into_a_quantization_verdict():
+    # the control makes the hybrid look like it recovered everything; averaged in, it flips the verdict
+    arms = {"adam": {**GOOD["adam"], "attacked": {**GOOD["adam"]["attacked"], SNAP: [0.05, 0.06, 0.04]}},
+            "hybrid": {**GOOD["hybrid"], "attacked": {**GOOD["hybrid"]["attacked"], SNAP: 0.9}}}
+    v = evaluate(frame(arms), QUANT_CLAIM)
+    assert v.verdict == "reproduced"
+    assert v.settings == ("rtn-4bit",)
+    assert verdict_table([v])["settings"].iloc[0] == "rtn-4bit"
+
+
+def test_noise_scales_are_not_pooled():
+    n1, n3 = ("noise", "scale=0.01"), ("noise", "scale=0.03")
+    arms = {"adam": {"clean": [0.05, 0.06, 0.04], "attacked": {n1: [0.30, 0.35, 0.25], n3: [0.60, 0.62, 0.58]}},
+            "hybrid": {"clean": [0.05, 0.05, 0.06], "attacked": {n1: [0.10, 0.12, 0.08], n3: [0.40, 0.43, 0.37]}}}
+    claim = Claim("n", "hybrid recovers less under noise", a="hybrid", b="adam", attack="noise",
+                  metric="prob", split="forget", quantity="recovery_gold")
+    v = evaluate(frame(arms), claim)
+    assert v.verdict == "inconclusive"
+    assert "scale=0.01" in v.reason and "scale=0.03" in v.reason and "not pooled" in v.reason
+    one = evaluate(frame(arms), Claim("n3", "x", a="hybrid", b="adam", attack="noise", metric="prob",
+                                      split="forget", quantity="recovery_gold", x=0.03))
+    assert one.verdict == "reproduced" and one.settings == ("scale=0.03",)
+    assert one.mean_a == pytest.approx((0.40 - 0.05) / 0.9)
+
+
+def test_card_worst_case_is_never_a_control():
+    arms = {"hybrid": {**GOOD["hybrid"], "attacked": {**GOOD["hybrid"]["attacked"], SNAP: 0.9}}}
+    worst = worst_cases(frame(arms), "prob", ["forget"])
+    row = worst[worst["attack"] == "quantize"].iloc[0]
+    assert row["setting"] == "rtn-4bit"
+    assert row["recovery"] == pytest.approx(np.mean([(u - c) / (0.95 - c) for u, c in
+                                                     zip([0.20, 0.22, 0.18], [0.05, 0.05, 0.06])]))
+
+
+# ---------------------------------------------------------------------------------------------
+# defect 2: degenerate comparisons are inconclusive, naming the failed condition
+
+
+@pytest.mark.parametrize("case,arms,refs,needle", [
+    # the hybrid never forgot (0.70 against adam's 0.05): nothing to compare
+    ("forget band", with_(GOOD, "hybrid", clean=[0.70, 0.72, 0.69], attacked={Q: [0.75, 0.78, 0.74]}), {},
+     "forgotten to within"),
+    # both forgot alike, but far from the gold model (0.35 against 0.05 = a third of the gap)
+    ("gold distance", {"adam": {"clean": [0.35, 0.36, 0.34], "attacked": {Q: [0.70, 0.72, 0.68]}},
+                       "hybrid": {"clean": [0.35, 0.35, 0.36], "attacked": {Q: [0.45, 0.47, 0.43]}}}, {},
+     "from the gold"),
+    # 4-bit kills the original's facts by itself: the attacked original is at 0.10, the floor at 0.05
+    ("empty ceiling", with_(with_(GOOD, "adam", attacked={Q: [0.09, 0.095, 0.085]}), "hybrid",
+                            attacked={Q: [0.06, 0.065, 0.066]}),
+     {"original": {"attacked": {Q: 0.10}}}, "ceiling"),
+    # the hybrid lost a third of its retain knowledge
+    ("utility", with_(GOOD, "hybrid", retain=[0.60, 0.62, 0.64]), {}, "utility"),
+])
+def test_degenerate_comparison_is_inconclusive_and_names_the_condition(case, arms, refs, needle):
+    v = evaluate(frame(arms, **refs), QUANT_CLAIM)
+    assert v.verdict == "inconclusive", case
+    assert needle in v.reason, v.reason
+    assert evaluate(frame(GOOD), QUANT_CLAIM).verdict == "reproduced"  # the sound comparison passes
+
+
+def test_condition_bands_are_explicit_parameters():
+    from analysis.verdicts import Bands
+
+    loose = Bands(utility_margin=0.5)
+    arms = with_(GOOD, "hybrid", retain=[0.60, 0.62, 0.64])
+    assert evaluate(frame(arms), QUANT_CLAIM, bands=loose).verdict == "reproduced"
+    row = verdict_table([evaluate(frame(arms), QUANT_CLAIM)]).iloc[0]
+    assert "utility" in row["conditions"] and "0.05" in row["conditions"]
+
+
+# ---------------------------------------------------------------------------------------------
+# defect 3: runs at different settings are never pooled
+
+
+def test_runs_at_different_learning_rates_are_never_pooled():
+    arms = {"adam": {**GOOD["adam"], "lr": 2e-5},
+            "hybrid@5e-5": {**GOOD["hybrid"], "lr": 5e-5},
+            "hybrid@7e-5": {**GOOD["hybrid"], "lr": 7e-5, "attacked": {Q: [0.24, 0.26, 0.22]}}}
+    df = frame(arms)
+    v = evaluate(df, QUANT_CLAIM)
+    assert v.verdict == "inconclusive" and "lr=5e-05" in v.reason and "lr=7e-05" in v.reason
+    pinned = Claim("q7", "x", a="hybrid", b="adam", attack="quantize", metric="prob", split="forget",
+                   quantity="recovery_gold", a_lr=7e-5)
+    v7 = evaluate(df, pinned)
+    assert v7.verdict == "reproduced" and "lr=7e-05" in v7.recipe_a
+    assert v7.mean_a == pytest.approx((np.mean([0.24, 0.26, 0.22]) - 0.05) / 0.9)
+
+
+def _run_folder(root, name, seed, optimizer_args, lr=1e-3):
+    folder = root / name
+    (folder / "model").mkdir(parents=True)
+    config = {"model": "world:tiny", "benchmark": "world:forget10", "objective": "npo",
+              "objective_args": {"beta": 0.1}, "optimizer": "hybrid", "optimizer_args": optimizer_args,
+              "lr": lr, "steps": 60, "batch_size": 8, "seed": seed, "device": "cpu", "eval_every": 60}
+    (folder / "config.json").write_text(json.dumps(config))
+    (folder / "records.jsonl").write_text("")
+    return folder
+
+
+def test_recipe_includes_optimizer_args_and_reaches_audit_folders(tmp_path):
+    runs = [_run_folder(tmp_path / "runs", f"h{i}-s0", 0, {"n_fo": 10, "n_zo": n}) for i, n in enumerate((10, 5))]
+    audits = []
+    for run in runs:
+        audit = tmp_path / "audits" / run.name
+        audit.mkdir(parents=True)
+        (audit / "config.json").write_text(json.dumps({"kind": "audit", "model": str(run)}))
+        rec = {"model": run.name, "attack": "none", "setting": "", "metric": "prob", "value": 0.1,
+               "split": "forget", "seed": 0, "optimizer": "hybrid", "objective": "npo", "role": "unlearned"}
+        (audit / "records.jsonl").write_text(json.dumps(rec) + "\n")
+        audits.append(audit)
+    df = load_records(audits)
+    assert df["lr"].tolist() == [1e-3, 1e-3]
+    recipes = df["recipe"].tolist()
+    assert recipes[0] != recipes[1] and all(r.startswith("lr=0.001 steps=60 cfg=") for r in recipes)
+    # the seed, the device and bookkeeping fields do not change the recipe
+    other = _run_folder(tmp_path / "more", "h0-s1", 1, {"n_fo": 10, "n_zo": 10})
+    cfg = json.loads((other / "config.json").read_text())
+    (other / "config.json").write_text(json.dumps({**cfg, "device": "cuda", "eval_every": 5}))
+    (other / "records.jsonl").write_text(json.dumps({"model": "m", "attack": "none", "setting": "", "metric": "prob",
+                                                     "value": 0.1, "split": "forget", "seed": 1}) + "\n")
+    assert load_records(other)["recipe"].iloc[0] == recipes[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# defect 4: a zero-width interval gives no verdict
+
+
+def _values_frame(a_values, b_values, a_seeds=None, b_seeds=None, metric="prob", split="forget"):
+    rows = []
+    for opt, values, seeds in (("hybrid", a_values, a_seeds), ("adam", b_values, b_seeds)):
+        for seed, v in zip(seeds or range(len(values)), values):
+            rows.append({"model": f"{opt}{seed}", "attack": "none", "setting": "", "metric": metric, "value": v,
+                         "split": split, "seed": seed, "optimizer": opt, "role": "unlearned"})
+    return rows
+
+
+CLEAN_CLAIM = Claim("c", "hybrid has a lower forget prob than adam", a="hybrid", b="adam", attack="none",
+                    metric="prob", split="forget")
+
+
+def test_zero_width_interval_is_inconclusive():
+    v = evaluate(load_records(_values_frame([0.1, 0.1, 0.1], [0.5, 0.5, 0.5])), CLEAN_CLAIM)
+    assert v.verdict == "inconclusive" and "zero width" in v.reason
+
+
+# ---------------------------------------------------------------------------------------------
+# defect 5: statistics
+
+
+def test_paired_difference_where_seeds_pair_the_runs():
+    a, b = [0.27, 0.46, 0.67], [0.30, 0.50, 0.70]  # a shared seed effect; hybrid lower on every seed
+    v = evaluate(load_records(_values_frame(a, b)), CLEAN_CLAIM)
+    ref = stats.ttest_rel(a, b)
+    ci = ref.confidence_interval(0.95)
+    assert v.test == "paired t" and v.verdict == "reproduced"
+    assert (v.ci_low, v.ci_high) == pytest.approx((ci.low, ci.high), rel=1e-9)
+    assert v.p_value == pytest.approx(ref.pvalue, rel=1e-9)
+    # the exact sign-flip test: all 3 differences negative -> one-sided p = 1/8, its floor
+    assert v.perm_p == pytest.approx(1 / 8) and v.perm_p_min == pytest.approx(1 / 8)
+    # unpaired (different seeds): Welch, and an exact two-sample permutation test whose floor is 1/20
+    u = evaluate(load_records(_values_frame(a, b, b_seeds=[3, 4, 5])), CLEAN_CLAIM)
+    assert u.test == "Welch t" and u.verdict == "inconclusive"
+    assert u.p_value == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9)
+    greater = sum(np.mean(s) - np.mean([x for x in a + b if x not in s]) <= np.mean(a) - np.mean(b) + 1e-12
+                  for s in map(list, combinations(a + b, 3)))
+    assert u.perm_p == pytest.approx(greater / 20) and u.perm_p_min == pytest.approx(0.05)
+    row = verdict_table([u]).iloc[0]
+    assert row["n_a"] == 3 and row["n_b"] == 3 and row["test"] == "Welch t"
+    assert "smallest attainable" in row["permutation"] and "0.05" in row["permutation"]
+
+
+def test_permutation_floor_is_met_when_groups_separate():
+    v = evaluate(load_records(_values_frame([0.1, 0.2, 0.3], [0.5, 0.6, 0.7], b_seeds=[3, 4, 5])), CLEAN_CLAIM)
+    assert v.perm_p == pytest.approx(0.05) and v.verdict == "reproduced"
+
+
+def test_holm_correction_across_the_claims_of_one_report():
+    rows = []
+    diffs = {"m1": [-0.30, -0.31, -0.29], "m2": [-0.05, -0.03, -0.07], "m3": [-0.01, 0.02, -0.02]}
+    base = [0.5, 0.6, 0.7]
+    for metric, d in diffs.items():
+        rows += _values_frame([b + x for b, x in zip(base, d)], base, metric=metric)
+    df = load_records(rows)
+    claims = [Claim(m, m, a="hybrid", b="adam", attack="none", metric=m, split="forget") for m in diffs]
+    out = evaluate_claims(df, claims)
+    raw = [stats.ttest_rel([b + x for b, x in zip(base, d)], base).pvalue for d in diffs.values()]
+    assert [v.p_value for v in out] == pytest.approx(raw, rel=1e-9)
+    order = np.argsort(raw)
+    holm, running = [0.0] * 3, 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (3 - rank) * raw[i]))
+        holm[i] = running
+    assert [v.p_holm for v in out] == pytest.approx(holm, rel=1e-9)
+    assert raw[1] < 0.05 < holm[1]  # m2 is significant alone, not after the correction
+    assert out[0].verdict == "reproduced" and out[1].verdict == "inconclusive" and "Holm" in out[1].reason
+    assert evaluate(df, claims[1]).verdict == "reproduced"  # alone, one claim: no correction
+
+
+# ---------------------------------------------------------------------------------------------
+# defect 6: recovery against the gold model, and the latent margin beside it
+
+
+def test_verdict_reports_recovery_gold_and_margin_beside_recovery():
+    arms = {"adam": {**GOOD["adam"], "margin": [0.4, 0.5, 0.6], "margin_attacked": {Q: [1.0, 1.1, 1.2]}},
+            "hybrid": {**GOOD["hybrid"], "margin": [0.3, 0.3, 0.3], "margin_attacked": {Q: [0.5, 0.6, 0.7]}}}
+    claim = Claim("g", "x", a="hybrid", b="adam", attack="quantize", metric="prob", split="forget",
+                  quantity="recovery_gold")
+    v = evaluate(frame(arms), claim)
+    row = verdict_table([v]).iloc[0]
+    assert row["quantity"] == "recovery_gold" and "recovery_gold" in v.reason
+    assert row["recovery_gold_a"] == pytest.approx((0.20 - 0.05) / 0.9)
+    assert row["recovery_gold_b"] == pytest.approx((0.50 - 0.05) / 0.9)
+    assert row["recovery_b"] == pytest.approx(np.mean([(u - c) / (0.95 - c) for u, c in
+                                                       zip([0.50, 0.55, 0.45], [0.05, 0.06, 0.04])]))
+    assert row["margin_a"] == pytest.approx(0.6) and row["margin_b"] == pytest.approx(1.1)
+    assert row["margin_clean_a"] == pytest.approx(0.3) and row["margin_clean_b"] == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# defect 7: one claim table, aligned with the paper, used by the demo
+
+
+def test_one_definition_per_claim_name_and_the_demo_uses_it():
+    from analysis import verdicts
+    from basin.demo import DemoConfig
+
+    names = [c.name for c in verdicts.PAPER_CLAIMS]
+    assert len(names) == len(set(names))
+    by_name = {c.name: c for c in verdicts.PAPER_CLAIMS}
+    for claim in DemoConfig().claims() + DemoConfig.pretrained().claims():
+        assert by_name[claim.name] is claim
+    assert by_name["zo-vs-adam-relearn"].a == "adazo"
+    assert {"adam-undone-by-quantize", "adam-undone-by-relearn", "zo-vs-adam-quantize", "signadam-vs-adam-quantize",
+            "hybrid-vs-adam-relearn", "sophia-vs-adam-relearn", "zo-basin-not-connected", "signadam-basin-connected",
+            "hybrid-keeps-adam-forgetting", "hybrid-keeps-adam-retain", "adam-higher-lr-quantize"} <= set(names)
+
+
+def test_absolute_claim_adam_undone_by_quantization():
+    from analysis.verdicts import PAPER_CLAIMS
+
+    claim = next(c for c in PAPER_CLAIMS if c.name == "adam-undone-by-quantize")
+    arms = {"adam": {"clean": [0.05, 0.06, 0.04], "attacked": {("quantize", "rtn-4bit-g128"): [0.50, 0.55, 0.45],
+                                                             ("quantize", "nf4"): [0.40, 0.45, 0.35]}}}
+    v = evaluate(frame(arms), claim)
+    assert v.verdict == "reproduced" and v.settings == ("nf4", "rtn-4bit-g128") and v.test == "one-sample t"
+    per_seed = [((r - 0.05) / 0.9 + (n - 0.05) / 0.9) / 2 for r, n in zip([0.50, 0.55, 0.45], [0.40, 0.45, 0.35])]
+    assert v.mean_a == pytest.approx(np.mean(per_seed))
+    assert v.p_value == pytest.approx(stats.ttest_1samp(per_seed, 0.0).pvalue, rel=1e-9)
+
+
+def test_equivalence_claim_uses_tost():
+    from analysis.verdicts import PAPER_CLAIMS
+
+    claim = next(c for c in PAPER_CLAIMS if c.name == "hybrid-keeps-adam-retain")
+    a, b = [0.94, 0.95, 0.955], [0.95, 0.95, 0.96]
+    v = evaluate(load_records(_values_frame(a, b, metric="prob", split="retain")), claim)
+    d = np.subtract(a, b)
+    band = claim.band * np.mean(b)
+    se = d.std(ddof=1) / math.sqrt(3)
+    p_tost = max(stats.t.sf((d.mean() + band) / se, 2), stats.t.cdf((d.mean() - band) / se, 2))
+    assert v.test == "paired TOST" and v.p_value == pytest.approx(p_tost, rel=1e-9)
+    assert v.verdict == "reproduced"
+    far = evaluate(load_records(_values_frame([0.70, 0.72, 0.74], b, metric="prob", split="retain")), claim)
+    assert far.verdict == "not reproduced"
+
+
+def test_higher_learning_rate_claim_compares_two_adam_recipes():
+    from analysis.verdicts import PAPER_CLAIMS
+
+    claim = next(c for c in PAPER_CLAIMS if c.name == "adam-higher-lr-quantize")
+    q = ("quantize", "rtn-4bit-g128")
+    arms = {"adam@lo": {"clean": [0.05, 0.06, 0.04], "lr": 1e-5, "attacked": {q: [0.50, 0.55, 0.45]}},
+            "adam@hi": {"clean": [0.05, 0.05, 0.06], "lr": 1e-4, "attacked": {q: [0.10, 0.12, 0.08]}}}
+    v = evaluate(frame(arms), claim)
+    assert "lr=0.0001" in v.recipe_a and "lr=1e-05" in v.recipe_b and v.verdict == "reproduced"
+    one = evaluate(frame({"adam": arms["adam@lo"]}), claim)
+    assert one.verdict == "inconclusive" and "one recipe" in one.reason
+
+
+def test_basin_claims_read_the_barrier_between_two_unlearned_models():
+    from analysis.verdicts import PAPER_CLAIMS
+
+    claim = next(c for c in PAPER_CLAIMS if c.name == "zo-basin-not-connected")
+    rows = []
+    for seed, barrier in enumerate((0.5, 0.6, 0.7)):  # the audit's retain NLL barrier per path
+        path = {"attack": "interpolate", "setting": "path", "metric": "barrier", "split": "retain", "seed": seed,
+                "role": "unlearned", "optimizer": "adazo"}
+        rows.append({**path, "model": f"adam-s{seed}->adazo-s{seed}", "value": barrier})
+        rows.append({**path, "model": "original->adazo", "value": 0.01})  # not the path the claim reads
+    v = evaluate(load_records(rows), claim)
+    assert v.values_a == pytest.approx([0.5, 0.6, 0.7]) and v.test == "one-sample t"
+    assert v.p_value == pytest.approx(stats.ttest_1samp([0.5, 0.6, 0.7], 0.1).pvalue, rel=1e-9)
+    assert v.verdict == "reproduced"
+    missing = evaluate(load_records([r for r in rows if r["model"].startswith("original")]), claim)
+    assert missing.verdict == "inconclusive" and "interpolation records between adam and adazo" in missing.reason
+
+
+def test_training_evaluations_do_not_add_a_recipe():
+    # a run folder's training log carries the run's recipe; an audit whose run could not be traced
+    # carries none: the two must not count as two settings of one optimizer
+    rows = _values_frame([0.10, 0.11, 0.12], [0.50, 0.52, 0.49])
+    rows += [{**r, "attack": "training", "setting": "step=60", "recipe": "lr=0.001 steps=60 cfg=0"} for r in rows]
+    v = evaluate(load_records(rows), CLEAN_CLAIM)
+    assert v.verdict == "reproduced" and v.recipe_a == ""
