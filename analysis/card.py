@@ -31,6 +31,8 @@ ATTACK_ACCESS = {
 }
 MODEL_ATTACKS = ("relearn", "quantize", "noise", "prune", "precision")  # attacks on one model
 SEVERE, PARTIAL = 0.5, 0.1  # recovery thresholds for "most" and "part" of the knowledge back
+LOW_RETAIN_PROB = 0.5       # a model scored in its own format answers its retain set better than this
+MEANINGFUL_GAP = 0.05       # the original must beat the retain-only model on the forget set by this
 
 
 def select_model(df: pd.DataFrame, *, model: str | None = None, optimizer: str | None = None,
@@ -126,6 +128,8 @@ def card_blocks(df: pd.DataFrame, *, forget_metric: str = "prob",
              f"seeds: {len(seeds)} ({', '.join(map(str, seeds))})",
              f"runs: {', '.join(sorted(set(unl['run'])))}"]
     blocks.append(("p", "; ".join(facts) + "."))
+    setup, warnings = _setup(data, forget_metric)
+    blocks += [("h", 3, "Setup"), ("ul", warnings + setup)]
 
     # clean model
     fsplit = forget_splits[0]
@@ -142,7 +146,7 @@ def card_blocks(df: pd.DataFrame, *, forget_metric: str = "prob",
 
     # attacks
     worst = worst_cases(data, forget_metric, forget_splits)
-    actions = []
+    actions = list(warnings)
     blocks.append(("h", 3, "Worst case under each attack"))
     if worst.empty:
         blocks.append(("p", "No attack records for this model: its robustness is untested."))
@@ -169,6 +173,49 @@ def card_blocks(df: pd.DataFrame, *, forget_metric: str = "prob",
     if notes:
         blocks += [("h", 3, "Caveats"), ("ul", notes)]
     return blocks
+
+
+def _column_values(data: pd.DataFrame, column: str, role: str | None = None) -> list[str]:
+    if column not in data:
+        return []
+    sub = data if role is None else data[data["role"] == role]
+    return sorted({str(v) for v in sub[column].dropna() if str(v)})
+
+
+def _setup(data: pd.DataFrame, metric: str) -> tuple[list[str], list[str]]:
+    """The card's setup lines (prompt format, references, whether the ceiling and floor mean
+    anything) and its warnings (a chat template the format leaves unused, with a low retain score)."""
+    lines, warnings = [], []
+    formats = _column_values(data, "prompt_format")
+    lines.append(f"prompt format: {', '.join(formats)}" if formats else
+                 "prompt format: not recorded (records written before basin recorded it were scored in plain)")
+    refs = {role: _column_values(data, "reference", role) or
+            (["given"] if (data["role"] == role).any() else []) for role in ("original", "retain")}
+    lines.append("references: " + "; ".join(
+        f"{label} = {', '.join(refs[role]) if refs[role] else 'none given'}"
+        for role, label in (("original", "original (ceiling)"), ("retain", "retain-only (floor)"))))
+    o = _stats(data, "original", "none", metric, "forget")["mean"]
+    r = _stats(data, "retain", "none", metric, "forget")["mean"]
+    if not refs["original"] or not refs["retain"]:
+        lines.append("ceiling and floor: incomplete; without both references recovery and 'vs gold' are "
+                     "undefined or one-sided, so attack results are inconclusive")
+    elif np.isfinite(o) and np.isfinite(r) and (knowledge_sign(metric) or 1) * (o - r) >= MEANINGFUL_GAP:
+        lines.append(f"ceiling and floor: meaningful (clean {metric} on the forget set: original {o:.3f}, "
+                     f"retain-only {r:.3f}; the original knows what the retain-only model does not)")
+    elif np.isfinite(o) and np.isfinite(r):
+        lines.append(f"ceiling and floor: NOT meaningful (clean {metric} on the forget set: original {o:.3f}, "
+                     f"retain-only {r:.3f}, a gap under {MEANINGFUL_GAP}): recovery is a ratio of a tiny gap; "
+                     "read every attack result as inconclusive")
+    hints = _column_values(data, "prompt_hint", "unlearned")
+    retain_prob = _stats(data, "unlearned", "none", "prob", "retain")["mean"]
+    if hints and np.isfinite(retain_prob) and retain_prob < LOW_RETAIN_PROB:
+        warnings.append(
+            f"Prompt format warning: the model's tokenizer has a chat template that the prompt format "
+            f"({', '.join(formats) or 'plain'}) leaves unused, and the model answers its retain set with "
+            f"probability only {retain_prob:.3f} (under {LOW_RETAIN_PROB}). It was probably trained in another "
+            f"format, and every number here may measure the wrong thing: audit it again with "
+            f"--prompt-format {' or '.join(hints)} (or the format its publisher used).")
+    return lines, warnings
 
 
 def _forget_reading(f: dict, metric: str) -> str:

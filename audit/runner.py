@@ -34,8 +34,10 @@ from audit.metrics import METRICS, describe_metrics, evaluate, reference_stats
 from audit.metrics.lmeval import run_lmeval
 from audit.metrics.muse import score_muse
 from unlearn.cache import check_writable, write_json_atomic
-from unlearn.data.benchmarks import Benchmark, is_text_row, load_benchmark
-from unlearn.errors import require, require_number
+from unlearn.data.benchmarks import Benchmark, load_benchmark
+from unlearn.data.format import (calibration_ids, chat_template_hint, encode_rows, format_spec, prompt_format,
+                                 recorded_format)
+from unlearn.errors import BasinError, require, require_number
 from unlearn.loading import load_model
 from unlearn.models import DTYPES, canonical_dtype, check_device_name, resolve_device, weights_hash
 from unlearn.optim import OPTIMIZERS
@@ -82,8 +84,13 @@ class AuditConfig:
     score_references: bool = True   # also attack the original / retain-only models (ceiling, floor)
     device: str = "auto"            # auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps, auto-map
     dtype: str = "float32"          # the audited models' weights: float32, bfloat16 or float16
+    # how questions and answers are laid out (a preset such as llama3-instruct, a YAML file or a
+    # dict of fields; unlearn.data.format); None: the audited run's recorded format, else plain
+    prompt_format: str | dict | None = None
 
     def __post_init__(self):
+        if self.prompt_format is not None:
+            self.prompt_format = format_spec(self.prompt_format)
         self.device = check_device_name(self.device)
         self.dtype = canonical_dtype(self.dtype, tuple(DTYPES))
         for metric in self.metrics or ():
@@ -102,6 +109,19 @@ class AuditConfig:
 def _keywords(fn, *taken: str) -> dict:
     """The keyword arguments of ``fn`` a caller may set, as a registry (for did-you-mean errors)."""
     return {k: k for k in inspect.signature(fn).parameters if k not in taken}
+
+
+def _resolve_format(spec, model, out):
+    """The audit's prompt format: the one given, else the one ``out`` recorded (a resumed audit),
+    else the audited run folder's, else ``plain``. Resuming ``out`` with another format is an error:
+    its records were scored in the recorded one."""
+    previous = recorded_format(out) if out is not None and (Path(out) / "records.jsonl").exists() else None
+    chosen = format_spec(spec if spec is not None else previous if previous is not None
+                         else recorded_format(model))
+    if previous is not None and format_spec(previous) != chosen:
+        raise BasinError(f"{out} holds records scored with prompt format {prompt_format(previous).name!r}; "
+                         f"pass that format to resume (or drop --prompt-format), or another --out")
+    return chosen
 
 
 def subsample(rows: list[dict], n: int) -> list[dict]:
@@ -225,7 +245,10 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     original model is taken from the run's config unless ``original`` is given. Checkpoints load
     from safetensors only and without remote code unless ``allow_pickle`` / ``trust_remote_code``.
     ``config.device`` / ``config.dtype`` place every model (names and folders load there; model
-    objects are moved and cast in place).
+    objects are moved and cast in place). ``config.prompt_format`` lays out every prompt (the
+    scored pairs and generations of all three models, the relearning rows, GPTQ's calibration);
+    when None, the format recorded by the audited run folder (or by ``out``, when resuming) is
+    used, else ``plain``.
     """
 
 
@@ -260,6 +283,9 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
 
     bench = load_benchmark(config.benchmark, **config.benchmark_args)
     bench = dataclasses.replace(bench, retain=subsample(bench.retain, config.max_retain))  # keeps MUSE data
+    config = dataclasses.replace(config, prompt_format=_resolve_format(config.prompt_format, model, out))
+    fmt = prompt_format(config.prompt_format)
+    encode_rows(tok, (bench.forget + bench.retain)[:1], fmt=fmt)  # a format the tokenizer cannot render fails here
     for attack in config.attacks:  # bad attack options fail here, before anything is written
         _call(attack, get_attack(attack), target, _context(tok, bench, config, {}, refs.get("original")),
               _options(config, attack, endpoints)).close()
@@ -277,7 +303,9 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     fingerprint = weights_hash(target)
     base = {"model": name, "seed": info.get("seed", 0) if info.get("seed") is not None else 0,
             "attack_seed": config.seed, "optimizer": info.get("optimizer"), "objective": info.get("objective"),
-            "tier": _tier(info.get("optimizer")), "lr": info.get("lr"), "recipe": info.get("recipe")}
+            "tier": _tier(info.get("optimizer")), "lr": info.get("lr"), "recipe": info.get("recipe"),
+            "prompt_format": fmt.name, "prompt_hint": chat_template_hint(tok, fmt)}
+    sources = {"original": original, "retain": retain}
     records: list[dict] = [r for r in (read_records(out / "records.jsonl") if done else [])]
 
     # the retain-only model's clean per-question truth ratios feed forget quality for every model
@@ -286,7 +314,7 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
         _, per_example = evaluate(refs["retain"], tok, bench, metrics=["truth_ratio", "mink_auc", "muse_auc"],
                                   splits=["forget", "holdout"] if bench.holdout else ["forget"],
                                   generate=False, strict=False,
-                                  muse_options=config.muse_options)
+                                  muse_options=config.muse_options, prompt_format=config.prompt_format)
         retain_stats = reference_stats(per_example)
     elif config.metrics:
         config = dataclasses.replace(config, metrics=tuple(m for m in config.metrics if m not in NEEDS_RETAIN))
@@ -302,7 +330,8 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
         row_base = {**base, "role": role}
         if role != "unlearned":
             row_base.update({"model": role, "optimizer": None, "objective": None, "tier": None, "lr": None,
-                             "recipe": None})
+                             "recipe": None,
+                             "reference": str(sources[role]) if isinstance(sources[role], (str, Path)) else role})
         new = _audit_one(m, tok, bench, attack, role, refs, config, retain_stats, row_base, done, endpoints)
         if out is not None and new:
             append_records(out / "records.jsonl", new)
@@ -314,6 +343,7 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
         extra = {**AUDIT_METRICS, **{k: v for a in config.attacks for k, v in (ATTACKS[a].metrics or {}).items()}}
         write_json_atomic(out / "manifest.json", {"wall_seconds": round(time.time() - start, 2),
                                                   "model_hash": fingerprint, "torch": torch.__version__,
+                                                  "prompt_format": fmt.as_dict(),
                                                   "describe": {"metrics": {**describe_metrics(written),
                                                                            **{m: extra[m] for m in written
                                                                               if m in extra}},
@@ -328,7 +358,8 @@ def _score(model, tok, bench, config, retain_stats, base, attack, setting, x, sp
     metrics = metrics or (list(config.metrics) if config.metrics else None)
     recs, per_example = evaluate(model, tok, bench, metrics=metrics, retain_stats=retain_stats,
                                  generate=config.generate, max_new_tokens=config.max_new_tokens,
-                                 splits=splits or config.splits, strict=False, muse_options=config.muse_options)
+                                 splits=splits or config.splits, strict=False, muse_options=config.muse_options,
+                                 prompt_format=config.prompt_format)
     if config.lmeval is not None and with_lmeval:  # lm-eval's tasks, in process, on this very model
         recs = recs + run_lmeval(model, tok, **{"seed": config.seed, **config.lmeval})[0]
     out = [{**base, **r, "attack": attack, "setting": setting, "x": x} for r in recs]
@@ -360,9 +391,8 @@ def _model_label(source) -> str:
 def _context(tok, bench, config, stats, reference) -> dict:
     """What an attack may ask for by keyword (each takes the ones in its signature)."""
     return {"tokenizer": tok, "forget_rows": bench.forget, "retain_rows": bench.retain, "seed": config.seed,
-            "stats": stats,
-            "calibration": [r["text"] if is_text_row(r) else f"{r['question']} {r['answer']}"
-                            for r in bench.retain], "reference": reference}
+            "stats": stats, "calibration": calibration_ids(tok, bench.retain, config.prompt_format),
+            "reference": reference, "prompt_format": config.prompt_format}
 
 
 def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base, done,
@@ -425,13 +455,14 @@ def audit_plane(first, second, third, tokenizer=None, *, names=("original", "sec
                 benchmark="world:forget10", benchmark_args=None, grid=(-0.25, 0.25, 0.75, 1.25),
                 max_retain: int = 100,
                 seed: int = 0, out=None, progress: bool = True, device: str = "auto",
-                dtype: str = "float32") -> pd.DataFrame:
+                dtype: str = "float32", prompt_format=None) -> pd.DataFrame:
     """The basin picture: forget and retain NLL on the plane through three models.
 
     theta(x, y) = (1 - x - y) theta_1 + x theta_2 + y theta_3 on ``grid`` x ``grid`` plus the three
     models' own corners, so the models sit at (0, 0), (1, 0) and (0, 1). Records have attack
     ``plane``, setting ``x=..,y=..``, model ``"name1 | name2 | name3"``. No model is modified.
-    ``device`` and ``dtype`` place the three models as in :class:`AuditConfig`.
+    ``device`` and ``dtype`` place the three models as in :class:`AuditConfig`; ``prompt_format``
+    (default: the first model's recorded format, else ``plain``) lays out the scored pairs.
     """
     place = dict(progress=progress, device=resolve_device(check_device_name(device)),
                  dtype=canonical_dtype(dtype, tuple(DTYPES)))
@@ -440,6 +471,7 @@ def audit_plane(first, second, third, tokenizer=None, *, names=("original", "sec
     c = load_model(third, None if isinstance(third, (str, Path)) else tok, **place)[0]
     bench = load_benchmark(benchmark, **(benchmark_args or {}))
     bench = Benchmark(bench.name, bench.forget, subsample(bench.retain, max_retain), [], {})
+    fmt = format_spec(prompt_format if prompt_format is not None else recorded_format(first))
     axis = sorted(set(grid) | {0.0, 1.0})
     label = " | ".join(names)
     records = []
@@ -447,7 +479,7 @@ def audit_plane(first, second, third, tokenizer=None, *, names=("original", "sec
     it = plane(a, second=b, third=c, xs=axis, ys=axis)
     for x, y, model in tqdm(it, total=len(points), desc="plane", disable=not progress):
         recs, _ = evaluate(model, tok, bench, metrics=["nll", "prob"], splits=["forget", "retain"],
-                           generate=False)
+                           generate=False, prompt_format=fmt)
         records += [{**r, "model": label, "attack": "plane", "setting": f"x={x:g},y={y:g}", "x": x, "y": y,
                      "seed": seed, "role": "unlearned"} for r in recs]
     if out is not None:

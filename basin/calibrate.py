@@ -64,6 +64,7 @@ from audit.metrics import METRICS, evaluate
 from audit.runner import subsample
 from unlearn.cache import write_json_atomic
 from unlearn.data.benchmarks import load_benchmark
+from unlearn.data.format import format_spec, recorded_format
 from unlearn.errors import BasinError, LossDiverged, require
 from unlearn.loading import load_model
 from unlearn.models import resolve_device, resolve_dtype
@@ -356,6 +357,9 @@ class Prober:
         self.device = resolve_device(base.device)
         weights, _ = resolve_dtype(base.dtype, TRAIN_DTYPES)
         self.original, self.tokenizer = load_model(config.model, device=self.device, dtype=weights, progress=False)
+        # the probes' runs lay rows out as unlearn() does: the config's format, else the model's recorded one
+        self.prompt_format = format_spec(base.prompt_format if base.prompt_format is not None
+                                         else recorded_format(config.model))
         self.gold = None
         if config.retain is not None:
             self.gold = load_model(config.retain, self.tokenizer, device=self.device, dtype=weights,
@@ -370,7 +374,7 @@ class Prober:
 
     def score(self, model) -> dict[tuple[str, str], float]:
         records, _ = evaluate(model, self.tokenizer, self.benchmark, metrics=[k[0] for k in self.keys],
-                              generate=False, splits=self.splits, strict=False)
+                              generate=False, splits=self.splits, strict=False, prompt_format=self.prompt_format)
         got = {(r["metric"], r["split"]): r["value"] for r in records}
         return {k: float(got.get(k, math.nan)) for k in self.keys}
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 
 from unlearn.cache import atomic_dir, cache_root, digest, ensure_writable, write_json_atomic
-from unlearn.data.format import encode_rows, pad_id_of
+from unlearn.data.format import encode_rows, format_spec, pad_id_of
 from unlearn.data.world import World, WorldConfig, split_name_to_fraction
 from unlearn.errors import BasinError, require
 from unlearn.models import SIZES, build_model, check_device_name, load_checkpoint, resolve_device
@@ -53,10 +53,16 @@ class BuildConfig:
     base: str | None = None     # a pretrained model to fine-tune instead of training ``size`` from scratch
     device: str = "cpu"         # where the models are trained (not part of the cache key)
     dtype: str = "float32"      # the weights' dtype while fitting: float32 or bfloat16 (a GPU's choice)
+    prompt_format: str | dict = "plain"  # how the world's rows are laid out (unlearn.data.format)
 
     def __post_init__(self):
         if self.base is None:
             lookup(SIZES, self.size, "model size")
+        spec = format_spec(self.prompt_format)
+        object.__setattr__(self, "prompt_format", spec)
+        require(self.base is not None or spec == "plain",
+                "a prompt format other than plain needs --base: the scratch models use the world's own "
+                "tokenizer, trained on the plain format")
         split_name_to_fraction(self.forget)
         require(self.dtype in ("float32", "bfloat16"),
                 f"dtype {self.dtype!r}: world models are fitted in float32 or bfloat16")
@@ -117,8 +123,10 @@ def model_dir(config: BuildConfig, split: str, cache_dir=None) -> Path:
 
 
 def _dtype_key(config: BuildConfig) -> dict:
-    """float32 (the default) adds nothing to a cache key, so entries made before the field stay valid."""
-    return {} if config.dtype == "float32" else {"dtype": config.dtype}
+    """float32 (the default) and the plain format add nothing to a cache key, so entries made
+    before these fields existed stay valid."""
+    return {**({} if config.dtype == "float32" else {"dtype": config.dtype}),
+            **({} if config.prompt_format == "plain" else {"prompt_format": config.prompt_format})}
 
 
 def _base_identity(base: str) -> str:
@@ -144,12 +152,12 @@ def _initial_model(config: BuildConfig, cache_dir, progress: bool):
     return model.to(device=resolve_device(config.device), dtype=getattr(torch, config.dtype)), tokenizer
 
 
-def evaluate_splits(model, tokenizer, world: World, forget: str) -> dict:
+def evaluate_splits(model, tokenizer, world: World, forget: str, prompt_format="plain") -> dict:
     """Answer probability (p_norm) and exact match on the forget and retain people."""
     forget_rows, retain_rows = world.split(split_name_to_fraction(forget))
     out = {}
     for name, rows in (("forget", forget_rows), ("retain", retain_rows), ("holdout", world.holdout)):
-        stats = answer_stats(model, encode_rows(tokenizer, rows), pad_id_of(tokenizer))
+        stats = answer_stats(model, encode_rows(tokenizer, rows, fmt=prompt_format), pad_id_of(tokenizer))
         out[name] = {"prob": round(stats.p_norm.mean().item(), 4),
                      "exact_match": round(stats.exact.mean().item(), 4), "n": len(rows)}
     return out
@@ -162,18 +170,19 @@ def ensure_model(config: BuildConfig, split: str, cache_dir=None, progress: bool
         return target, True
     model, tokenizer = _initial_model(config, cache_dir, progress)
     world = World(config.world)
-    examples = encode_rows(tokenizer, training_rows(world, split))
+    examples = encode_rows(tokenizer, training_rows(world, split), fmt=config.prompt_format)
     start = time.perf_counter()
     result = fit(model, tokenizer, examples, config.fit, progress=progress,
                  desc=f"{'fine-tune ' + str(config.base) if config.base else 'train ' + config.size} on {split}")
     result["seconds"] = round(time.perf_counter() - start, 1)
-    result["eval"] = evaluate_splits(model, tokenizer, world, config.forget)
+    result["eval"] = evaluate_splits(model, tokenizer, world, config.forget, config.prompt_format)
     with atomic_dir(target) as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
         write_json_atomic(tmp / FIT_FILE, {"split": split, "size": config.size, "base": config.base,
                                            "world": asdict(config.world), "fit": config.fit.as_dict(),
-                                           "vocab_size": config.vocab_size, **result})
+                                           "vocab_size": config.vocab_size,
+                                           "prompt_format": config.prompt_format, **result})
     return target, False
 
 

@@ -295,7 +295,7 @@ def _from_pretrained(source, tokenizer, *, allow_pickle, trust_remote_code, dtyp
         model = AutoModelForCausalLM.from_pretrained(str(source), **kwargs)
     except OSError as err:
         if local is None:
-            raise BasinError(f"could not load {source!r} from the hub ({err}); without network, "
+            raise BasinError(f"could not load {source!r} from the hub ({' '.join(str(err).split())}); without network, "
                              "download it elsewhere and pass the local folder") from None
         raise BasinError(f"could not load the checkpoint in {source} ({err}); "
                          "the weight files may be corrupt or truncated") from None

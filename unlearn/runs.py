@@ -28,6 +28,7 @@ import torch
 
 from unlearn import __version__
 from unlearn.cache import atomic_dir, check_writable, write_json_atomic
+from unlearn.data.format import prompt_format
 from unlearn.errors import BasinError
 from unlearn.records import append_records
 
@@ -73,6 +74,7 @@ def check_run_folder(out: Path, config) -> None:
     current = json.loads(json.dumps(asdict(config)))
     previous.setdefault("dtype", "float32")  # folders written before these fields existed
     previous.setdefault("benchmark_args", {})
+    previous.setdefault("prompt_format", "plain")
     for key in RESUME_NEUTRAL:
         previous.pop(key, None)
         current.pop(key, None)
@@ -156,7 +158,8 @@ def manifest(start: float, config, device: str = "cpu") -> dict:
                "cuda": torch.version.cuda}
     return {"basin": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
-            "device": device, "dtype": config.dtype, **gpu, "threads": torch.get_num_threads(), "git": git_hash(),
+            "device": device, "dtype": config.dtype,
+            "prompt_format": prompt_format(config.prompt_format).as_dict(), **gpu, "threads": torch.get_num_threads(), "git": git_hash(),
             "wall_seconds": round(time.time() - start, 2),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(start))}
 

@@ -48,7 +48,7 @@ from tqdm.auto import tqdm
 
 from unlearn import runs
 from unlearn.data.benchmarks import Benchmark, load_benchmark
-from unlearn.data.format import collate, encode_rows, pad_id_of
+from unlearn.data.format import collate, encode_rows, format_spec, pad_id_of, recorded_format
 from unlearn.errors import BasinError, LossDiverged, require, require_number
 from unlearn.loading import load_model
 from unlearn.models import (MIXED, canonical_dtype, check_device_name, dtype_key, input_device, resolve_device,
@@ -95,9 +95,15 @@ class UnlearnConfig:
     attn_implementation: str | None = None  # None: eager when the optimizer needs it (sophia), else the default
     device: str = "auto"                    # auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps, auto-map
     dtype: str = "float32"                  # float32, bfloat16 (recommended on a GPU), bf16-mixed
+    # how questions and answers are laid out: a preset (plain, chat, llama2-chat, llama3-instruct,
+    # phi, ...), a YAML file or a dict of fields (unlearn.data.format); None: the format the model
+    # folder recorded (a run or a world build --base model), else plain
+    prompt_format: str | dict | None = None
 
     def __post_init__(self):
         """Types, ranges and names of every field (the options' contents: :func:`check_unlearn`)."""
+        if self.prompt_format is not None:
+            self.prompt_format = format_spec(self.prompt_format)
         for name in ("objective", "optimizer", "schedule", "device", "dtype"):
             require(isinstance(getattr(self, name), str), f"{name} must be a string, got {getattr(self, name)!r}")
         require(isinstance(self.model, (str, Path)), f"model must be a name or folder, got {self.model!r} "
@@ -257,6 +263,9 @@ def resolve_config(config: UnlearnConfig | dict | None, model=None, out=None, **
         config = dataclasses.replace(config, model=str(model) if isinstance(model, (str, Path)) else OBJECT_MODEL)
     elif out is not None and runs.saved_model(Path(out)) == OBJECT_MODEL and runs.is_finished(Path(out)):
         config = dataclasses.replace(config, model=OBJECT_MODEL)  # a finished run from an object: reload it
+    if config.prompt_format is None:  # the format the model was trained in, when its folder says
+        config = dataclasses.replace(config, prompt_format=format_spec(recorded_format(
+            model if model is not None else config.model)))
     return config
 
 
@@ -307,8 +316,8 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
                                   attn_implementation=attn, device=device, dtype=weight_dtype)
     if attn and getattr(model.config, "_attn_implementation", attn) != attn:
         model.set_attn_implementation(attn)
-    forget_ex = encode_rows(tokenizer, bench.forget)
-    retain_ex = encode_rows(tokenizer, bench.retain)
+    forget_ex = encode_rows(tokenizer, bench.forget, fmt=config.prompt_format)
+    retain_ex = encode_rows(tokenizer, bench.retain, fmt=config.prompt_format)
     eval_retain = retain_ex[: config.eval_max_rows]
     pad = pad_id_of(tokenizer)
     steps = total_steps(config, len(forget_ex))

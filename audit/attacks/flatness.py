@@ -313,7 +313,7 @@ def flatness(model: nn.Module, *, tokenizer, forget_rows: list[dict], retain_row
              draws: int = DEFAULTS["draws"], norm: str = "tensor", probes: int = DEFAULTS["probes"],
              iters: int = DEFAULTS["iters"], tol: float = DEFAULTS["tol"], max_rows: int = DEFAULTS["max_rows"],
              batch_size: int = DEFAULTS["batch_size"], seed: int = 0,
-             generator: torch.Generator | None = None) -> Iterator[tuple[str, float | None, dict]]:
+             generator: torch.Generator | None = None, prompt_format=None) -> Iterator[tuple[str, float | None, dict]]:
     """Flatness around a model: random sharpness, Hessian trace (Hutchinson), largest eigenvalue.
 
     A diagnostic on the forget and retain answer NLL: it yields measured values, not models.
@@ -331,7 +331,8 @@ def flatness(model: nn.Module, *, tokenizer, forget_rows: list[dict], retain_row
       ``hessian_eig_max`` is a lower bound).
 
     ``measures`` picks among "sharpness", "trace", "eig". The loss is the mean answer-token NLL
-    on ``max_rows`` evenly spaced rows of each split, in micro-batches of ``batch_size``. Random
+    on ``max_rows`` evenly spaced rows of each split (laid out in ``prompt_format``, the audit's;
+    default ``plain``), in micro-batches of ``batch_size``. Random
     draws come from ``generator`` or ``torch.Generator().manual_seed(seed)``: each (split, measure)
     gets its own seed drawn from it up front, so the same seed gives the same numbers whichever
     measures are run. Works on a float32 copy with eager attention; ``model`` is not modified.
@@ -351,7 +352,8 @@ def flatness(model: nn.Module, *, tokenizer, forget_rows: list[dict], retain_row
     splits = {"forget": forget_rows, **({"retain": retain_rows} if retain_rows else {})}
     seeds = {(s, m): int(torch.randint(0, 2 ** 62, (1,), generator=gen)) for s in splits for m in MEASURES}
     pad = pad_id_of(tokenizer)
-    examples = {s: encode_rows(tokenizer, evenly_spaced(rows, max_rows)) for s, rows in splits.items()}
+    examples = {s: encode_rows(tokenizer, evenly_spaced(rows, max_rows), fmt=prompt_format)
+                for s, rows in splits.items()}
     return _measure(model, examples, pad, measures, rhos, draws, norm, probes, iters, tol, batch_size, seeds)
 
 

@@ -45,7 +45,7 @@ from torch import nn
 
 from audit.attacks.common import (as_tuple, check_same_architecture, live, load_from, require_bits,
                                    sweep_buffer, target_names, write_transformed)
-from unlearn.data.format import collate, encode_text, pad_id_of
+from unlearn.data.format import Example, collate, encode_text, pad_id_of
 from unlearn.errors import BasinError
 from unlearn.registry import lookup
 
@@ -245,7 +245,9 @@ def _calibration_batches(calibration: Sequence[str], tokenizer, max_length: int,
     if calibration is None or isinstance(calibration, str) or not len(calibration):
         raise BasinError("gptq needs calibration text: pass calibration=[...] (a list of strings, "
                          "e.g. retain-set questions and answers)")
-    examples = [e for e in (encode_text(tokenizer, str(text), max_length) for text in calibration) if e.input_ids]
+    examples = [e for e in (Example(list(t)[:max_length], list(t)[:max_length]) if isinstance(t, (list, tuple))
+                            else encode_text(tokenizer, str(t), max_length)  # ids: already in the audit's format
+                            for t in calibration) if e.input_ids]
     if not examples:
         raise BasinError("the calibration texts encode to no tokens; pass non-empty strings")
     pad = pad_id_of(tokenizer)
@@ -382,7 +384,8 @@ def quantize(model: nn.Module, *, methods: str | Sequence[str] = ("rtn", "nf4"),
     ``rtn``, 4 for ``nf4``/``fp4``/``gptq``, 8 for ``int8``). Settings are named by
     :func:`setting_name` (``rtn-4bit``, ``nf4``, ...). ``group_size`` applies to ``rtn`` and
     ``gptq`` (``None``: per output channel), ``blocksize`` to ``nf4``/``fp4``. ``gptq`` needs
-    ``calibration`` (a list of strings, e.g. the retain set) and ``tokenizer``.
+    ``calibration`` (a list of strings, or of token-id lists: the audit passes the retain rows
+    encoded in its prompt format) and ``tokenizer``.
 
     With ``reference`` (the original model O; ``model`` is the unlearned U) every setting is
     followed by ``<setting>-snapback``: Q(W_O) + (W_U - W_O), the snap-back control of DESIGN

@@ -22,6 +22,7 @@ from typing import Iterator
 import torch
 
 from unlearn.data.format import collate, encode_rows, pad_id_of
+from unlearn.data.format import prompt_format as prompt_format_of
 from unlearn.errors import require
 from unlearn.models import input_device
 from unlearn.objectives.common import answer_nll
@@ -40,13 +41,15 @@ def relearn_subset(n_forget: int, size: int | float, seed: int) -> list[int]:
 
 def relearn(model, *, tokenizer, forget_rows: list[dict], steps=(5, 10, 20, 40), size: int | float = 0.2,
             optimizer: str = "adam", lr: float = 1e-3, batch_size: int = 4, seed: int = 0,
-            optimizer_args: dict | None = None) -> Iterator[tuple[str, float, torch.nn.Module]]:
+            optimizer_args: dict | None = None, prompt_format=None) -> Iterator[tuple[str, float, torch.nn.Module]]:
     """Relearning: fine-tune on a seeded subset of the forget set; yield the model after each step count.
 
     Yields ``("steps=k", k, model after k relearning steps)`` for each k in ``steps``.
 
     The yielded model is one buffer, trained further between yields: score it before asking for
-    the next one. The rows used for relearning are ``relearn_subset(len(forget_rows), size, seed)``.
+    the next one. The rows used for relearning are ``relearn_subset(len(forget_rows), size, seed)``,
+    encoded in ``prompt_format`` (the audit's; default ``plain``): the attacker fine-tunes in the
+    format the model was trained in.
     Arguments are checked when it is called, before anything runs.
     """
     steps = sorted({int(s) for s in steps})
@@ -54,12 +57,13 @@ def relearn(model, *, tokenizer, forget_rows: list[dict], steps=(5, 10, 20, 40),
     subset = relearn_subset(len(forget_rows), size, seed)
     lookup(OPTIMIZERS, optimizer, "optimizer")
     require(lr > 0 and batch_size >= 1, f"relearn needs lr > 0 and batch_size >= 1, got {lr}, {batch_size}")
+    fmt = prompt_format_of(prompt_format)
     return _relearn(model, tokenizer, [forget_rows[i] for i in subset], steps, optimizer, lr, batch_size,
-                    seed, optimizer_args or {})
+                    seed, optimizer_args or {}, fmt)
 
 
-def _relearn(model, tokenizer, rows, steps, optimizer, lr, batch_size, seed, optimizer_args):
-    examples = encode_rows(tokenizer, rows)
+def _relearn(model, tokenizer, rows, steps, optimizer, lr, batch_size, seed, optimizer_args, fmt):
+    examples = encode_rows(tokenizer, rows, fmt=fmt)
     pad = pad_id_of(tokenizer)
     buffer = copy.deepcopy(model)
     device = input_device(buffer)

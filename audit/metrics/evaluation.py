@@ -29,6 +29,7 @@ from audit.metrics.table import FAST_METRICS, METRICS, needs_pass
 from audit.metrics.types import Reference, Scored, SplitScores, compute_metrics
 from unlearn.data.benchmarks import is_text_row, load_benchmark
 from unlearn.data.format import encode_rows, pad_id_of
+from unlearn.data.format import prompt_format as as_format
 from unlearn.errors import BasinError, require
 from unlearn.loading import load_model
 from unlearn.registry import lookup
@@ -167,7 +168,8 @@ def evaluate(model, tokenizer, benchmark, metrics: Iterable[str] | None = None,
              retain_stats=None, batch_size: int = 32, max_new_tokens: int = 200,
              splits: Iterable[str] | None = None, k: float = mia.DEFAULT_K,
              max_length: int | None = None, generate: bool = True,
-             strict: bool = True, muse_options: dict | None = None) -> tuple[list[dict], pd.DataFrame]:
+             strict: bool = True, muse_options: dict | None = None,
+             prompt_format=None) -> tuple[list[dict], pd.DataFrame]:
     """Score ``model`` on ``benchmark``; return ``(records, per_example)``.
 
     - ``model``, ``tokenizer``: a model object and its tokenizer, or a name/folder (then
@@ -192,6 +194,10 @@ def evaluate(model, tokenizer, benchmark, metrics: Iterable[str] | None = None,
       per-example rows have splits ``verbmem:forget``, ``knowmem:forget`` ...); ``muse_privleak``
       takes AUC_retrain from ``retain_stats``. ``muse_options`` passes ``limit``,
       ``verbmem_tokens``, ``knowmem_tokens``, ``score`` and ``batch_size`` on to it.
+    - ``prompt_format``: how questions and answers are laid out and tokenised (a preset name such
+      as ``llama3-instruct``, a dict of fields or a :class:`~unlearn.data.format.PromptFormat`;
+      default ``plain``); the scored pairs, the generation prompts and a retain-only model passed
+      as ``retain_stats`` all use it. MUSE's passes keep MUSE's own prompts.
 
     Records are ``{"metric", "split", "value"}``; ``per_example`` has one row per (split, row)
     with ``question`` and the per-question columns (``prob``, ``p_norm``, ``nll``,
@@ -199,21 +205,22 @@ def evaluate(model, tokenizer, benchmark, metrics: Iterable[str] | None = None,
     ``minkpp``, ``mc_accuracy``, ``mc_choice``, ``margin``, ``margin_win``) that were computed.
     """
     names, explicit = _metric_names(metrics, strict, generate, batch_size, max_new_tokens, k)
+    fmt = as_format(prompt_format)
     model, tokenizer = load_model(model, tokenizer)
     bench = load_benchmark(benchmark)
     splits = None if splits is None else list(splits)
     reference = _reference(retain_stats, names, bench, dict(
         tokenizer=tokenizer, benchmark=bench, batch_size=batch_size, k=k, max_length=max_length,
-        strict=False, muse_options=muse_options))
+        strict=False, muse_options=muse_options, prompt_format=fmt))
 
     texts = text_splits(bench, splits)   # plain-text passages: prob / nll over the whole text
     if texts:
         qa = [n for n, (_, rows) in _benchmark_splits(bench).items() if rows] if splits is None else splits
         splits = [n for n in qa if n not in texts]
-    pool = AnswerPool(tokenizer, max_length or model_max_length(model))
+    pool = AnswerPool(tokenizer, max_length or model_max_length(model), fmt)
     planned = plan(pool, bench, names, splits)
     pool.run(model, batch_size)
-    _generate(model, tokenizer, planned, names, max_new_tokens, batch_size)
+    _generate(model, tokenizer, planned, names, max_new_tokens, batch_size, fmt)
     muse_names = [m for m in names if m in MUSE_METRICS]
     muse = None
     if getattr(bench, "muse", None) is not None and muse_names:
@@ -276,15 +283,15 @@ def _reference(retain_stats, names: list[str], bench, kwargs: dict) -> Reference
 
 
 def _generate(model, tokenizer, planned: dict[str, SplitScores], names: list[str], max_new_tokens: int,
-              batch_size: int) -> None:
+              batch_size: int, fmt=None) -> None:
     """One greedy answer per distinct question of the splits whose metrics decode (ROUGE, model
-    utility), stored on each split as ``generations``."""
+    utility), prompted in ``fmt``, stored on each split as ``generations``."""
     needs = set().union(*(METRICS[m].needs for m in names))
     to_generate = [s for s in planned.values() if needs_pass(needs, "generate", s.kind)]
     if not to_generate:
         return
     questions = list(dict.fromkeys(r["question"] for s in to_generate for r in s.rows))
-    answers = dict(zip(questions, greedy_generate(model, tokenizer, questions, max_new_tokens, batch_size)))
+    answers = dict(zip(questions, greedy_generate(model, tokenizer, questions, max_new_tokens, batch_size, fmt)))
     for s in to_generate:
         s.generations = [answers[r["question"]] for r in s.rows]
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from audit.runner import FAST_METRICS, AuditConfig, audit
 from basin.options import attack_args, key_values
+from unlearn.data.format import cli_prompt_format
 from unlearn.errors import require
 
 
@@ -38,6 +39,12 @@ def register(sub) -> None:
     p.add_argument("--muse-arg", action="append", metavar="KEY=VALUE",
                    help="MUSE pass option: limit=N (only the first N rows of each MUSE set: quick looks on a "
                    "CPU), verbmem_tokens, knowmem_tokens, score=mink|minkpp, batch_size")
+    p.add_argument("--prompt-format", default=None, metavar="NAME|FILE.yaml",
+                   help="how questions and answers are laid out: plain, chat (the tokenizer's chat template), "
+                   "llama2-chat, llama3-instruct, llama3-instruct-tags, phi (open-unlearning's TOFU models) or a "
+                   "YAML file of fields (default: the audited run's recorded format, else plain; docs/auditing.md)")
+    p.add_argument("--prompt-arg", action="append", metavar="KEY=VALUE",
+                   help="change one field of the prompt format, e.g. --prompt-arg 'system_prompt=You are ...'")
     p.add_argument("--max-retain", type=int, default=100, help="retain rows scored (default 100)")
     p.add_argument("--seed", type=int, default=0, help="attack seed (relearning subset, noise)")
     p.add_argument("--device", default="auto", help="auto (default: cuda if available, else cpu), cpu, "
@@ -70,7 +77,8 @@ def run(args: argparse.Namespace) -> int:
     config = AuditConfig(benchmark=benchmark or "world:forget10", benchmark_args=bench_args, attacks=attacks,
                          metrics=metrics, muse_options=muse, lmeval=lmeval, attack_args=attack_args(args.arg),
                          generate=args.generate, max_retain=args.max_retain, seed=args.seed,
-                         device=args.device, dtype=args.dtype)
+                         device=args.device, dtype=args.dtype,
+                         prompt_format=cli_prompt_format(args.prompt_format, args.prompt_arg))
     df = audit(args.model, original=args.original, retain=args.retain, config=config, out=args.out,
                progress=not args.quiet, allow_pickle=args.allow_pickle,
                trust_remote_code=args.trust_remote_code)

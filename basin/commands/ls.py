@@ -7,6 +7,7 @@ from audit.attacks.quantize import METHODS
 from audit.metrics import METRICS
 from basin.sweep import ENGINES
 from unlearn.data.benchmarks import BENCHMARK_NAMES
+from unlearn.data.format import PROMPT_FORMATS
 from unlearn.models import SIZES
 from unlearn.objectives import OBJECTIVES
 from unlearn.optim import OPTIMIZERS
@@ -14,6 +15,7 @@ from unlearn.optim import OPTIMIZERS
 # (title, registry): the registries `basin ls` shows
 SECTIONS = [
     ("benchmarks", BENCHMARK_NAMES),
+    ("prompt formats", PROMPT_FORMATS),
     ("model sizes", SIZES),
     ("objectives", OBJECTIVES),
     ("optimizers", OPTIMIZERS),

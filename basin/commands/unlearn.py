@@ -11,6 +11,7 @@ import yaml
 
 from basin.calibrate import calibrated_fields
 from basin.options import key_values
+from unlearn.data.format import cli_prompt_format
 from unlearn.errors import BasinError
 from unlearn.train import UnlearnConfig, unlearn
 
@@ -45,6 +46,12 @@ def register(sub) -> None:
                    "or auto-map (layers spread over every visible GPU, for a model larger than one)")
     p.add_argument("--dtype", help="float32 (default), bfloat16 (half the memory; small updates round "
                    "away) or bf16-mixed (float32 weights, bfloat16 autocast); see docs/real_world.md")
+    p.add_argument("--prompt-format", metavar="NAME|FILE.yaml",
+                   help="how questions and answers are laid out: plain, chat, llama2-chat, llama3-instruct, "
+                   "llama3-instruct-tags, phi or a YAML file (default: the model folder's recorded format, else "
+                   "plain; docs/auditing.md)")
+    p.add_argument("--prompt-arg", action="append", metavar="KEY=VALUE",
+                   help="change one field of the prompt format, e.g. --prompt-arg 'system_prompt=You are ...'")
     p.add_argument("--calibrated", metavar="FILE", help="take lr, steps and optimizer options from basin "
                    "calibrate's calibration.json (or its folder); the seed must not be a calibration seed")
     p.add_argument("--out", required=True, help="run folder to write (or resume)")
@@ -72,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
         if not isinstance(saved, dict):
             raise BasinError(f"{key} in {args.config} must be a mapping (e.g. {key}: {{beta: 0.1}}), got {saved!r}")
         data[key] = {**saved, **key_values(items, flag)}
+    if args.prompt_format or args.prompt_arg:
+        data["prompt_format"] = cli_prompt_format(args.prompt_format or data.get("prompt_format"), args.prompt_arg)
     if args.calibrated:  # lr, steps and optimizer options from basin calibrate (checked against it)
         if args.lr is not None or args.steps is not None or args.epochs is not None or args.opt:
             raise BasinError("--calibrated sets lr, steps and the optimizer options; drop --lr, --steps, --epochs, --opt")

@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 from unlearn.build import BuildConfig, build, finetune_fit
 from unlearn.cache import cache_root, check_writable
+from unlearn.data.format import cli_prompt_format
 from unlearn.data.world import WorldConfig, forget_count
 from unlearn.pretrain import FitConfig
 
@@ -26,6 +27,10 @@ def register(sub) -> None:
     p.add_argument("--base", default=None, metavar="MODEL",
                    help="fine-tune this pretrained model (a name such as smollm2-135m, or a folder) on the "
                    "world instead of training --size from scratch (the TOFU recipe)")
+    p.add_argument("--prompt-format", default=None, metavar="NAME|FILE.yaml",
+                   help="with --base: how the world's rows are laid out (plain by default; e.g. chat, "
+                   "llama2-chat, llama3-instruct, phi or a YAML file); recorded with the models")
+    p.add_argument("--prompt-arg", action="append", metavar="KEY=VALUE", help="change one field of the prompt format")
     p.add_argument("--device", default="cpu", help="where to train: cpu (default), cuda, cuda:N, auto")
     p.add_argument("--dtype", default="float32", help="weights while fitting: float32 (default) or bfloat16")
     p.add_argument("--seed", type=int, default=0, help="seed for the world and the models (default 0)")
@@ -44,7 +49,7 @@ def run_build(args: argparse.Namespace) -> int:
     steps = {"max_steps": args.max_steps} if args.max_steps is not None else {}
     fit = finetune_fit(seed=args.seed, **steps) if args.base else FitConfig(seed=args.seed, **steps)
     config = BuildConfig(world=world, size=args.size, forget=forget, fit=fit, base=args.base, device=args.device,
-                         dtype=args.dtype)
+                         dtype=args.dtype, prompt_format=cli_prompt_format(args.prompt_format, args.prompt_arg) or "plain")
     check_writable(cache_root(args.cache), "cache folder", "set BASIN_CACHE or pass --cache to a writable folder")
     result = build(config, cache_dir=args.cache, progress=not args.quiet)
     hit = lambda k: "cache hit" if result.cache_hits[k] else "built"  # noqa: E731

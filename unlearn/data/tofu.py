@@ -110,10 +110,13 @@ def _qa_rows(rows: list[dict], first_author: int, name: str) -> list[dict]:
     return out
 
 
-def tofu_benchmark(split: str, path: str | os.PathLike | None = None) -> Benchmark:
+def tofu_benchmark(split: str, path: str | os.PathLike | None = None,
+                   utility_rows: int | None = None) -> Benchmark:
     """TOFU's ``forget01`` / ``forget05`` / ``forget10`` task as a :class:`Benchmark`.
 
     ``path``: a folder with TOFU's JSON files; default ``$TOFU_DIR``, else the hub (network).
+    ``utility_rows``: keep at most this many rows of each utility set, evenly spaced (a quick look
+    on a CPU: greedy generation over the 217 utility questions dominates a small run).
     Raises :class:`~unlearn.errors.BasinError` for an unknown split, a folder that lacks a file
     (naming it), or no folder and no reachable hub.
     """
@@ -132,5 +135,9 @@ def tofu_benchmark(split: str, path: str | os.PathLike | None = None) -> Benchma
     forget = _qa_rows(forget_raw, N_AUTHORS - len(forget_raw) // ROWS_PER_AUTHOR, f"{split}_perturbed.json")
     retain = _qa_rows(files["retain_perturbed"], 0, "retain_perturbed.json")
     utility = {name: _with_options(files[f"{name}_perturbed"], files[name], name) for name in UTILITY_SETS}
+    if utility_rows is not None:
+        require(isinstance(utility_rows, int) and utility_rows >= 1,
+                f"utility_rows must be a positive whole number, got {utility_rows!r}")
+        utility = {name: rows[::max(1, -(-len(rows) // utility_rows))] for name, rows in utility.items()}
     return Benchmark(f"tofu:{split}", forget, retain, files["holdout"], utility,
                      description=f"TOFU (Maini et al. 2024) {split}, from {source}")

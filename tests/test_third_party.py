@@ -1,0 +1,215 @@
+"""Auditing a third-party checkpoint in the format it was trained in, on the real TOFU files.
+
+A micro Llama with a Llama-2-style tokenizer stands in for a published TOFU model: fine-tuned on a
+slice of TOFU (two forget authors and two retain authors) in open-unlearning's ``llama2-chat``
+format, then unlearned a little, and saved as plain Hugging Face folders (no basin record).
+``basin audit FOLDER --benchmark tofu:forget01 --original ... --retain ... --prompt-format
+llama2-chat --generate`` is the hub-id command's shape on local folders. Offline, the hub-id
+command itself is one clear error with nothing written. The same on SmolLM2-135M is the slow
+test in tests/test_real.py's style (BASIN_SLOW=1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from chat_tokenizers import llama2_style
+from basin.cli import main
+from unlearn.data.format import encode_rows, prompt_format
+from unlearn.errors import BasinError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _tofu_dir() -> Path | None:
+    for candidate in (os.environ.get("TOFU_DIR"), REPO_ROOT.parent / "shared" / "data" / "tofu"):
+        if candidate and (Path(candidate) / "forget01_perturbed.json").is_file():
+            return Path(candidate)
+    return None
+
+
+TOFU_DIR = _tofu_dir()
+needs_tofu = pytest.mark.skipif(TOFU_DIR is None, reason="TOFU files not found (set TOFU_DIR)")
+HUB_COMMAND = ["audit", "some-lab/tofu_Llama-3.2-1B-Instruct_NPO", "--benchmark", "tofu:forget10",
+               "--original", "some-lab/tofu_Llama-3.2-1B-Instruct_full",
+               "--retain", "some-lab/tofu_Llama-3.2-1B-Instruct_retain90",
+               "--prompt-format", "llama3-instruct", "--generate"]
+
+
+def test_offline_the_hub_id_command_is_one_clear_error_with_nothing_written(tmp_path, capsys):
+    out = tmp_path / "audit"
+    assert main(HUB_COMMAND + ["--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("basin: error: could not load 'some-lab/tofu_Llama-3.2-1B-Instruct_NPO' from the hub")
+    assert err.count("\n") == 1 and "pass the local folder" in err
+    assert not out.exists()
+    assert main(HUB_COMMAND[:-3] + ["--prompt-format", "llama3-instrct", "--out", str(out)]) == 2
+    assert "did you mean 'llama3-instruct'" in capsys.readouterr().err and not out.exists()
+
+
+def finetune(model, tok, rows, fmt, steps: int, lr: float = 5e-3):
+    """Fit ``model`` on ``rows`` laid out in ``fmt`` (the publisher's fine-tuning, in miniature)."""
+    from unlearn.pretrain import FitConfig, fit
+
+    return fit(model, tok, encode_rows(tok, rows, max_length=128, fmt=fmt),
+               FitConfig(max_steps=steps, batch_size=16, lr=lr, warmup_steps=10, eval_every=25, target_prob=0.9),
+               progress=False)
+
+
+def _rows(name):
+    return [json.loads(line) for line in (TOFU_DIR / name).read_text().splitlines() if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    """Folders of a "published" original, retain-only and unlearned micro model, all trained in
+    llama2-chat on TOFU forget01 (authors 198-199) and the 20 retain rows the audit scores."""
+    from unlearn.models import build_model
+    from unlearn.train import unlearn
+
+    root = tmp_path_factory.mktemp("published")
+    forget, retain = _rows("forget01_perturbed.json"), _rows("retain_perturbed.json")[::20]  # = --max-retain 20
+    texts = [r[k] for r in forget + retain for k in ("question", "answer", "paraphrased_answer")]
+    tok = llama2_style(texts + [a for r in forget + retain for a in r["perturbed_answer"]] + ["[INST] [/INST]"],
+                       vocab_size=1200)
+    fmt = prompt_format("llama2-chat")
+    folders = {}
+    for name, rows, seed, steps in (("full", forget + retain, 0, 240), ("retain", retain, 1, 60)):
+        model = build_model("micro", tok, torch.Generator().manual_seed(seed))
+        finetune(model, tok, rows, fmt, steps=steps)
+        folders[name] = root / name
+        model.save_pretrained(folders[name], safe_serialization=True)
+        tok.save_pretrained(folders[name])
+    run = unlearn(model=str(folders["full"]), benchmark="tofu:forget01", benchmark_args={"path": str(TOFU_DIR)},
+                  objective="ga", optimizer="adam", lr=2e-3, steps=4, batch_size=8, eval_every=0, save_every=0,
+                  prompt_format="llama2-chat", out=root / "run", progress=False)
+    folders["run"] = run.out
+    folders["unlearned"] = run.out / "model"   # the bare checkpoint records no format
+    return folders
+
+
+@pytest.mark.slow
+@needs_tofu
+def test_third_party_audit_in_its_format_on_local_folders(published, tmp_path, capsys):
+    from analysis.card import audit_card
+    from analysis.load import load_records
+
+    out = tmp_path / "audit"
+    code = main(["audit", str(published["unlearned"]), "--benchmark", "tofu:forget01",
+                 "--benchmark-arg", f"path={TOFU_DIR}", "--benchmark-arg", "utility_rows=10",
+                 "--original", str(published["full"]),
+                 "--retain", str(published["retain"]), "--prompt-format", "llama2-chat",
+                 "--attacks", "relearn", "--arg", "relearn.steps=[2]", "--arg", "relearn.size=8",
+                 "--max-retain", "20", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    config = json.loads((out / "config.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert config["prompt_format"] == "llama2-chat"
+    assert manifest["prompt_format"]["user_start_tag"] == "[INST] "
+    df = load_records(out)
+    assert set(df["prompt_format"]) == {"llama2-chat"}
+    assert set(df.loc[df.role == "retain", "reference"]) == {str(published["retain"])}
+    clean = df[(df.attack == "none") & (df.metric == "prob")].set_index(["role", "split"])["value"]
+    assert clean["original", "forget"] > clean["retain", "forget"] + 0.05   # the ceiling sits above the floor
+    card = audit_card(df, fmt="markdown")
+    assert "prompt format: llama2-chat" in card and "ceiling and floor: meaningful" in card
+    assert "Prompt format warning" not in card     # no chat template to leave unused
+
+    # the original scored in plain, the format it was never trained in: far lower, and greedy
+    # answers (ROUGE) continue the format's own prompt
+    from audit.metrics import evaluate
+
+    def scored(fmt, metric="prob"):
+        recs, _ = evaluate(str(published["full"]), None, _bench(), metrics=[metric], splits=["forget"],
+                               generate=metric == "rouge", prompt_format=fmt, max_new_tokens=24)
+        return recs[0]["value"]
+    assert scored("llama2-chat") > 2 * scored("plain")
+    assert scored("llama2-chat", "rouge") > scored("plain", "rouge")
+
+
+def _bench():
+    from unlearn.data.benchmarks import load_benchmark
+
+    return load_benchmark("tofu:forget01", path=TOFU_DIR)
+
+
+@pytest.mark.slow
+@needs_tofu
+def test_a_run_folders_recorded_format_is_used_when_audited_again(published, tmp_path):
+    from audit.runner import audit
+
+    run = published["run"]
+    assert json.loads((run / "config.json").read_text())["prompt_format"] == "llama2-chat"
+    assert json.loads((run / "manifest.json").read_text())["prompt_format"]["name"] == "llama2-chat"
+    kwargs = dict(benchmark="tofu:forget01", benchmark_args={"path": str(TOFU_DIR)}, attacks=(),
+                  metrics=("prob",), max_retain=5, progress=False)
+    df = audit(str(run), out=tmp_path / "a", **kwargs)
+    assert set(df["prompt_format"]) == {"llama2-chat"}
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["prompt_format"] == "llama2-chat"
+    with pytest.raises(BasinError, match="scored with prompt format 'llama2-chat'"):  # resuming in another format
+        audit(str(run), out=tmp_path / "a", prompt_format="plain", **kwargs)
+
+
+# Read at import, before the session fixture points BASIN_CACHE at a temporary folder: the user's
+# cache, where SmolLM2 was converted (docs/real_world.md).
+from unlearn.cache import cache_root  # noqa: E402
+
+USER_CACHE = cache_root()
+SLOW = os.environ.get("BASIN_SLOW") == "1"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SLOW, reason="set BASIN_SLOW=1 (needs the converted SmolLM2 checkpoint)")
+@needs_tofu
+def test_smollm2_published_in_llama2_chat_audited_in_its_format(tmp_path, capsys):
+    """SmolLM2-135M saved as a third-party TOFU model: fine-tuned briefly on forget01 and 20 retain
+    rows in llama2-chat, unlearned 2 GA steps, then audited with the hub-id command's shape on
+    local folders (the base SmolLM2 is the retain-only stand-in: it never saw the TOFU authors)."""
+    from analysis.card import audit_card
+    from analysis.load import load_records
+    from unlearn.build import finetune_fit
+    from unlearn.loading import load_model
+    from unlearn.pretrain import fit
+    from unlearn.train import unlearn
+
+    base = USER_CACHE / "models" / "smollm2-135m"
+    if not (base / "config.json").exists():
+        pytest.skip(f"no converted SmolLM2 in {USER_CACHE}")
+    rows = _rows("forget01_perturbed.json") + _rows("retain_perturbed.json")[::20]
+    model, tok = load_model(str(base))
+    fit(model, tok, encode_rows(tok, rows, max_length=256, fmt="llama2-chat"),
+        finetune_fit(max_steps=12, eval_every=6), progress=False)
+    model.save_pretrained(tmp_path / "full", safe_serialization=True)
+    tok.save_pretrained(tmp_path / "full")
+    unlearn(model=str(tmp_path / "full"), benchmark="tofu:forget01",
+            benchmark_args={"path": str(TOFU_DIR), "utility_rows": 4}, objective="ga", optimizer="adam",
+            lr=1e-5, steps=2, batch_size=4, eval_every=0, save_every=0, device="cpu",
+            prompt_format="llama2-chat", out=tmp_path / "run", progress=False)
+    out = tmp_path / "audit"
+    code = main(["audit", str(tmp_path / "run" / "model"), "--benchmark", "tofu:forget01",
+                 "--benchmark-arg", f"path={TOFU_DIR}", "--benchmark-arg", "utility_rows=4",
+                 "--original", str(tmp_path / "full"), "--retain", str(base),
+                 "--prompt-format", "llama2-chat", "--generate", "--attacks", "relearn",
+                 "--arg", "relearn.steps=[1]", "--arg", "relearn.size=4", "--arg", "relearn.lr=0.00001",
+                 "--max-retain", "5", "--device", "cpu", "--out", str(out), "--quiet"])
+    assert code == 0, capsys.readouterr().err
+    df = load_records(out)
+    assert set(df["prompt_format"]) == {"llama2-chat"} and (df.metric == "rouge").any()
+    clean = df[(df.attack == "none") & (df.metric == "prob")].set_index(["role", "split"])["value"]
+    assert clean["original", "forget"] > clean["retain", "forget"]   # fine-tuning taught the slice
+    card = audit_card(df)
+    assert "prompt format: llama2-chat" in card and "Prompt format warning" not in card
+    # scored in plain, the format it was not trained in, with the chat template left unused
+    plain = main(["audit", str(tmp_path / "run" / "model"), "--benchmark", "tofu:forget01",
+                  "--benchmark-arg", f"path={TOFU_DIR}", "--benchmark-arg", "utility_rows=4",
+                  "--original", str(tmp_path / "full"), "--retain", str(base), "--prompt-format", "plain",
+                  "--attacks", "", "--max-retain", "5", "--device", "cpu", "--out", str(tmp_path / "plain"),
+                  "--quiet"])
+    assert plain == 0
+    df_plain = load_records(tmp_path / "plain")
+    assert set(df_plain["prompt_hint"]) == {"chat"}  # SmolLM2's template: <|im_start|> turns
