@@ -20,7 +20,13 @@ def key_values(items: list[str] | None, flag: str) -> dict:
 
 def _scalar(value: str, flag: str, item: str):
     try:
-        return yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
+        if isinstance(parsed, str):  # YAML 1.1 reads 1e-3 (no dot) as a string; a user means the number
+            try:
+                return float(parsed)
+            except ValueError:
+                return parsed
+        return parsed
     except yaml.YAMLError:
         raise BasinError(f"{flag} {item!r}: the value is not a number, boolean, string or [list]; "
                          f"quote it or fix the brackets") from None
