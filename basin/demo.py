@@ -198,7 +198,7 @@ def run_demo(config: DemoConfig = DemoConfig(), cache_dir=None, progress: bool =
 
     t = time.perf_counter()
     df = load_records(runs + audits)
-    claims = [c for c in config.claims() if c.a in optimizers and c.b in optimizers]
+    claims = claims_for(optimizers, DEMO_CLAIMS)  # the claims whose arms this demo ran
     verdicts = verdict_table(evaluate_claims(df, claims))
     model_label = config.base or f"{config.size} model"
     report = write_report(df, out / "report", claims=claims,

@@ -43,11 +43,16 @@ HUB_COMMAND = ["audit", "some-lab/tofu_Llama-3.2-1B-Instruct_NPO", "--benchmark"
 
 def test_offline_the_hub_id_command_is_one_clear_error_with_nothing_written(tmp_path, capsys):
     out = tmp_path / "audit"
-    assert main(HUB_COMMAND + ["--out", str(out)]) == 2
+    assert main(HUB_COMMAND + ["--out", str(out)]) == 2  # offline, the first hub fetch refuses: TOFU itself
     err = capsys.readouterr().err
-    assert err.startswith("basin: error: could not load 'some-lab/tofu_Llama-3.2-1B-Instruct_NPO' from the hub")
-    assert err.count("\n") == 1 and "pass the local folder" in err
+    assert err.startswith("basin: error: could not load") and "from the hub" in err and err.count("\n") == 1
     assert not out.exists()
+    if TOFU_DIR is not None:  # TOFU from a local folder: then the model is what cannot be had offline
+        assert main(HUB_COMMAND + ["--benchmark-arg", f"path={TOFU_DIR}", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("basin: error: could not load 'some-lab/tofu_Llama-3.2-1B-Instruct_NPO' from the hub")
+        assert err.count("\n") == 1 and "pass the local folder" in err
+        assert not out.exists()
     assert main(HUB_COMMAND[:-3] + ["--prompt-format", "llama3-instrct", "--out", str(out)]) == 2
     assert "did you mean 'llama3-instruct'" in capsys.readouterr().err and not out.exists()
 

@@ -75,6 +75,9 @@ def check_run_folder(out: Path, config) -> None:
     previous.setdefault("dtype", "float32")  # folders written before these fields existed
     previous.setdefault("benchmark_args", {})
     previous.setdefault("prompt_format", "plain")
+    if current.get("prompt_format") is None:  # not given: the model's recorded format, resolved when it runs
+        previous.pop("prompt_format", None)
+        current.pop("prompt_format", None)
     for key in RESUME_NEUTRAL:
         previous.pop(key, None)
         current.pop(key, None)
