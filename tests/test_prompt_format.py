@@ -11,8 +11,6 @@ and Llama-2-style tokenizers built offline (tests/chat_tokenizers.py).
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import pytest
 
@@ -22,18 +20,12 @@ from unlearn.data.format import (IGNORE, PLAIN, PROMPT_FORMATS, chat_template_hi
                                  recorded_format)
 from unlearn.errors import BasinError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tofu_files import needs, tofu_dir
 
 
-def _tofu_dir() -> Path | None:
-    for candidate in (os.environ.get("TOFU_DIR"), REPO_ROOT.parent / "shared" / "data" / "tofu"):
-        if candidate and (Path(candidate) / "forget10_perturbed.json").is_file():
-            return Path(candidate)
-    return None
 
-
-TOFU_DIR = _tofu_dir()
-needs_tofu = pytest.mark.skipif(TOFU_DIR is None, reason="TOFU files not found (set TOFU_DIR)")
+TOFU_DIR = tofu_dir("forget10_perturbed.json")
+needs_tofu = needs(TOFU_DIR)
 
 
 def _rows(name: str) -> list[dict]:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,18 +22,12 @@ from basin.cli import main
 from unlearn.data.format import encode_rows, prompt_format
 from unlearn.errors import BasinError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tofu_files import needs, tofu_dir
 
 
-def _tofu_dir() -> Path | None:
-    for candidate in (os.environ.get("TOFU_DIR"), REPO_ROOT.parent / "shared" / "data" / "tofu"):
-        if candidate and (Path(candidate) / "forget01_perturbed.json").is_file():
-            return Path(candidate)
-    return None
 
-
-TOFU_DIR = _tofu_dir()
-needs_tofu = pytest.mark.skipif(TOFU_DIR is None, reason="TOFU files not found (set TOFU_DIR)")
+TOFU_DIR = tofu_dir()
+needs_tofu = needs(TOFU_DIR)
 HUB_COMMAND = ["audit", "some-lab/tofu_Llama-3.2-1B-Instruct_NPO", "--benchmark", "tofu:forget10",
                "--original", "some-lab/tofu_Llama-3.2-1B-Instruct_full",
                "--retain", "some-lab/tofu_Llama-3.2-1B-Instruct_retain90",

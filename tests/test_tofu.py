@@ -6,11 +6,9 @@ tests that need them are skipped when neither exists. Nothing here touches the n
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import types
-from pathlib import Path
 
 import pytest
 import torch
@@ -20,18 +18,12 @@ from unlearn.data.benchmarks import Benchmark, load_benchmark
 from unlearn.data.tofu import required_files, tofu_benchmark
 from unlearn.errors import BasinError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from tofu_files import needs, tofu_dir
 
 
-def _tofu_dir() -> Path | None:
-    for candidate in (os.environ.get("TOFU_DIR"), REPO_ROOT.parent / "shared" / "data" / "tofu"):
-        if candidate and (Path(candidate) / "forget01_perturbed.json").is_file():
-            return Path(candidate)
-    return None
 
-
-TOFU_DIR = _tofu_dir()
-needs_tofu = pytest.mark.skipif(TOFU_DIR is None, reason="TOFU files not found (set TOFU_DIR)")
+TOFU_DIR = tofu_dir()
+needs_tofu = needs(TOFU_DIR)
 
 
 @pytest.fixture(scope="module")
