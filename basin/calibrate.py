@@ -70,7 +70,7 @@ from unlearn.loading import load_model
 from unlearn.models import resolve_device, resolve_dtype
 from unlearn.optim import OPTIMIZERS
 from unlearn.records import append_records, read_records
-from unlearn.registry import lookup
+from unlearn.registry import from_fields, lookup
 from unlearn.train import TRAIN_DTYPES, UnlearnConfig, unlearn
 
 KIND = "basin-calibration"
@@ -323,11 +323,7 @@ class CalibrationConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> "CalibrationConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        require(not unknown, f"unknown calibration field(s) {', '.join(sorted(unknown))}; "
-                f"known: {', '.join(sorted(known))}")
-        return cls(**data)
+        return from_fields(cls, data, "calibration")
 
     @classmethod
     def from_yaml(cls, path) -> "CalibrationConfig":

@@ -48,7 +48,7 @@ from basin.calibrate import calibrated_fields, load_calibration
 from unlearn.build import world_model_path
 from unlearn.cache import check_writable, digest
 from unlearn.errors import BasinError, require
-from unlearn.registry import lookup
+from unlearn.registry import from_fields, lookup
 from unlearn.optim import OPTIMIZERS
 from unlearn.train import UnlearnConfig, check_unlearn, unlearn
 
@@ -98,10 +98,7 @@ class SweepConfig:
         except (OSError, yaml.YAMLError) as err:
             raise BasinError(f"cannot read the sweep spec {path}: {err}") from None
         require(isinstance(data, dict), f"the sweep spec {path} must be a mapping of SweepConfig fields")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - known
-        require(not unknown, f"unknown sweep field(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-        return cls(**data)
+        return from_fields(cls, data, "sweep")
 
 
 @dataclass(frozen=True)

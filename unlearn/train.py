@@ -58,7 +58,7 @@ from unlearn.optim import OPTIMIZERS, make_optimizer
 from unlearn.optim.aliases import build_plan
 from unlearn.parallel import DataParallel, check_data_parallel, data_parallel_step
 from unlearn.records import read_records
-from unlearn.registry import lookup
+from unlearn.registry import from_fields, lookup
 from unlearn.runs import OBJECT_MODEL
 from unlearn.scoring import answer_stats
 from unlearn.sources import check_model_source
@@ -138,11 +138,7 @@ class UnlearnConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "UnlearnConfig":
         require(isinstance(data, dict), f"an unlearn config must be a mapping of fields, got {type(data).__name__}")
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(data) - names
-        require(not unknown, f"unknown config field(s) {', '.join(sorted(unknown))}; "
-                f"known fields: {', '.join(sorted(names))}")
-        return cls(**data)
+        return from_fields(cls, data, "config")
 
 
 @dataclass
