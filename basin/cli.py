@@ -17,12 +17,12 @@ import sys  # noqa: E402
 
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from basin.commands import audit, calibrate, demo, ls, report, sweep, unlearn, world  # noqa: E402
+from basin.commands import audit, calibrate, demo, ls, report, study, sweep, unlearn, world  # noqa: E402
 from unlearn import __version__  # noqa: E402
 from unlearn.errors import BasinError  # noqa: E402
 
 # subcommand modules, in the order `basin --help` lists them; each has register(subparsers)
-COMMANDS = [world, ls, unlearn, audit, report, demo, sweep, calibrate]
+COMMANDS = [world, ls, unlearn, audit, report, demo, sweep, calibrate, study]
 
 
 class Parser(argparse.ArgumentParser):

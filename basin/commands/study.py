@@ -1,0 +1,38 @@
+"""``basin study FILE``: run a preregistered study (or some of its regimes) through the sweep
+engine and write its report (see :mod:`basin.study`)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+
+from basin.study import StudyConfig, run_study, write_study
+
+
+def register(sub) -> None:
+    p = sub.add_parser("study", help="run a preregistered study file (studies/*.yaml) regime by regime, "
+                       "resumable, and write its report", description=__doc__)
+    p.add_argument("file", help="the study file, e.g. studies/optimizer_tiers.yaml")
+    p.add_argument("--regime", action="append", help="run only this regime (repeat for several; default: all)")
+    p.add_argument("--objective", action="append",
+                   help="tiers regimes: run only this objective (two processes can split a regime this way)")
+    p.add_argument("--engine", help="override every regime's sweep engine: local or ray")
+    p.add_argument("--out", help="output folder (overrides the file's out)")
+    p.add_argument("--report-only", action="store_true", help="write the report from what has run; run nothing")
+    p.add_argument("--no-report", action="store_true", help="run, but leave the report for later")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = StudyConfig.from_yaml(args.file)
+    if args.out:
+        config = dataclasses.replace(config, out=args.out)
+    if args.engine:
+        for regime in config.regimes.values():
+            regime.engine = args.engine
+    if not args.report_only:
+        run_study(config, regimes=args.regime, objectives=args.objective, progress=not args.quiet)
+    if not args.no_report:
+        print(f"report: {write_study(config, source=args.file)}")
+    return 0

@@ -1,0 +1,565 @@
+"""``basin study FILE``: a preregistered study, run regime by regime through the sweep engine.
+
+A study file (``studies/*.yaml``, :class:`StudyConfig`) fixes everything before anything runs:
+the claims and their statistics (alpha, correction, the conditions of a sound comparison), and
+one or more *regimes*, each a model with its benchmark, seeds, arms and attacks. Results may not
+change the file; a corrected setting is a new file (a new ``version``), reported beside the old.
+
+Regime kinds (:data:`REGIME_KINDS`):
+
+- ``tiers`` (:class:`TiersRegime`): every arm (an optimizer with its options) unlearns under every
+  objective, at every calibration target. Stages, each resumable and idempotent:
+
+  1. models: the original and gold (retain-only) models, one pair per evaluation seed when
+     ``vary_models`` (seed i uses the pair fitted with seed i; the calibration its own pair);
+  2. calibration (:mod:`basin.calibrate`): per objective, target and arm, the lr that brings the
+     forget metric to the target on the calibration seeds. An arm that no probe matched runs at
+     its closest probe and is marked unmatched (the verdicts' conditions then keep it out of any
+     comparison at matched forgetting);
+  3. the sweep (:mod:`basin.sweep` jobs on the regime's engine): each arm x seed is unlearned and
+     audited with every attack; same seed = same models, batch order and relearning subset;
+  4. controls, which are not calibrated but copy an arm's setting: ``like: ARM`` takes the arm's
+     lr, steps and options; ``noise_of: ARM`` (for ``adam-noise``) sets ``noise_std`` so that the
+     added noise moves the weights as far per step as ARM's zeroth-order steps did in the run of
+     the same seed: noise_std = rms_ZO x lr_ZO / lr (:func:`matched_noise_std`);
+  5. paths: interpolation from the ``paths.from`` arm to each ``paths.to`` arm, same seed;
+  6. the plane through the original and the two ``plane`` arms (first seed, each objective).
+
+- ``quantization-map`` (:class:`MapRegime`): one optimizer and objective over a grid of lr x
+  steps, each cell audited with 4-bit quantization: where (if anywhere) does 4-bit bring
+  knowledge back (Zhang et al. 2025, arXiv 2410.16454)?
+
+Files: ``OUT/<regime>/`` holds ``calibration/``, ``runs/``, ``audits/``, ``paths/``, ``plane/``
+(checkpoints are in ``runs/*/model``; none of it need be kept), and the report
+(:func:`analysis.study.write_study_report`) goes to ``OUT/report`` (``--report-only`` rewrites it
+from whatever has run).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from analysis.verdicts import PAPER_CLAIMS, Bands, Claim
+from audit.attacks import ATTACKS
+from audit.metrics import METRICS
+from audit.runner import AuditConfig, audit_plane
+from basin.calibrate import CalibrationConfig, calibrate, load_calibration
+from basin.sweep import ENGINES, Job
+from unlearn.cache import write_json_atomic
+from unlearn.build import BuildConfig, build, finetune_fit, model_dir, retain_split
+from unlearn.data.world import WorldConfig
+from unlearn.errors import BasinError, require
+from unlearn.objectives import OBJECTIVES
+from unlearn.optim import OPTIMIZERS
+from unlearn.pretrain import FitConfig
+from unlearn.records import read_records
+from unlearn.registry import from_fields, lookup
+from unlearn.train import UnlearnConfig
+
+CORRECTIONS = {"holm": "Holm's step-down correction over the claims of one table"}
+CLAIMS = {c.name: c for c in PAPER_CLAIMS}
+MODEL_KEYS = {"size": "a scratch model size (micro, tiny, small)", "base": "a pretrained model to fine-tune",
+              "world": "WorldConfig fields", "fit": "FitConfig overrides"}
+ARM_KEYS = {"optimizer": "optimizer name", "optimizer_args": "its options", "start": "the calibration's first lr"}
+CONTROL_KEYS = {"optimizer": "optimizer name", "like": "the arm whose setting it copies",
+                "noise_of": "the arm whose zeroth-order step size the noise matches",
+                "optimizer_args": "extra options"}
+CALIBRATION_KEYS = {"metric", "targets", "tolerance", "seeds", "max_probes", "max_retain", "factor", "method",
+                    "lr_range", "grid"}
+
+
+# ----------------------------------------------------------------------------- the file
+
+@dataclass
+class TiersRegime:
+    """Arms x objectives x calibration targets x seeds, each model audited (module docstring)."""
+
+    kind: str = "tiers"
+    model: dict = field(default_factory=lambda: {"size": "tiny"})
+    benchmark: str = "world:forget10"
+    seeds: list = field(default_factory=lambda: [0, 1, 2, 3, 4])
+    vary_models: bool = False         # one original / gold pair per evaluation seed (fit seed = seed)
+    calibration_model_seed: int | None = None  # the calibration's pair (vary_models); default: seeds[0]'s
+    objectives: dict = field(default_factory=lambda: {"npo": {}})
+    unlearn: dict = field(default_factory=dict)   # UnlearnConfig fields every run shares
+    arms: dict = field(default_factory=dict)      # label -> {optimizer, optimizer_args, start}
+    controls: dict = field(default_factory=dict)  # label -> {optimizer, like, noise_of, optimizer_args}
+    calibration: dict = field(default_factory=dict)  # CalibrationConfig fields, targets: [..]
+    audit: dict = field(default_factory=dict)     # AuditConfig fields; attacks: {name: options}
+    paths: dict | None = None                     # {from: ARM, to: [ARM, ...]}
+    plane: list | None = None                     # [ARM, ARM]: the plane through the original and these
+    engine: str = "local"
+    engine_args: dict = field(default_factory=dict)
+    claims: list | None = None                    # the claims tested here (default: all the study's)
+
+    def __post_init__(self):
+        _check_common(self)
+        require(isinstance(self.objectives, dict) and self.objectives, "objectives must map objective names to options")
+        for name, args in self.objectives.items():
+            lookup(OBJECTIVES, name, "objective")
+            require(isinstance(args, dict), f"objectives[{name!r}] must be a mapping of options")
+        require(isinstance(self.arms, dict) and self.arms, "arms must map labels to {optimizer, optimizer_args, start}")
+        for label, arm in {**self.arms, **self.controls}.items():
+            keys = ARM_KEYS if label in self.arms else CONTROL_KEYS
+            require(isinstance(arm, dict) and "optimizer" in arm, f"arm {label!r} must be a mapping with an optimizer")
+            for key in arm:
+                lookup(keys, key, f"key of arm {label!r}")
+            lookup(OPTIMIZERS, arm["optimizer"], f"optimizer of arm {label!r}")
+        for label, control in self.controls.items():
+            require(label not in self.arms, f"{label!r} is both an arm and a control")
+            for key in ("like", "noise_of"):
+                if key in control:
+                    lookup(self.arms, control[key], f"{key} of control {label!r}")
+            require("like" in control, f"control {label!r} needs like: ARM (the arm whose setting it copies)")
+        for key in self.calibration:
+            lookup({k: k for k in CALIBRATION_KEYS}, key, "calibration field")
+        require(self.calibration.get("targets"), "calibration.targets must list at least one target (gold, halfway, ...)")
+        if self.vary_models:
+            require(self.calibration_model_seed is not None and self.calibration_model_seed not in self.seeds,
+                    "vary_models needs a calibration_model_seed that is not an evaluation seed")
+        labels = {**self.arms, **self.controls}
+        if self.paths:
+            require(set(self.paths) == {"from", "to"}, "paths must be {from: ARM, to: [ARM, ...]}")
+            for label in [self.paths["from"], *self.paths["to"]]:
+                lookup(labels, label, "arm in paths")
+        if self.plane:
+            require(len(self.plane) == 2, "plane names two arms (the original is the third corner)")
+            for label in self.plane:
+                lookup(labels, label, "arm in plane")
+
+    def arm_labels(self) -> list[str]:
+        return list(self.arms) + list(self.controls)
+
+
+@dataclass
+class MapRegime:
+    """One optimizer and objective over a grid of lr x steps, each cell audited (4-bit)."""
+
+    kind: str = "quantization-map"
+    model: dict = field(default_factory=lambda: {"size": "small"})
+    benchmark: str = "world:forget10"
+    seeds: list = field(default_factory=lambda: [0])
+    objective: str = "npo"
+    objective_args: dict = field(default_factory=dict)
+    optimizer: str = "adam"
+    unlearn: dict = field(default_factory=dict)
+    grid: dict = field(default_factory=lambda: {"lr": [1e-4], "steps": [60]})
+    audit: dict = field(default_factory=dict)
+    engine: str = "local"
+    engine_args: dict = field(default_factory=dict)
+    claims: list | None = None
+
+    def __post_init__(self):
+        _check_common(self)
+        lookup(OBJECTIVES, self.objective, "objective")
+        lookup(OPTIMIZERS, self.optimizer, "optimizer")
+        require(isinstance(self.grid, dict) and set(self.grid) == {"lr", "steps"},
+                "grid must be {lr: [...], steps: [...]}")
+
+
+REGIME_KINDS = {"tiers": TiersRegime, "quantization-map": MapRegime}
+
+
+def _check_common(regime) -> None:
+    lookup(REGIME_KINDS, regime.kind, "regime kind")
+    require(isinstance(regime.model, dict) and ("size" in regime.model or "base" in regime.model),
+            "model must be {size: tiny} or {base: NAME, world: {...}}")
+    for key in regime.model:
+        lookup(MODEL_KEYS, key, "model key")
+    require(isinstance(regime.seeds, list) and regime.seeds and all(isinstance(s, int) for s in regime.seeds),
+            "seeds must be a list of integers")
+    lookup(ENGINES, regime.engine, "sweep engine")
+    attacks = regime.audit.get("attacks", {})
+    require(isinstance(attacks, dict) and attacks, "audit.attacks must map attack names to their options")
+    for name in attacks:
+        lookup(ATTACKS, name, "attack")
+    for metric in regime.audit.get("metrics", ()):
+        lookup(METRICS, metric, "metric")
+
+
+@dataclass
+class StudyConfig:
+    """A preregistered study (module docstring); read with :meth:`from_yaml`."""
+
+    name: str
+    version: int
+    question: str
+    out: str = "reports/study"
+    alpha: float = 0.05
+    correction: str = "holm"
+    bands: dict = field(default_factory=dict)
+    claims: list = field(default_factory=list)        # names in analysis.verdicts.PAPER_CLAIMS
+    study_claims: list = field(default_factory=list)  # Claim fields; arms are arm labels
+    regimes: dict = field(default_factory=dict)
+    min_seeds: int = 5                                # fewest evaluation seeds a tiers regime may have
+
+    def __post_init__(self):
+        lookup(CORRECTIONS, self.correction, "multiple-comparison correction")
+        require(0 < self.alpha < 1, f"alpha must be in (0, 1), got {self.alpha!r}")
+        Bands(**self.bands)
+        for name in self.claims:
+            lookup(CLAIMS, name, "claim")
+        require(isinstance(self.regimes, dict) and self.regimes, "regimes must map names to regimes")
+        self.regimes = {name: _regime(name, spec) for name, spec in self.regimes.items()}
+        table = {c.name: c for c in self.claim_table()}  # bad study claims fail here
+        for name, regime in self.regimes.items():
+            for claim in regime.claims or ():
+                lookup(table, claim, f"claim of regime {name!r}")
+            if isinstance(regime, TiersRegime):
+                require(len(regime.seeds) >= self.min_seeds, f"regime {name!r} has {len(regime.seeds)} evaluation "
+                        f"seeds; a study needs at least {self.min_seeds}")
+
+    def regime_claims(self, name: str) -> list[Claim]:
+        """The claims tested in regime ``name``."""
+        table = self.claim_table()
+        wanted = self.regimes[name].claims
+        return table if wanted is None else [c for c in table if c.name in wanted]
+
+    @classmethod
+    def from_yaml(cls, path) -> "StudyConfig":
+        try:
+            data = yaml.safe_load(Path(path).read_text())
+        except (OSError, yaml.YAMLError) as err:
+            raise BasinError(f"cannot read the study file {path}: {err}") from None
+        require(isinstance(data, dict), f"the study file {path} must be a mapping of StudyConfig fields")
+        return from_fields(cls, data, "study")
+
+    def claim_table(self) -> list[Claim]:
+        """Every claim of the study, at the study's alpha (paper claims first, then the study's):
+        the study-level ``claims`` and any paper claim a regime names."""
+        names = list(self.claims) + [n for r in self.regimes.values() if isinstance(r, (TiersRegime, MapRegime))
+                                     for n in (r.claims or ()) if n in CLAIMS and n not in self.claims]
+        paper = [dataclasses.replace(CLAIMS[n], alpha=self.alpha) for n in names]
+        own = []
+        for spec in self.study_claims:
+            require(isinstance(spec, dict) and "name" in spec, "each study claim must be a mapping of Claim fields")
+            try:
+                own.append(from_fields(Claim, {**spec, "alpha": self.alpha}, f"study claim {spec['name']!r}"))
+            except (TypeError, ValueError) as err:
+                raise BasinError(f"study claim {spec['name']!r}: {err}") from None
+        names = [c.name for c in paper + own]
+        require(len(set(names)) == len(names), "two claims share a name")
+        return paper + own
+
+
+def _regime(name: str, spec) -> TiersRegime | MapRegime:
+    require(isinstance(spec, dict), f"regime {name!r} must be a mapping")
+    kind = lookup(REGIME_KINDS, spec.get("kind", "tiers"), f"kind of regime {name!r}")
+    return from_fields(kind, spec, f"regime {name!r}")
+
+
+# ----------------------------------------------------------------------------- models
+
+def build_config(regime, seed: int) -> BuildConfig:
+    """The original / gold pair of ``regime`` fitted with ``seed``."""
+    model = regime.model
+    forget = regime.benchmark.split(":", 1)[1]
+    fit = {**model.get("fit", {}), "seed": seed}
+    return BuildConfig(world=WorldConfig(**model.get("world", {})), size=model.get("size", "tiny"), forget=forget,
+                       fit=finetune_fit(**fit) if model.get("base") else FitConfig(**fit), base=model.get("base"))
+
+
+def model_seeds(regime) -> dict[str, int]:
+    """Which fitted pair each use takes: ``{"cal": seed, "0": seed, "1": ...}``."""
+    if isinstance(regime, TiersRegime) and regime.vary_models:
+        return {"cal": regime.calibration_model_seed, **{str(s): s for s in regime.seeds}}
+    return {"cal": 0, **{str(s): 0 for s in regime.seeds}}
+
+
+def model_paths(regime, cache_dir=None) -> dict[str, tuple[str, str]]:
+    """Where each use's (original, gold) pair lives (built or not: nothing is built)."""
+    out = {}
+    for use, seed in model_seeds(regime).items():
+        config = build_config(regime, seed)
+        out[use] = tuple(str(model_dir(config, split, cache_dir)) for split in ("full", retain_split(config.forget)))
+    return out
+
+
+def build_models(regime, cache_dir=None, progress: bool = True, log=print) -> None:
+    for seed in sorted(set(model_seeds(regime).values())):
+        result = build(build_config(regime, seed), cache_dir=cache_dir, progress=progress)
+        log(f"models (fit seed {seed}): original forget prob {result.original_fit['eval']['forget']['prob']:.3f}, "
+            f"gold {result.retain_fit['eval']['forget']['prob']:.3f} ({result.seconds:.0f} s)")
+
+
+# ----------------------------------------------------------------------------- tiers: plan
+
+def calibration_configs(regime: TiersRegime, folder: Path, models: dict) -> dict[tuple, CalibrationConfig]:
+    """``(objective, target, arm) -> CalibrationConfig``, one folder each."""
+    cal = dict(regime.calibration)
+    targets = cal.pop("targets")
+    original, gold = models["cal"]
+    out = {}
+    for objective, target, (label, arm) in itertools.product(regime.objectives, targets, regime.arms.items()):
+        unlearn_fields = _shared(regime, objective, original)
+        steps = unlearn_fields.pop("steps")
+        entry = {k: arm[k] for k in ("optimizer_args", "start") if k in arm}
+        out[objective, target, label] = CalibrationConfig(
+            out=str(folder / "calibration" / f"{objective}-{target}" / _slug(label)), unlearn=unlearn_fields,
+            optimizers={arm["optimizer"]: entry}, target=str(target), steps=(steps,),
+            evaluation_seeds=tuple(regime.seeds), original=original, retain=gold, **cal)
+    return out
+
+
+def _shared(regime, objective: str, model: str) -> dict:
+    """The UnlearnConfig fields every run of ``objective`` shares."""
+    return {"model": model, "benchmark": regime.benchmark, "benchmark_args": dict(regime.model.get("world", {})),
+            "objective": objective, "objective_args": dict(regime.objectives[objective]),
+            "steps": UnlearnConfig.steps, **regime.unlearn}
+
+
+def _slug(label: str) -> str:
+    return label.replace(":", "to").replace("/", "_")
+
+
+def audit_fields(regime, seed: int, references: bool) -> dict:
+    """The AuditConfig fields of a run's audit: attack seed = the run's seed."""
+    spec = dict(regime.audit)
+    attacks = spec.pop("attacks")
+    return {"benchmark": regime.benchmark, "benchmark_args": dict(regime.model.get("world", {})), **spec,
+            "attacks": tuple(attacks), "attack_args": {k: dict(v or {}) for k, v in attacks.items()},
+            "seed": seed, "score_references": references}
+
+
+def settings_of(calibrations: dict, regime: TiersRegime, objective: str, target: str) -> dict[str, dict]:
+    """``arm -> {lr, steps, optimizer_args, matched}`` from the calibration files (or the arm's
+    start lr where a calibration has not run: used only to check a plan)."""
+    out = {}
+    for label, arm in regime.arms.items():
+        config = calibrations[objective, target, label]
+        path = Path(config.out) / "calibration.json"
+        entry = load_calibration(path)["optimizers"].get(arm["optimizer"]) if path.exists() else None
+        if entry and entry.get("lr"):
+            out[label] = {"lr": entry["lr"], "steps": entry["steps"], "matched": bool(entry["matched"]),
+                          "optimizer_args": dict(entry["optimizer_args"]), "forget": entry.get("forget")}
+        else:
+            out[label] = {"lr": arm.get("start", UnlearnConfig.lr), "steps": config.steps[0], "matched": False,
+                          "optimizer_args": dict(arm.get("optimizer_args", {})), "forget": None, "planned": True}
+    return out
+
+
+def control_setting(regime: TiersRegime, label: str, settings: dict, noise_std: float | None = None) -> dict:
+    """A control's setting: its ``like`` arm's lr and steps, the options its optimizer accepts."""
+    control = regime.controls[label]
+    base = settings[control["like"]]
+    accepted = _options(control["optimizer"])
+    args = {k: v for k, v in base["optimizer_args"].items() if accepted is None or k in accepted}
+    args.update(control.get("optimizer_args", {}))
+    if "noise_of" in control:
+        args["noise_std"] = 1.0 if noise_std is None else noise_std
+    return {**base, "optimizer_args": args, "control": True}
+
+
+def _options(optimizer: str) -> set | None:
+    """The options an optimizer takes (None: any)."""
+    return set(getattr(OPTIMIZERS[optimizer], "options", ())) or None
+
+
+def matched_noise_std(run_dir, arm_setting: dict, lr: float) -> float:
+    """noise_std for ``adam-noise`` at ``lr`` whose per-step displacement matches the zeroth-order
+    steps of the run in ``run_dir`` (:func:`unlearn.optim.aliases.adam_noise`):
+    noise_std = rms_ZO x lr_ZO / lr, rms_ZO the mean ``update_rms`` over its ZO steps (``phase``
+    ``zo``; every step for a pure ZO run), lr_ZO = its lr x ``zo_lr_scale``."""
+    rows = [r for r in read_records(Path(run_dir) / "records.jsonl")
+            if r.get("metric") == "update_rms" and r.get("split") == "optimizer"]
+    zo = [r["value"] for r in rows if r.get("phase") == "zo"] or [r["value"] for r in rows if r.get("phase") is None]
+    require(zo, f"{run_dir} recorded no zeroth-order update_rms to match the noise to")
+    lr_zo = arm_setting["lr"] * float(arm_setting["optimizer_args"].get("zo_lr_scale", 1.0))
+    return sum(zo) / len(zo) * lr_zo / lr
+
+
+@dataclass
+class TiersPlan:
+    """Where everything of a tiers regime goes, and the jobs for given settings."""
+
+    regime: TiersRegime
+    folder: Path
+    models: dict
+    calibrations: dict
+
+    def cells(self) -> list[tuple[str, str]]:
+        return list(itertools.product(self.regime.objectives, self.regime.calibration["targets"]))
+
+    def run_dir(self, objective, target, label, seed) -> Path:
+        return self.folder / "runs" / f"{objective}-{target}" / f"{_slug(label)}-s{seed}"
+
+    def job(self, objective, target, label, seed, setting: dict, references: bool) -> Job:
+        original, gold = self.models[str(seed)]
+        optimizer = (self.regime.arms.get(label) or self.regime.controls[label])["optimizer"]
+        fields = {**_shared(self.regime, objective, original), "optimizer": optimizer, "seed": seed,
+                  "lr": setting["lr"], "steps": setting["steps"], "optimizer_args": dict(setting["optimizer_args"])}
+        config = UnlearnConfig.from_dict(fields)
+        audit = audit_fields(self.regime, seed, references)
+        AuditConfig(**audit)
+        run = self.run_dir(objective, target, label, seed)
+        return Job(f"{objective}-{target}/{label}-s{seed}", dataclasses.asdict(config), audit, original, gold,
+                   str(run), str(self.folder / "audits" / f"{objective}-{target}" / run.name))
+
+    def path_job(self, objective, target, label, seed, setting) -> Job:
+        """Interpolation from the ``paths.from`` arm's run of the same seed to ``label``'s run."""
+        base = self.job(objective, target, label, seed, setting, references=False)
+        start = self.run_dir(objective, target, self.regime.paths["from"], seed)
+        audit = {**base.audit, "attacks": ("interpolate",), "seed": seed, "score_references": False,
+                 "attack_args": {"interpolate": {**self.regime.audit["attacks"].get("interpolate", {}),
+                                                 "endpoint": str(start)}}}
+        AuditConfig(**audit)
+        name = f"{_slug(self.regime.paths['from'])}-{_slug(label)}-s{seed}"
+        return dataclasses.replace(base, name=f"{objective}-{target}/path-{name}", audit=audit,
+                                   audit_dir=str(self.folder / "paths" / f"{objective}-{target}" / name))
+
+
+def plan_tiers(regime: TiersRegime, folder: Path, cache_dir=None) -> TiersPlan:
+    """Every calibration and job of a tiers regime, checked (names, options) without running."""
+    plan = TiersPlan(regime, folder, model_paths(regime, cache_dir), {})
+    plan.calibrations = calibration_configs(regime, folder, plan.models)
+    for objective, target in plan.cells():
+        settings = settings_of(plan.calibrations, regime, objective, target)
+        for label in regime.controls:
+            settings[label] = control_setting(regime, label, settings)
+        for label in regime.arm_labels():
+            plan.job(objective, target, label, regime.seeds[0], settings[label], references=True)
+    return plan
+
+
+# ----------------------------------------------------------------------------- tiers: run
+
+def run_tiers(regime: TiersRegime, folder: Path, cache_dir=None, progress: bool = True, log=print) -> dict:
+    """Stages 1-6 of the module docstring; returns ``{"settings": {cell: {arm: setting}}}``."""
+    plan = plan_tiers(regime, folder, cache_dir)
+    build_models(regime, cache_dir, progress=progress, log=log)
+    for (objective, target, label), config in plan.calibrations.items():
+        log(f"calibration {objective} / {target} / {label}")
+        calibrate(config, progress=progress, log=log)
+    engine = lookup(ENGINES, regime.engine, "sweep engine")
+    run = lambda jobs: engine(jobs, progress=progress, **regime.engine_args) if jobs else []  # noqa: E731
+    cells = {}
+    referenced: set = set()
+    for objective, target in plan.cells():
+        settings = settings_of(plan.calibrations, regime, objective, target)
+        for label in regime.controls:
+            settings[label] = control_setting(regime, label, settings)
+        cells[objective, target] = settings
+    # wave 1: the arms and the controls that copy a setting (references once per model pair)
+    jobs = []
+    for (objective, target), settings in cells.items():
+        for label, seed in itertools.product(regime.arm_labels(), regime.seeds):
+            if "noise_of" in regime.controls.get(label, {}):
+                continue
+            first = plan.models[str(seed)] not in referenced
+            referenced.add(plan.models[str(seed)])
+            jobs.append(plan.job(objective, target, label, seed, settings[label], references=first))
+    log(f"sweep: {len(jobs)} runs, each audited")
+    run(jobs)
+    # wave 2: noise-matched controls, from the runs they match (same seed)
+    jobs = []
+    for (objective, target), settings in cells.items():
+        for label, control in regime.controls.items():
+            if "noise_of" not in control:
+                continue
+            for seed in regime.seeds:
+                source = plan.run_dir(objective, target, control["noise_of"], seed)
+                std = matched_noise_std(source, settings[control["noise_of"]], settings[control["like"]]["lr"])
+                setting = control_setting(regime, label, settings, noise_std=std)
+                settings[label].setdefault("noise_std_per_seed", {})[str(seed)] = std
+                jobs.append(plan.job(objective, target, label, seed, setting, references=False))
+    run(jobs)
+    # wave 3: paths between arms
+    jobs = []
+    if regime.paths:
+        for (objective, target), settings in cells.items():
+            for label, seed in itertools.product(regime.paths["to"], regime.seeds):
+                jobs.append(plan.path_job(objective, target, label, seed, settings[label]))
+    log(f"paths: {len(jobs)} interpolations between arms")
+    run(jobs)
+    # the plane (first seed of each objective, first target)
+    if regime.plane:
+        target, seed = regime.calibration["targets"][0], regime.seeds[0]
+        for objective in regime.objectives:
+            out = folder / "plane" / f"{objective}-{target}"
+            if (out / "manifest.json").exists() or (out / "records.jsonl").exists():
+                continue
+            a, b = (str(plan.run_dir(objective, target, label, seed)) for label in regime.plane)
+            audit_plane(plan.models[str(seed)][0], a, b, names=("original", *(f"{x}-s{seed}" for x in regime.plane)),
+                        benchmark=regime.benchmark, benchmark_args=dict(regime.model.get("world", {})),
+                        max_retain=regime.audit.get("max_retain", 100), out=out, progress=progress)
+    write_json_atomic(folder / "settings.json", {f"{o}/{t}": s for (o, t), s in cells.items()})
+    return {"settings": cells}
+
+
+
+
+# ----------------------------------------------------------------------------- quantization map
+
+def map_jobs(regime: MapRegime, folder: Path, cache_dir=None) -> list[Job]:
+    """One job per (lr, steps, seed): unlearn with the regime's optimizer, audit (references once)."""
+    original, gold = model_paths(regime, cache_dir)[str(regime.seeds[0])]
+    jobs = []
+    for lr, steps, seed in itertools.product(regime.grid["lr"], regime.grid["steps"], regime.seeds):
+        fields = {"model": original, "benchmark": regime.benchmark,
+                  "benchmark_args": dict(regime.model.get("world", {})), "objective": regime.objective,
+                  "objective_args": dict(regime.objective_args), **regime.unlearn, "optimizer": regime.optimizer,
+                  "lr": lr, "steps": steps, "seed": seed}
+        config = UnlearnConfig.from_dict(fields)
+        audit = audit_fields(regime, seed, references=not jobs)
+        AuditConfig(**audit)
+        name = f"lr{lr:g}-steps{steps}-s{seed}"
+        jobs.append(Job(name, dataclasses.asdict(config), audit, original, gold, str(folder / "runs" / name),
+                        str(folder / "audits" / name)))
+    return jobs
+
+
+def run_map(regime: MapRegime, folder: Path, cache_dir=None, progress: bool = True, log=print) -> dict:
+    jobs = map_jobs(regime, folder, cache_dir)
+    build_models(regime, cache_dir, progress=progress, log=log)
+    log(f"quantization map: {len(jobs)} runs, each audited")
+    lookup(ENGINES, regime.engine, "sweep engine")(jobs, progress=progress, **regime.engine_args)
+    return {"jobs": len(jobs)}
+
+
+# ----------------------------------------------------------------------------- the study
+
+def check_study(config: StudyConfig, regimes=None, cache_dir=None) -> list[str]:
+    """The regimes to run (all by default), every calibration and job planned and checked."""
+    names = list(config.regimes) if not regimes else [lookup(config.regimes, r, "regime") and r for r in regimes]
+    out = Path(config.out)
+    for name in names:
+        regime = config.regimes[name]
+        if isinstance(regime, TiersRegime):
+            plan_tiers(regime, out / name, cache_dir)
+        else:
+            map_jobs(regime, out / name, cache_dir)
+    return names
+
+
+def run_study(config: StudyConfig, regimes=None, objectives=None, cache_dir=None, progress: bool = True,
+              log=print) -> dict:
+    """Run the named regimes (default: all) in order; ``objectives`` limits a tiers regime to some
+    of its objectives (two processes can then share the work). Returns what each regime did."""
+    names = check_study(config, regimes, cache_dir)
+    done = {}
+    for name in names:
+        regime = config.regimes[name]
+        folder = Path(config.out) / name
+        log(f"regime {name} ({regime.kind}) -> {folder}")
+        if isinstance(regime, TiersRegime):
+            if objectives:
+                for o in objectives:
+                    lookup(regime.objectives, o, f"objective of regime {name!r}")
+                regime = dataclasses.replace(regime, objectives={o: regime.objectives[o] for o in objectives})
+            done[name] = run_tiers(regime, folder, cache_dir, progress=progress, log=log)
+        else:
+            done[name] = run_map(regime, folder, cache_dir, progress=progress, log=log)
+    return done
+
+
+def write_study(config: StudyConfig, source: str | None = None) -> Path:
+    """The study's report from the records of whatever has run (placeholder until the report lands)."""
+    raise BasinError("the study report is not written yet")

@@ -1,0 +1,139 @@
+"""The preregistered study: the committed file parses and names only registered things, bad study
+files are refused with one clear error, the controls copy their arm's setting, and the noise of
+``adam-noise`` is matched to the zeroth-order steps it controls for."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from analysis.verdicts import PAPER_CLAIMS
+from basin.study import (StudyConfig, TiersRegime, check_study, control_setting, matched_noise_std,
+                         model_seeds, plan_tiers)
+from unlearn.errors import BasinError
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDIES = sorted((ROOT / "studies").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", STUDIES, ids=[p.name for p in STUDIES])
+def test_committed_study_files_parse_and_plan(path, tmp_path):
+    config = StudyConfig.from_yaml(path)
+    # every regime plans: every calibration, unlearn and audit config is built and checked
+    assert check_study(StudyConfig(**{**_raw(path), "out": str(tmp_path)})) == list(config.regimes)
+    names = {c.name for c in config.claim_table()}
+    assert set(config.claims) <= {c.name for c in PAPER_CLAIMS} and set(config.claims) <= names
+    for name, regime in config.regimes.items():
+        if isinstance(regime, TiersRegime):
+            assert len(regime.seeds) >= 5
+            # calibration seeds (and the calibration's models) are kept apart from the evaluation seeds
+            assert not set(regime.calibration["seeds"]) & set(regime.seeds)
+            if regime.vary_models:
+                assert model_seeds(regime)["cal"] not in regime.seeds
+        for claim in config.regime_claims(name):
+            assert claim.alpha == config.alpha
+
+
+def test_the_optimizer_tiers_study_has_the_issue_arms():
+    config = StudyConfig.from_yaml(ROOT / "studies" / "optimizer_tiers.yaml")
+    mini = config.regimes["miniature"]
+    optimizers = {a["optimizer"] for a in {**mini.arms, **mini.controls}.values()}
+    assert {"adam", "signadam", "qadam", "sophia", "zo-sgd", "adazo", "hybrid", "sam", "adam-noise",
+            "hybrid-randsign"} <= optimizers
+    ratios = {(a["optimizer_args"]["n_fo"], a["optimizer_args"]["n_zo"]) for a in mini.arms.values()
+              if a["optimizer"] == "hybrid"}
+    assert {(5, 15), (10, 10), (15, 5)} == ratios
+    assert mini.arms["zo-sgd"]["optimizer_args"]["directions"] == "sphere"
+    assert set(mini.objectives) == {"npo", "graddiff"}
+    assert mini.vary_models and len(mini.seeds) >= 5
+
+
+def _raw(path) -> dict:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def _small() -> dict:
+    data = _raw(ROOT / "studies" / "optimizer_tiers.yaml")
+    data["regimes"] = {"miniature": data["regimes"]["miniature"]}
+    return data
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda d: d["regimes"]["miniature"]["arms"]["adam"].update(optimizer="adamm"), "unknown optimizer of arm 'adam'"),
+    (lambda d: d["regimes"]["miniature"].update(seeds=[0, 1, 2]), "at least 5"),
+    (lambda d: d.update(claims=["hybrid-vs-adam-relern"]), "unknown claim"),
+    (lambda d: d.update(correction="bonferoni"), "unknown multiple-comparison correction"),
+    (lambda d: d["regimes"]["miniature"]["audit"]["attacks"].update(quantise={}), "unknown attack"),
+    (lambda d: d["regimes"]["miniature"]["controls"]["adam-noise"].update(like="adan"), "unknown like of control"),
+    (lambda d: d["regimes"]["miniature"].update(calibration_model_seed=0), "calibration_model_seed"),
+    (lambda d: d["regimes"]["miniature"].update(kind="tier"), "unknown kind of regime"),
+    (lambda d: d.update(alpha=5), r"alpha must be in \(0, 1\)"),
+    (lambda d: d["study_claims"][0].update(quantity="recovry"), "quantity must be one of"),
+    (lambda d: d["regimes"]["miniature"]["objectives"].update(npoo={}), "unknown objective"),
+    (lambda d: d.update(bands={"forget_equivalance": 0.1}), "forget_equivalance"),
+    (lambda d: d.update(colour="red"), "unknown study field"),
+])
+def test_bad_study_files_are_refused(edit, message):
+    data = copy.deepcopy(_small())
+    edit(data)
+    with pytest.raises((BasinError, TypeError), match=message):
+        StudyConfig(**data) if "colour" not in data else StudyConfig.from_yaml(_dump(data))
+
+
+def _dump(data) -> str:
+    import tempfile
+    f = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    yaml.safe_dump(data, f)
+    f.close()
+    return f.name
+
+
+def test_a_control_copies_its_arm_and_keeps_only_the_options_its_optimizer_takes(tmp_path):
+    regime = StudyConfig(**_small()).regimes["miniature"]
+    settings = {"hybrid": {"lr": 2e-3, "steps": 60, "matched": True, "forget": 5.0,
+                           "optimizer_args": {"n_fo": 10, "n_zo": 10, "zo_lr_scale": 0.1, "state": "separate"}},
+                "adam": {"lr": 1e-3, "steps": 60, "matched": True, "forget": 5.1, "optimizer_args": {}}}
+    randsign = control_setting(regime, "hybrid-randsign", settings)
+    assert randsign["lr"] == 2e-3 and randsign["steps"] == 60 and randsign["control"]
+    # hybrid-randsign has no `state` option: it is dropped, the rest is the hybrid's
+    assert randsign["optimizer_args"] == {"n_fo": 10, "n_zo": 10, "zo_lr_scale": 0.1}
+    noise = control_setting(regime, "adam-noise", settings, noise_std=0.25)
+    assert noise["lr"] == 1e-3 and noise["optimizer_args"] == {"noise_std": 0.25}
+
+
+def test_matched_noise_std_equates_the_step_norms(tmp_path):
+    # the hybrid's ZO steps had update_rms 2 and 4 (mean 3) at lr_ZO = 1e-3 x 0.5; Adam runs at 1e-4:
+    # noise_std = 3 x 5e-4 / 1e-4 = 15; FO steps (rms 100) are ignored
+    rows = [{"metric": "update_rms", "split": "optimizer", "phase": p, "value": v, "step": i}
+            for i, (p, v) in enumerate([("fo", 100.0), ("zo", 2.0), ("zo", 4.0), ("fo", 100.0)])]
+    (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    setting = {"lr": 1e-3, "optimizer_args": {"zo_lr_scale": 0.5}}
+    assert matched_noise_std(tmp_path, setting, lr=1e-4) == pytest.approx(15.0)
+    # a pure ZO run (no phase) counts every step
+    rows = [{**r, "phase": None} for r in rows[1:3]]
+    (tmp_path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert matched_noise_std(tmp_path, {"lr": 1e-3, "optimizer_args": {}}, lr=1e-3) == pytest.approx(3.0)
+    (tmp_path / "records.jsonl").write_text("")
+    with pytest.raises(BasinError, match="no zeroth-order update_rms"):
+        matched_noise_std(tmp_path, setting, lr=1e-4)
+
+
+def test_the_plan_pairs_each_seed_with_its_own_models_and_attack_seed(tmp_path):
+    regime = StudyConfig(**_small()).regimes["miniature"]
+    plan = plan_tiers(regime, tmp_path)
+    assert len(plan.calibrations) == len(regime.objectives) * len(regime.arms) * len(regime.calibration["targets"])
+    setting = {"lr": 1e-3, "steps": 60, "optimizer_args": {}}
+    jobs = [plan.job("npo", "gold", "adam", s, setting, references=False) for s in regime.seeds]
+    assert len({j.original for j in jobs}) == len(regime.seeds)       # one original per seed
+    assert len({j.retain for j in jobs}) == len(regime.seeds)
+    for seed, job in zip(regime.seeds, jobs):
+        assert job.unlearn["seed"] == seed and job.audit["seed"] == seed and job.unlearn["model"] == job.original
+    cal = next(iter(plan.calibrations.values()))
+    assert cal.original not in {j.original for j in jobs}               # the calibration's own model
+    path = plan.path_job("npo", "gold", "hybrid", 3, setting)
+    assert path.audit["attack_args"]["interpolate"]["endpoint"].endswith("adam-s3")
+    assert path.run_dir.endswith("hybrid-s3") and path.audit["attacks"] == ("interpolate",)
