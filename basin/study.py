@@ -29,10 +29,10 @@ Regime kinds (:data:`REGIME_KINDS`):
   steps, each cell audited with 4-bit quantization: where (if anywhere) does 4-bit bring
   knowledge back (Zhang et al. 2025, arXiv 2410.16454)?
 
-Files: ``OUT/<regime>/`` holds ``calibration/``, ``runs/``, ``audits/``, ``paths/``, ``plane/``
+Files: ``WORK/<regime>/`` (``work``, default ``runs/study``) holds ``calibration/``, ``runs/``, ``audits/``, ``paths/``, ``plane/``
 (checkpoints are in ``runs/*/model``; none of it need be kept), and the report
-(:func:`analysis.study.write_study_report`) goes to ``OUT/report`` (``--report-only`` rewrites it
-from whatever has run).
+(:func:`write_study`) goes to ``out`` with the records it was built from (``--report-only``
+rewrites it from whatever has run).
 """
 
 from __future__ import annotations
@@ -192,7 +192,8 @@ class StudyConfig:
     name: str
     version: int
     question: str
-    out: str = "reports/study"
+    out: str = "reports/study"                        # the report (committed: HTML, figures, tables, records)
+    work: str = "runs/study"                          # runs, checkpoints, calibrations, audits (not committed)
     alpha: float = 0.05
     correction: str = "holm"
     bands: dict = field(default_factory=dict)
@@ -529,7 +530,7 @@ def run_map(regime: MapRegime, folder: Path, cache_dir=None, progress: bool = Tr
 def check_study(config: StudyConfig, regimes=None, cache_dir=None) -> list[str]:
     """The regimes to run (all by default), every calibration and job planned and checked."""
     names = list(config.regimes) if not regimes else [lookup(config.regimes, r, "regime") and r for r in regimes]
-    out = Path(config.out)
+    out = Path(config.work)
     for name in names:
         regime = config.regimes[name]
         if isinstance(regime, TiersRegime):
@@ -547,7 +548,7 @@ def run_study(config: StudyConfig, regimes=None, objectives=None, cache_dir=None
     done = {}
     for name in names:
         regime = config.regimes[name]
-        folder = Path(config.out) / name
+        folder = Path(config.work) / name
         log(f"regime {name} ({regime.kind}) -> {folder}")
         if isinstance(regime, TiersRegime):
             if objectives:

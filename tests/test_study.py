@@ -24,7 +24,7 @@ STUDIES = sorted((ROOT / "studies").glob("*.yaml"))
 def test_committed_study_files_parse_and_plan(path, tmp_path):
     config = StudyConfig.from_yaml(path)
     # every regime plans: every calibration, unlearn and audit config is built and checked
-    assert check_study(StudyConfig(**{**_raw(path), "out": str(tmp_path)})) == list(config.regimes)
+    assert check_study(StudyConfig(**{**_raw(path), "out": str(tmp_path / "report"), "work": str(tmp_path)})) == list(config.regimes)
     names = {c.name for c in config.claim_table()}
     assert set(config.claims) <= {c.name for c in PAPER_CLAIMS} and set(config.claims) <= names
     for name, regime in config.regimes.items():

@@ -17,7 +17,8 @@ def register(sub) -> None:
     p.add_argument("--objective", action="append",
                    help="tiers regimes: run only this objective (two processes can split a regime this way)")
     p.add_argument("--engine", help="override every regime's sweep engine: local or ray")
-    p.add_argument("--out", help="output folder (overrides the file's out)")
+    p.add_argument("--out", help="report folder (overrides the file's out)")
+    p.add_argument("--work", help="folder for runs, calibrations and audits (overrides the file's work)")
     p.add_argument("--report-only", action="store_true", help="write the report from what has run; run nothing")
     p.add_argument("--no-report", action="store_true", help="run, but leave the report for later")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -26,8 +27,7 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = StudyConfig.from_yaml(args.file)
-    if args.out:
-        config = dataclasses.replace(config, out=args.out)
+    config = dataclasses.replace(config, **{k: getattr(args, k) for k in ("out", "work") if getattr(args, k)})
     if args.engine:
         for regime in config.regimes.values():
             regime.engine = args.engine
