@@ -252,6 +252,8 @@ class StudyConfig:
 
 
 def _regime(name: str, spec) -> TiersRegime | MapRegime:
+    if isinstance(spec, tuple(REGIME_KINDS.values())):  # already read (dataclasses.replace of a study)
+        return spec
     require(isinstance(spec, dict), f"regime {name!r} must be a mapping")
     kind = lookup(REGIME_KINDS, spec.get("kind", "tiers"), f"kind of regime {name!r}")
     return from_fields(kind, spec, f"regime {name!r}")

@@ -137,3 +137,10 @@ def test_the_plan_pairs_each_seed_with_its_own_models_and_attack_seed(tmp_path):
     path = plan.path_job("npo", "gold", "hybrid", 3, setting)
     assert path.audit["attack_args"]["interpolate"]["endpoint"].endswith("adam-s3")
     assert path.run_dir.endswith("hybrid-s3") and path.audit["attacks"] == ("interpolate",)
+
+
+def test_the_command_reads_the_file_and_overrides_its_folders(tmp_path, monkeypatch):
+    import dataclasses
+    config = StudyConfig.from_yaml(ROOT / "studies" / "optimizer_tiers.yaml")
+    moved = dataclasses.replace(config, out=str(tmp_path / "r"), work=str(tmp_path / "w"))
+    assert moved.regimes == config.regimes and moved.work == str(tmp_path / "w")
