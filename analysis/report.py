@@ -34,7 +34,7 @@ from analysis.load import load_records, normalise_frame
 from analysis.names import order_optimizers
 from analysis.tables import (model_rows, pivot, recovery_per_seed, recovery_pivot, recovery_table,
                              summarize)
-from analysis.verdicts import PAPER_CLAIMS, Claim, evaluate_claims, verdict_table
+from analysis.verdicts import PAPER_CLAIMS, Bands, Claim, evaluate_claims, verdict_table
 from unlearn.errors import BasinError
 
 MARKER = "report.json"
@@ -231,7 +231,9 @@ def _save_figure(fig, folder: Path, stem: str, formats: Sequence[str], dpi: int)
 
 
 def _write_csv(df: pd.DataFrame, folder: Path, name: str, files: list[str]) -> str:
-    df.to_csv(folder / name, index=False)
+    """``name`` ending in ``.gz``: gzip, with no timestamp (the same table gives the same bytes)."""
+    df.to_csv(folder / name, index=False,
+              compression={"method": "gzip", "mtime": 0} if name.endswith(".gz") else None)
     files.append(f"tables/{name}")
     return f"tables/{name}"
 
@@ -254,7 +256,7 @@ def _card_selections(df: pd.DataFrame) -> list[dict]:
 
 def build_report(df: pd.DataFrame, folder: Path, *, claims: Iterable[Claim] | None = None,
                  title: str = "basin report", formats: Sequence[str] = ("png", "svg"), dpi: int = 110,
-                 sources: Sequence[str] = ()) -> dict:
+                 sources: Sequence[str] = (), bands: Bands = Bands(), compress_records: bool = False) -> dict:
     """Write the report's files into ``folder`` (which must exist); returns its metadata.
     :func:`write_report` calls this on a temporary folder and renames it into place."""
     (folder / "figures").mkdir()
@@ -279,11 +281,11 @@ def build_report(df: pd.DataFrame, folder: Path, *, claims: Iterable[Claim] | No
                                                       unl.groupby('label')['seed'].nunique().items()) or "n/a"),
                 "references: " + (", ".join(r for r in ("original", "retain") if (df["role"] == r).any())
                                   or "none (recovery needs the original and retain-only models)")]
-    link = _write_csv(df, folder / "tables", "records.csv", files)
+    link = _write_csv(df, folder / "tables", "records.csv.gz" if compress_records else "records.csv", files)
     overview.append(f'<a href="{link}">the records this report was built from (CSV)</a>')
 
     # verdicts
-    verdicts = evaluate_claims(df, claims)
+    verdicts = evaluate_claims(df, claims, bands)
     vt = verdict_table(verdicts)
     link = _write_csv(vt, folder / "tables", "verdicts.csv", files)
     section("verdicts", "Verdicts on the paper's claims",
@@ -411,11 +413,12 @@ def _check_target(out: Path) -> None:
 
 def write_report(data, out_dir: str | os.PathLike, *, claims: Iterable[Claim] | None = None,
                  title: str = "basin report", formats: Sequence[str] = ("png", "svg"),
-                 dpi: int = 110) -> Path:
+                 dpi: int = 110, bands: Bands = Bands(), compress_records: bool = False) -> Path:
     """Build the report for ``data`` (a record frame, or sources for
     :func:`analysis.load.load_records`) into ``out_dir`` atomically; returns ``out_dir/index.html``.
 
-    ``claims`` defaults to :data:`analysis.verdicts.PAPER_CLAIMS`. The report is written into a
+    ``claims`` defaults to :data:`analysis.verdicts.PAPER_CLAIMS`, judged under the conditions
+    ``bands``; ``compress_records`` writes the records table gzipped (``tables/records.csv.gz``). The report is written into a
     temporary sibling folder, then renamed over ``out_dir`` (an older report there is moved aside
     and deleted only after the new one is in place).
     """
@@ -432,7 +435,8 @@ def write_report(data, out_dir: str | os.PathLike, *, claims: Iterable[Claim] | 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
     try:
-        build_report(df, tmp, claims=claims, title=title, formats=formats, dpi=dpi, sources=sources)
+        build_report(df, tmp, claims=claims, title=title, formats=formats, dpi=dpi, sources=sources, bands=bands,
+                     compress_records=compress_records)
         os.chmod(tmp, 0o755)
         _swap_into_place(tmp, out)
     except BaseException:

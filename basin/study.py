@@ -45,15 +45,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import pandas as pd
 import yaml
 
-from analysis.verdicts import PAPER_CLAIMS, Bands, Claim
+from analysis.report import write_report
+from analysis.study import load_arms, plot_regime_map, read_summaries, regime_map, write_index
+from analysis.verdicts import PAPER_CLAIMS, Bands, Claim, claims_for
 from audit.attacks import ATTACKS
 from audit.metrics import METRICS
 from audit.runner import AuditConfig, audit_plane
 from basin.calibrate import CalibrationConfig, calibrate, load_calibration
 from basin.sweep import ENGINES, Job
-from unlearn.cache import write_json_atomic
+from unlearn.cache import write_json_atomic, write_text_atomic
 from unlearn.build import BuildConfig, build, finetune_fit, model_dir, retain_split
 from unlearn.data.world import WorldConfig
 from unlearn.errors import BasinError, require
@@ -563,6 +566,108 @@ def run_study(config: StudyConfig, regimes=None, objectives=None, cache_dir=None
     return done
 
 
-def write_study(config: StudyConfig, source: str | None = None) -> Path:
-    """The study's report from the records of whatever has run (placeholder until the report lands)."""
-    raise BasinError("the study report is not written yet")
+def write_study(config: StudyConfig, source=None, log=print) -> Path:
+    """The study's report from the records of whatever has run, into ``out/v<version>/`` (one
+    full report per tiers cell and per map, the regime map, ``summary.json``, the study file and
+    the calibrated settings); then ``out/index.html`` over every version written under ``out``."""
+    out = Path(config.out)
+    vdir = out / f"v{config.version}"
+    vdir.mkdir(parents=True, exist_ok=True)
+    if source is not None:
+        write_text_atomic(vdir / "study.yaml", Path(source).read_text())
+    summary = {"name": config.name, "version": config.version, "question": config.question, "verdicts": [],
+               "calibration": [], "figures": [], "cells": [], "regime_map": [], "progress": {}}
+    bands = Bands(**config.bands)
+    for name, regime in config.regimes.items():
+        folder = Path(config.work) / name
+        if isinstance(regime, TiersRegime):
+            _report_tiers(config, name, regime, folder, vdir, bands, summary, log)
+        else:
+            _report_map(config, name, regime, folder, vdir, bands, summary, log)
+    summary["status"] = "; ".join(f"{k}: {v}" for k, v in summary["progress"].items())
+    write_json_atomic(vdir / "summary.json", summary)
+    return write_index(out, read_summaries(out))
+
+
+def _report_tiers(config, name, regime, folder, vdir, bands, summary, log) -> None:
+    shared = sorted(str(p) for p in (folder / "audits").glob("*/*"))
+    settings_file = folder / "settings.json"
+    settings = json.loads(settings_file.read_text()) if settings_file.exists() else {}
+    planned = len(regime.arm_labels()) * len(regime.seeds)
+    for objective, target in itertools.product(regime.objectives, regime.calibration["targets"]):
+        cell = f"{objective}-{target}"
+        groups = []
+        for label in regime.arm_labels():
+            slug = _slug(label)
+            runs = sorted(str(p) for p in (folder / "runs" / cell).glob(f"{slug}-s*"))
+            audits = sorted(str(p) for p in (folder / "audits" / cell).glob(f"{slug}-s*"))
+            paths = sorted(str(p) for p in (folder / "paths" / cell).glob(f"*-{slug}-s*"))
+            calibration = [str(folder / "calibration" / cell / slug)]
+            groups.append((runs + audits + paths + calibration, {"arm": label}))
+        groups.append(([str(folder / "plane" / cell)], {}))
+        df = load_arms(groups, shared)
+        done = sum((p / "manifest.json").exists() for p in (folder / "audits" / cell).glob("*-s*"))
+        summary["progress"][f"{name} / {cell}"] = f"{done} of {planned} runs audited"
+        for label, s in settings.get(f"{objective}/{target}", {}).items():
+            summary["calibration"].append({"regime": name, "objective": objective, "target": target, "arm": label,
+                                           "lr": s.get("lr"), "steps": s.get("steps"),
+                                           "calibrated forget": s.get("forget"),
+                                           "matched": "control" if s.get("control") else bool(s.get("matched"))})
+        if df.empty or not (df["role"] == "unlearned").any():
+            continue
+        arms = sorted(set(df.loc[df["role"] == "unlearned", "optimizer"]))
+        claims = claims_for(arms, config.regime_claims(name))
+        title = f"{config.name} v{config.version}: {name}, {objective}, target {target} ({done} of {planned} runs)"
+        _cell_report(df, vdir, f"{name}-{cell}", claims, title, bands,
+                     {"regime": name, "objective": objective, "target": target}, summary, log)
+
+
+def _report_map(config, name, regime, folder, vdir, bands, summary, log) -> None:
+    groups = []
+    for job in map_jobs(regime, folder):
+        groups.append(([job.run_dir, job.audit_dir], {"steps": job.unlearn["steps"]}))
+    df = load_arms(groups)
+    done = sum((Path(j.audit_dir) / "manifest.json").exists() for j in map_jobs(regime, folder))
+    summary["progress"][name] = f"{done} of {len(groups)} runs audited"
+    if df.empty:
+        return
+    table = regime_map(df)
+    figures = vdir / f"{name}-map"
+    figures.mkdir(parents=True, exist_ok=True)
+    table.to_csv(figures / "regime-map.csv", index=False)
+    fig = plot_regime_map(table, f"{name}: {regime.optimizer} + {regime.objective}, seeds per cell: "
+                          f"{int(table['n'].max()) if len(table) else 0}")
+    for fmt in ("png", "svg"):
+        fig.savefig(figures / f"regime-map.{fmt}", format=fmt, dpi=110)
+    summary["regime_map"] += [{"regime": name, **r} for r in table.to_dict("records")]
+    summary["figures"].append({"png": f"{vdir.name}/{figures.name}/regime-map.png",
+                               "svg": f"{vdir.name}/{figures.name}/regime-map.svg",
+                               "href": f"{vdir.name}/{figures.name}/regime-map.csv",
+                               "caption": f"{name}: the quantization regime map (lr x steps)"})
+    claims = config.regime_claims(name)
+    _cell_report(df, vdir, name, claims, f"{config.name} v{config.version}: {name}", bands,
+                 {"regime": name, "objective": regime.objective, "target": "grid"}, summary, log)
+
+
+CELL_FIGURES = (("tiers", "forgetting and utility per arm, clean and under each attack"),
+                ("robustness-relearn-prob", "relearning curves"),
+                ("robustness-quantize-prob", "quantization"),
+                ("frontier", "the forget/retain frontier of the calibration probes"),
+                ("barriers", "loss barriers between models"),
+                ("flatness", "flatness of the forget and retain losses"))
+
+
+def _cell_report(df, vdir, cell, claims, title, bands, keys, summary, log) -> None:
+    index = write_report(df, vdir / cell, claims=claims, title=title, bands=bands, compress_records=True)
+    log(f"report: {index}")
+    verdicts = pd.read_csv(vdir / cell / "tables" / "verdicts.csv")
+    summary["verdicts"] += [{**keys, **r} for r in verdicts.to_dict("records")]
+    summary["cells"].append({"name": cell, "href": f"{vdir.name}/{cell}/index.html"})
+    figures = vdir / cell / "figures"
+    stems = [(s, c) for s, c in CELL_FIGURES] + [(p.stem, "the loss over the plane through three models")
+                                                for p in sorted(figures.glob("basin-2d-*.png"))]
+    for stem, caption in stems:
+        if (figures / f"{stem}.png").exists():
+            summary["figures"].append({"png": f"{vdir.name}/{cell}/figures/{stem}.png",
+                                       "svg": f"{vdir.name}/{cell}/figures/{stem}.svg",
+                                       "href": f"{vdir.name}/{cell}/index.html", "caption": f"{cell}: {caption}"})

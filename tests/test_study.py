@@ -144,3 +144,77 @@ def test_the_command_reads_the_file_and_overrides_its_folders(tmp_path, monkeypa
     config = StudyConfig.from_yaml(ROOT / "studies" / "optimizer_tiers.yaml")
     moved = dataclasses.replace(config, out=str(tmp_path / "r"), work=str(tmp_path / "w"))
     assert moved.regimes == config.regimes and moved.work == str(tmp_path / "w")
+
+
+SMOKE = """
+name: smoke
+version: 1
+question: does the pipeline run end to end?
+min_seeds: 2
+claims: [hybrid-vs-adam-relearn, hybrid-keeps-adam-forgetting]
+study_claims:
+  - {name: hybrid-vs-randsign-relearn, text: t, a: hybrid, b: hybrid-randsign, attack: relearn, metric: prob,
+     split: forget_unseen, x: strongest, quantity: recovery_gold}
+regimes:
+  mini:
+    model: {size: micro, world: {n_people: 20, n_holdout: 4, n_countries: 4}, fit: {max_steps: 100, eval_every: 50}}
+    benchmark: world:forget10
+    seeds: [0, 1]
+    vary_models: true
+    calibration_model_seed: 1000
+    objectives: {npo: {beta: 0.1, gamma: 1.0}}
+    unlearn: {steps: 4, batch_size: 4, eval_every: 4, eval_max_rows: 8, save_every: 4}
+    arms:
+      adam: {optimizer: adam, start: 1.0e-3}
+      hybrid: {optimizer: hybrid, optimizer_args: {n_fo: 1, n_zo: 1, zo_lr_scale: 0.1}, start: 1.0e-3}
+    controls:
+      hybrid-randsign: {optimizer: hybrid-randsign, like: hybrid}
+      adam-noise: {optimizer: adam-noise, like: adam, noise_of: hybrid}
+    calibration: {metric: nll, targets: [halfway], seeds: [1000], max_probes: 1, max_retain: 8}
+    audit:
+      max_retain: 8
+      splits: [forget, retain]
+      metrics: [prob, nll, margin]
+      attacks:
+        relearn: {steps: [1], size: 0.5, lr: 1.0e-3}
+        quantize: {methods: [rtn], bits: [4]}
+    paths: {from: adam, to: [hybrid]}
+"""
+
+
+@pytest.mark.slow
+def test_a_study_runs_resumes_and_reports(tmp_path):
+    from basin.study import run_study, write_study
+
+    spec = tmp_path / "smoke.yaml"
+    spec.write_text(SMOKE)
+    config = StudyConfig(**{**yaml.safe_load(SMOKE), "out": str(tmp_path / "report"), "work": str(tmp_path / "work")})
+    run_study(config, progress=False, log=lambda *_: None)
+    work = tmp_path / "work" / "mini"
+    runs = sorted(p.name for p in (work / "runs" / "npo-halfway").iterdir())
+    assert runs == sorted(f"{a}-s{s}" for a in ("adam", "adam-noise", "hybrid", "hybrid-randsign") for s in (0, 1))
+    settings = json.loads((work / "settings.json").read_text())["npo/halfway"]
+    # the controls copy their arm's calibrated lr; adam-noise's noise is matched per seed
+    assert settings["hybrid-randsign"]["lr"] == settings["hybrid"]["lr"]
+    assert settings["adam-noise"]["lr"] == settings["adam"]["lr"]
+    noise = json.loads((work / "runs" / "npo-halfway" / "adam-noise-s1" / "config.json").read_text())
+    assert noise["optimizer_args"]["noise_std"] == pytest.approx(settings["adam-noise"]["noise_std_per_seed"]["1"])
+    # seed i unlearns its own original model; the attack seed is the run's seed
+    models = {json.loads((work / "runs" / "npo-halfway" / f"adam-s{s}" / "config.json").read_text())["model"]
+              for s in (0, 1)}
+    assert len(models) == 2
+    assert (work / "paths" / "npo-halfway" / "adam-hybrid-s1" / "manifest.json").exists()
+    # a rerun finds everything done: no file changes
+    stamps = {p: p.stat().st_mtime_ns for p in work.rglob("records.jsonl")}
+    run_study(config, progress=False, log=lambda *_: None)
+    assert stamps == {p: p.stat().st_mtime_ns for p in work.rglob("records.jsonl")}
+    index = write_study(config, source=spec, log=lambda *_: None)
+    summary = json.loads((tmp_path / "report" / "v1" / "summary.json").read_text())
+    assert {v["claim"] for v in summary["verdicts"]} == {"hybrid-vs-adam-relearn", "hybrid-keeps-adam-forgetting",
+                                                         "hybrid-vs-randsign-relearn"}
+    assert all(v["verdict"] in ("reproduced", "not reproduced", "inconclusive") for v in summary["verdicts"])
+    assert {c["arm"] for c in summary["calibration"]} == {"adam", "hybrid", "hybrid-randsign", "adam-noise"}
+    page = index.read_text()
+    assert "hybrid-vs-randsign-relearn" in page and "v1/mini-npo-halfway/index.html" in page
+    assert (tmp_path / "report" / "v1" / "study.yaml").read_text() == SMOKE
+    assert (tmp_path / "report" / "v1" / "mini-npo-halfway" / "tables" / "records.csv.gz").exists()

@@ -1,0 +1,250 @@
+"""The study's tables, figures and landing page, from records (``basin study`` runs the models).
+
+- :func:`load_arms`: one frame from groups of sources, each unlearned row labelled with its study
+  arm (``hybrid-1:3`` and ``hybrid`` are both the ``hybrid`` optimizer, but different arms);
+  reference rows (original, gold) are kept from every source, so a cell whose first jobs scored
+  the references elsewhere still has its ceiling and floor.
+- :func:`regime_map` and :func:`plot_regime_map`: the quantization regime map, one cell per
+  (lr, steps) of a single optimizer: how far the model forgot, the fraction of 4-bit codes that
+  unlearning changed, whether the quantized original keeps the facts (the ceiling), and how much
+  4-bit quantization brings back (Zhang et al. 2025, arXiv 2410.16454: knowledge returns when
+  unlearning changed few codes).
+- :func:`write_index`: ``OUT/index.html``, the first page a reader sees: every claim's verdict in
+  every cell, with its numbers, the test and n, then the figures, linking each cell's full report.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import matplotlib as mpl
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis.load import load_records
+from analysis.names import learn_tiers, optimizer_tier
+from analysis.tables import latest_step, model_rows, recovery_per_seed
+from unlearn.cache import write_text_atomic
+
+QUANT_SETTINGS = ("rtn-4bit", "nf4")   # the map's 4-bit attacks (controls are separate settings)
+
+
+# ----------------------------------------------------------------------------- loading
+
+def load_arms(groups: Iterable[tuple[Sequence, dict]], shared: Sequence = ()) -> pd.DataFrame:
+    """Records of every ``(sources, columns)`` group, the group's ``columns`` set on its rows
+    (``arm`` also becomes the unlearned rows' ``optimizer`` and ``label``), plus the reference
+    rows (role original / retain) of the ``shared`` sources."""
+    frames = []
+    for sources, columns in groups:
+        sources = [s for s in sources if (Path(s) / "records.jsonl").exists()]
+        if not sources:
+            continue
+        df = load_records(sources)
+        for key, value in columns.items():
+            df[key] = value
+        if "arm" in columns:
+            unl = df["role"] == "unlearned"
+            learn_tiers([(columns["arm"], optimizer_tier(str(df.loc[unl, "optimizer"].iloc[0])))] if unl.any() else [])
+            df.loc[unl, "optimizer"] = columns["arm"]
+            df.loc[unl, "label"] = columns["arm"]
+        frames.append(df)
+    shared = [s for s in shared if (Path(s) / "records.jsonl").exists()]
+    if shared:
+        refs = load_records(shared)
+        frames.append(refs[refs["role"] != "unlearned"])
+    if not frames:
+        return pd.DataFrame()
+    df = pd.concat(frames, ignore_index=True)
+    key = [c for c in ("model", "attack", "setting", "metric", "split", "seed", "role", "attack_seed", "step",
+                       "label", "source") if c in df.columns]
+    refs = df["role"] != "unlearned"   # a reference scored by two sources' audits counts once
+    return pd.concat([df[~refs], df[refs].drop_duplicates(subset=[k for k in key if k != "source"])],
+                     ignore_index=True)
+
+
+# ----------------------------------------------------------------------------- the regime map
+
+def regime_map(df: pd.DataFrame, metric: str = "prob", settings: Sequence[str] = QUANT_SETTINGS) -> pd.DataFrame:
+    """One row per (lr, steps): seeds n; the clean forget and retain ``metric``; the fraction of
+    4-bit codes changed (``code_change``, mean over ``settings``); the quantized original's and
+    gold model's forget metric (``ceiling``, ``floor``) beside the clean ones; and under 4-bit,
+    ``delta`` (quantized - clean forget metric) and ``recovery_gold`` (mean over seeds and
+    ``settings``, with a 95% t interval over seeds)."""
+    from scipy import stats  # noqa: PLC0415 (defer: scipy is slow to import and only the map needs it)
+
+    base = latest_step(model_rows(df))
+    rec = recovery_per_seed(df, metrics=[metric], splits=["forget"])
+    rec = rec[(rec["attack"] == "quantize") & rec["setting"].isin(list(settings))]
+    refs = base[(base["role"] != "unlearned") & (base["metric"] == metric) & (base["split"] == "forget")]
+
+    def ref(role, attack):
+        rows = refs[(refs["role"] == role) & (refs["attack"] == attack)
+                    & (refs["setting"].isin(list(settings)) if attack == "quantize" else True)]
+        return float(rows["value"].mean()) if len(rows) else math.nan
+
+    out = []
+    unl = base[base["role"] == "unlearned"]
+    for (lr, steps), cell in unl.groupby(["lr", "steps"]):
+        clean = cell[(cell["attack"] == "none") & (cell["metric"] == metric)]
+        codes = cell[(cell["metric"] == "code_change") & cell["setting"].isin(list(settings))]
+        r = rec[rec["recipe"].isin(set(cell["recipe"]))] if "recipe" in rec.columns else rec.iloc[0:0]
+        per_seed = r.groupby("seed")["recovery_gold"].mean().dropna()
+        deltas = r.groupby("seed")["delta"].mean().dropna()
+        n = int(per_seed.size)
+        half = (float(stats.t.ppf(0.975, n - 1) * per_seed.std(ddof=1) / math.sqrt(n)) if n > 1 else math.nan)
+        out.append({"lr": float(lr), "steps": int(steps), "n": n,
+                    "forget": float(clean.loc[clean["split"] == "forget", "value"].mean()),
+                    "retain": float(clean.loc[clean["split"] == "retain", "value"].mean()),
+                    "code_change": float(codes["value"].mean()) if len(codes) else math.nan,
+                    "delta": float(deltas.mean()) if deltas.size else math.nan,
+                    "recovery_gold": float(per_seed.mean()) if n else math.nan,
+                    "ci_low": float(per_seed.mean()) - half if n > 1 else math.nan,
+                    "ci_high": float(per_seed.mean()) + half if n > 1 else math.nan,
+                    "original": ref("original", "none"), "ceiling": ref("original", "quantize"),
+                    "gold": ref("retain", "none"), "floor": ref("retain", "quantize")})
+    return pd.DataFrame(out).sort_values(["steps", "lr"]).reset_index(drop=True) if out else pd.DataFrame()
+
+
+MAP_PANELS = (("forget", "clean forget answer prob."), ("code_change", "4-bit codes changed (fraction)"),
+              ("delta", "forget prob.: 4-bit - clean"), ("recovery_gold", "recovery_gold under 4-bit"))
+
+
+def plot_regime_map(table: pd.DataFrame, title: str = "") -> Figure:
+    """Four heatmaps over lr (columns) x steps (rows): :data:`MAP_PANELS`, each cell annotated."""
+    with mpl.rc_context({"font.size": 9}):
+        fig = Figure(figsize=(12, 3.2 + 0.4 * max(1, table["steps"].nunique() if len(table) else 1)))
+        axes = fig.subplots(1, len(MAP_PANELS))
+        lrs = sorted(table["lr"].unique()) if len(table) else []
+        steps = sorted(table["steps"].unique()) if len(table) else []
+        for ax, (column, label) in zip(axes, MAP_PANELS):
+            grid = np.full((len(steps), len(lrs)), np.nan)
+            for _, row in table.iterrows():
+                grid[steps.index(row["steps"]), lrs.index(row["lr"])] = row[column]
+            image = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
+            for (i, j), v in np.ndenumerate(grid):
+                if np.isfinite(v):
+                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < np.nanmean(grid) else "black")
+            ax.set_xticks(range(len(lrs)), [f"{x:g}" for x in lrs], rotation=45)
+            ax.set_yticks(range(len(steps)), [str(s) for s in steps])
+            ax.set_xlabel("learning rate")
+            ax.set_ylabel("steps")
+            ax.set_title(label)
+            fig.colorbar(image, ax=ax, shrink=0.8)
+        if title:
+            fig.suptitle(title)
+        fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------- the landing page
+
+VERDICT_COLUMNS = ("regime", "objective", "target", "claim", "verdict", "diff", "ci_low", "ci_high", "p_value",
+                   "p_holm", "test", "n_a", "n_b", "mean_a", "mean_b", "reason")
+
+
+def _e(x) -> str:
+    return html.escape(str(x))
+
+
+def _num(v, digits: int = 3) -> str:
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return ""
+    if isinstance(v, (int, np.integer)):
+        return str(v)
+    return f"{v:.{digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{digits}f}"
+
+
+def verdict_summary(rows: pd.DataFrame) -> str:
+    """HTML: one row per (cell, claim): verdict, A - B [95% CI], p (Holm), test, n, why."""
+    if rows.empty:
+        return "<p>No claim has been tested yet.</p>"
+    out = ['<table class="data"><tr><th>cell</th><th>claim</th><th>verdict</th><th>A − B [95% CI]</th>'
+           "<th>p (Holm)</th><th>test, n</th><th>why</th></tr>"]
+    for _, r in rows.iterrows():
+        css = "v-" + str(r["verdict"]).replace(" ", "-")
+        ci = (f"{_num(r['diff'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]"
+              if isinstance(r["diff"], float) and math.isfinite(r["diff"]) else "")
+        n = f"{int(r['n_a'])} vs {int(r['n_b'])}" if r["n_b"] else f"{int(r['n_a'])}"
+        p = f"{_num(r['p_holm'])}" + (f" ({_num(r['p_value'])} raw)" if math.isfinite(r["p_value"]) else "")
+        out.append(f"<tr><td>{_e(r['regime'])} / {_e(r['objective'])} / {_e(r['target'])}</td>"
+                   f"<td title=\"{_e(r['text'])}\">{_e(r['claim'])}</td>"
+                   f'<td><span class="verdict {css}">{_e(r["verdict"])}</span></td><td class="num">{ci}</td>'
+                   f"<td>{p}</td><td>{_e(r['test'])}, n = {n}</td><td>{_e(r['reason'])}</td></tr>")
+    return "\n".join(out) + "</table>"
+
+
+def table_html(df: pd.DataFrame, digits: int = 3) -> str:
+    if df.empty:
+        return "<p>(none)</p>"
+    head = "".join(f"<th>{_e(c)}</th>" for c in df.columns)
+    body = "".join("<tr>" + "".join(f"<td>{_e(_num(v, digits) if isinstance(v, float) else v)}</td>"
+                                    for v in row) + "</tr>" for row in df.itertuples(index=False))
+    return f'<div class="scroll"><table class="data"><tr>{head}</tr>{body}</table></div>'
+
+
+CSS = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px auto;
+       max-width: 1200px; padding: 0 16px; color: #222; line-height: 1.45; }
+h2 { border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 2em; }
+table.data { border-collapse: collapse; margin: 8px 0 16px; font-size: 0.84em; }
+table.data th, table.data td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-align: top; }
+table.data th { background: #f3f3f3; }
+.scroll { overflow-x: auto; max-width: 100%; }
+figure { margin: 16px 0 28px; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: 0.9em; color: #444; }
+.verdict { font-weight: bold; padding: 1px 6px; border-radius: 3px; white-space: nowrap; }
+.v-reproduced { background: #d8f0d8; color: #145214; }
+.v-not-reproduced { background: #f7d4d4; color: #7a1212; }
+.v-inconclusive { background: #eeeeee; color: #444; }
+.meta { color: #555; font-size: 0.9em; }
+"""
+
+
+def write_index(out: Path, versions: list[dict]) -> Path:
+    """``out/index.html`` over every study version written under ``out`` (each ``version`` dict:
+    its ``summary.json`` plus ``folder``): per version, the question, the verdict table, the
+    calibration table, the figures and links; newest version first."""
+    parts = []
+    for v in sorted(versions, key=lambda v: -int(v["version"])):
+        folder = v["folder"]
+        rows = pd.DataFrame(v["verdicts"]) if v["verdicts"] else pd.DataFrame(columns=VERDICT_COLUMNS + ("text",))
+        counts = rows["verdict"].value_counts().to_dict() if len(rows) else {}
+        parts.append(f'<h2 id="v{v["version"]}">{_e(v["name"])}, version {v["version"]} '
+                     f'<small>(<a href="{_e(folder)}/study.yaml">the study file</a>)</small></h2>')
+        parts.append(f"<p>{_e(v['question'])}</p>")
+        parts.append(f"<p class=\"meta\">{_e(v.get('status', ''))}</p>")
+        parts.append("<p>" + ", ".join(f"{k}: {n}" for k, n in sorted(counts.items())) + "</p>" if counts else "")
+        parts.append("<h3>Verdicts</h3>" + verdict_summary(rows))
+        if v.get("calibration"):
+            parts.append("<h3>Matched forgetting (calibration)</h3>"
+                         + table_html(pd.DataFrame(v["calibration"])))
+        for fig in v.get("figures", []):
+            parts.append(f'<figure><a href="{_e(fig["href"])}"><img src="{_e(fig["png"])}" alt="{_e(fig["caption"])}">'
+                         f'</a><figcaption>{_e(fig["caption"])} (<a href="{_e(fig["svg"])}">SVG</a>)</figcaption></figure>')
+        if v.get("regime_map"):
+            parts.append("<h3>Quantization regime map</h3>" + table_html(pd.DataFrame(v["regime_map"])))
+        links = " · ".join(f'<a href="{_e(c["href"])}">{_e(c["name"])}</a>' for c in v.get("cells", []))
+        if links:
+            parts.append(f"<p>Full report of each cell (every table, figure and audit card): {links}</p>")
+    page = ("<!doctype html><html><head><meta charset=\"utf-8\"><title>basin study</title>"
+            f"<style>{CSS}</style></head><body><h1>basin study: does downgrading the optimizer make unlearning "
+            "harder to undo?</h1>" + "\n".join(parts) + "</body></html>")
+    path = out / "index.html"
+    write_text_atomic(path, page)
+    return path
+
+
+def read_summaries(out: Path) -> list[dict]:
+    """Every ``out/v*/summary.json`` (one per study version written there)."""
+    found = []
+    for path in sorted(out.glob("v*/summary.json")):
+        data = json.loads(path.read_text())
+        data["folder"] = path.parent.name
+        found.append(data)
+    return found
