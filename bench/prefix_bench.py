@@ -3,7 +3,7 @@
 For each question an audit scores its answer, paraphrased answer and perturbed answers under the
 same prompt. The scoring side is :func:`audit.metrics.evaluate` with ``generate=False`` on the
 forget and retain splits (every scored metric: prob, nll, exact match, truth ratio, margin), which
-runs each question's prompt once (:func:`unlearn.scoring.shared_prefix_logits`). The reference
+runs each question's prompt once and each token answers share once (:func:`unlearn.scoring.shared_prefix_scores`). The reference
 side is a bare no-grad forward, logits discarded, over the same pairs as *unshared* sequences
 (prompt + answer each), sorted by length, in batches of the same size. The two timings are
 interleaved (order alternating), so load on a shared machine hits both alike; the script prints

@@ -13,6 +13,7 @@ import pytest
 import torch
 
 from audit.metrics import evaluate, token_stats
+from audit.metrics.mia import token_zscores
 from unlearn.cache import cache_root
 from unlearn.data.benchmarks import Benchmark, load_benchmark, world_benchmark
 from unlearn.data.format import IGNORE, collate, encode_answer, encode_qa, encode_text, pad_id_of
@@ -69,11 +70,15 @@ def test_shared_prefix_equals_whole_sequences(trained_micro, bench, padding_side
     assert 0 < want[2].sum() < len(examples)  # some answers exactly right, some not
 
 
-def test_each_prompt_runs_once_and_batches_stay_bounded(micro_model, micro_tokenizer, bench):
+def test_each_shared_token_runs_once_and_batches_stay_bounded(micro_model, micro_tokenizer, bench):
     examples = qa_examples(micro_tokenizer, bench.forget[:2] + bench.retain[:3])
-    shapes = []
-    hook = micro_model.register_forward_hook(
-        lambda mod, args, kwargs, out: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    shapes, real = [], []
+
+    def seen(mod, args, kwargs, out):
+        n = kwargs["input_ids"].shape[1]
+        shapes.append(tuple(kwargs["input_ids"].shape))
+        real.append(int(kwargs["attention_mask"][:, -n:].sum()))   # the new tokens, not the cache
+    hook = micro_model.register_forward_hook(seen, with_kwargs=True)
     try:
         answer_stats(micro_model, examples, pad_id_of(micro_tokenizer), batch_size=4)
     finally:
@@ -84,10 +89,13 @@ def test_each_prompt_runs_once_and_batches_stay_bounded(micro_model, micro_token
     assert all(e.labels[c + 1] != IGNORE and all(x == IGNORE for x in e.labels[:c + 1])
                for e, c in zip(examples, cut))
     assert max(b for b, _ in shapes) <= 4                       # bounded by the batch size
-    fed = sum(b * n for b, n in shapes)                         # padded tokens through the model
+    # every prompt once, and every distinct tail prefix (a node of the question's token trie) once
+    tails = {(tuple(e.input_ids[:c]), tuple(e.input_ids[c:k])) for e, c in zip(examples, cut)
+             for k in range(c + 1, len(e.input_ids) + 1)}
+    assert sum(real) == sum(len(p) for p in prompts) + len(tails)
     whole = sum(len(e.input_ids) for e in examples)
-    assert sum(b for b, _ in shapes) == 35 + 5                  # 35 answers + 5 prompts, each once
-    assert fed < 0.8 * whole
+    assert sum(real) < 0.7 * whole
+    assert sum(b * n for b, n in shapes) < 0.8 * whole          # padded tokens through the model
 
 
 def test_eos_as_pad_and_the_answer_eos_is_scored(trained_micro, bench):
@@ -141,6 +149,12 @@ def test_token_stats_keep_only_the_wanted_rows(trained_micro, bench):
     for i in np.flatnonzero(keep):
         torch.testing.assert_close(logps[i], all_logps[i], **TOL)
         torch.testing.assert_close(zs[i], all_zs[i], **TOL)
+        # the reference: Min-K%++ z-scores from the whole sequence's logits
+        batch = collate(examples[i:i + 1], pad)
+        with torch.no_grad():
+            logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        z, mask = token_zscores(logits, batch["labels"])
+        torch.testing.assert_close(zs[i], z[mask], **TOL)
         assert abs(float(logps[i].sum()) - float(stats.logprob[i])) < 1e-4
 
 
@@ -150,9 +164,9 @@ def test_evaluate_scores_equal_whole_sequence_scores(trained_micro, bench):
     model, tok, _ = trained_micro
     small = Benchmark("micro", bench.forget[:3], bench.retain[:3], [],
                       {"world_facts": bench.utility["world_facts"][:4]})
-    shapes = []
-    hook = model.register_forward_hook(
-        lambda mod, args, kwargs, out: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True)
+    real = []
+    hook = model.register_forward_hook(lambda mod, args, kwargs, out: real.append(
+        int(kwargs["attention_mask"][:, -kwargs["input_ids"].shape[1]:].sum())), with_kwargs=True)
     try:
         _, table = evaluate(model, tok, small, generate=False, batch_size=8,
                             metrics=["prob", "nll", "exact_match", "truth_ratio", "margin", "mc_accuracy"])
@@ -187,7 +201,13 @@ def test_evaluate_scores_equal_whole_sequence_scores(trained_micro, bench):
             if split is not small.utility["world_facts"]:
                 answers.append(r["paraphrased_answer"])
             pairs |= {(r["question"], a) for a in answers}
-    assert sum(b for b, _ in shapes) == len(questions) + len(pairs)  # each prompt once, each pair once
+    # each prompt once, each distinct pair once, and tokens shared by answers that begin alike once
+    encoded = [encode_qa(tok, q, a) for q, a in pairs]
+    prompts = {tuple(e.input_ids[:prefix_cut(e)]) for e in encoded}
+    assert len(prompts) == len(questions)
+    tails = {(tuple(e.input_ids[:prefix_cut(e)]), tuple(e.input_ids[prefix_cut(e):k])) for e in encoded
+             for k in range(prefix_cut(e) + 1, len(e.input_ids) + 1)}
+    assert sum(real) == sum(len(p) for p in prompts) + len(tails)
 
 
 # ----------------------------------------------------------------------------- SmolLM2 (slow)
@@ -214,7 +234,7 @@ def _tofu_rows(n):
 @pytest.mark.slow
 @pytest.mark.skipif(not SLOW, reason="set BASIN_SLOW=1 (needs the converted SmolLM2 checkpoint)")
 def test_smollm2_shared_prefix_equals_whole_sequences():
-    from unlearn.models import load_model
+    from unlearn.loading import load_model
 
     folder = _smollm2()
     if folder is None:

@@ -9,17 +9,20 @@ Exact match is teacher-forced: every answer token is the argmax at its position.
 as "greedy decoding reproduces the answer and then stops", because greedy decoding follows the
 argmax and would emit exactly those tokens.
 
-Shared prefixes (:func:`shared_prefix_logits`): attention is causal, so the keys and values of
-the prompt positions of x do not depend on the answer a. Every answer scored under one question
+Shared tokens (:func:`shared_prefix_scores`): attention is causal, so the keys, values and
+logits of a position do not depend on anything after it. Every answer scored under one question
 (answer, paraphrase, perturbed answers, options) therefore reuses one run of its prompt: the
-prompt's key/value cache is copied across the answers' batch and only answer tokens run per
-answer, with the same numbers as running each prompt + answer whole (up to float rounding),
-as in prefix-sharing inference (Juravsky et al. 2024, Hydragen, arXiv 2402.05099).
+prompt's key/value cache is copied across the answers' batch. Answers that begin alike (a
+paraphrase and the perturbed answers of one template often do) also share their common tokens:
+one question's answers form a radix tree, each node run once on its parent's cache. The numbers
+are those of running each prompt + answer whole (up to float rounding), as in prefix-sharing
+inference (Juravsky et al. 2024, Hydragen, arXiv 2402.05099; Zheng et al. 2024, SGLang's
+RadixAttention, arXiv 2312.07104).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import torch
@@ -56,6 +59,8 @@ class AnswerStats:
     logprob: torch.Tensor   # log pi(a|x)
     length: torch.Tensor    # number of answer tokens T
     exact: torch.Tensor     # 1.0 where every answer token is the argmax
+    token_logp: list | None = None     # per example (when asked): log p of each scored token
+    token_moments: list | None = None  # per example (when asked): (mu, var) at each scored token
 
     @property
     def p_norm(self) -> torch.Tensor:
@@ -110,33 +115,153 @@ def _question_batches(prefixes: Sequence[tuple[int, ...]], tails: Sequence[int],
     return out
 
 
-def _select(cache, rows: torch.Tensor, cols: slice, config):
-    """A new ``DynamicCache`` holding ``cache``'s batch rows ``rows`` (repeats allowed) and
-    sequence positions ``cols``; ``cache`` is left as it was."""
+@dataclass
+class _Node:
+    """A maximal run of tail tokens that a set of examples share (a radix-tree edge).
+
+    ``tokens`` start at tail offset ``start``; ``parent`` is a node index, or -1 for the
+    question's prefix (row ``question`` of the prefix cache); ``ends`` are the examples whose tail
+    ends with this node. ``inner``: (log p, hit) of each token after the first, predicted from
+    the one before; ``to_child``: the same for each child's first token, predicted from this
+    node's last token; ``moments``: (mu, var) of the log-probabilities at each position."""
+
+    tokens: list[int]
+    parent: int
+    question: int
+    start: int
+    level: int
+    children: list[int] = field(default_factory=list)
+    ends: list[int] = field(default_factory=list)
+    inner: tuple | None = None
+    to_child: dict = field(default_factory=dict)
+    moments: tuple | None = None
+
+
+def _radix(tails: dict[int, list[int]], question: int, nodes: list[_Node]) -> None:
+    """Append the radix tree of one question's tails (example -> tail tokens) to ``nodes``."""
+    todo = [(list(tails), 0, -1, 1)]
+    while todo:
+        members, start, parent, level = todo.pop()
+        groups: dict[int, list[int]] = {}
+        for e in members:
+            if len(tails[e]) > start:
+                groups.setdefault(tails[e][start], []).append(e)
+        for group in groups.values():
+            end = start + 1
+            while all(len(tails[e]) > end for e in group) and len({tails[e][end] for e in group}) == 1:
+                end += 1
+            node = _Node(tails[group[0]][start:end], parent, question, start, level,
+                         ends=[e for e in group if len(tails[e]) == end])
+            nodes.append(node)
+            index = len(nodes) - 1
+            if parent >= 0:
+                nodes[parent].children.append(index)
+            rest = [e for e in group if len(tails[e]) > end]
+            if rest:
+                todo.append((rest, end, index, level + 1))
+
+
+def _gather(sources: Sequence[tuple], picks: Sequence[tuple[int, int]], side: str, config):
+    """A ``DynamicCache`` and its mask [n, W] holding, per pick ``(source, row)``, the real (unmasked)
+    key/value columns of that row of ``sources[source] = (cache, mask)``, padded on ``side``.
+    Cached keys carry their rotary positions, so moving columns changes nothing attention sees."""
     from transformers import DynamicCache
 
-    return DynamicCache([(layer.keys[rows][:, :, cols], layer.values[rows][:, :, cols])
-                         for layer in cache.layers], config=config)
+    cols = [sources[s][1][r].nonzero().flatten() for s, r in picks]
+    width = max((len(c) for c in cols), default=0)
+    mask = torch.zeros(len(picks), width, dtype=torch.long)
+    layers = []
+    for layer in range(len(sources[picks[0][0]][0].layers)):
+        first = sources[picks[0][0]][0].layers[layer].keys
+        keys = first.new_zeros((len(picks), first.shape[1], width, first.shape[3]))
+        values = torch.zeros_like(keys)
+        for i, ((s, r), c) in enumerate(zip(picks, cols)):
+            at = slice(width - len(c), width) if side == "left" else slice(0, len(c))
+            src = sources[s][0].layers[layer]
+            keys[i, :, at] = src.keys[r][:, c]
+            values[i, :, at] = src.values[r][:, c]
+            mask[i, at] = 1
+        layers.append((keys, values))
+    return DynamicCache(layers, config=config), mask
+
+
+def _transitions(node: _Node, logits: torch.Tensor, nodes: list[_Node], moments: bool) -> None:
+    """Fill ``node.inner``, ``node.to_child`` (and ``node.moments``) from its logits [n, V]."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    best = logp.argmax(-1)
+    nxt = torch.tensor(node.tokens[1:], dtype=torch.long, device=logp.device)
+    inner = logp[:-1].gather(-1, nxt.unsqueeze(-1)).squeeze(-1)
+    node.inner = (inner.cpu(), (best[:-1] == nxt).cpu())
+    for c in node.children:
+        token = nodes[c].tokens[0]
+        node.to_child[c] = (float(logp[-1, token]), bool(best[-1] == token))
+    if moments:
+        p = logp.exp()
+        mu = (p * logp).sum(-1)
+        node.moments = (mu.cpu(), ((p * logp.square()).sum(-1) - mu.square()).cpu())
+
+
+@dataclass
+class TailScores:
+    """Per example: log p of each tail token after the first (float32 [T-1]), whether it was the
+    argmax, and (when asked) the Min-K%++ moments (mu, var) of the distribution it was drawn from."""
+
+    logp: torch.Tensor
+    hit: torch.Tensor
+    mu: torch.Tensor | None = None
+    var: torch.Tensor | None = None
+
+
+def _path_scores(nodes: list[_Node], leaf: int, moments: bool) -> TailScores:
+    path = []
+    while leaf >= 0:
+        path.append(leaf)
+        leaf = nodes[leaf].parent
+    path.reverse()
+    logp, hit, mu, var = [], [], [], []
+    for k, n in enumerate(path):
+        node = nodes[n]
+        logp.append(node.inner[0])
+        hit.append(node.inner[1])
+        if moments:
+            mu.append(node.moments[0][:-1])
+            var.append(node.moments[1][:-1])
+        if k + 1 < len(path):
+            lp, h = node.to_child[path[k + 1]]
+            logp.append(torch.tensor([lp]))
+            hit.append(torch.tensor([h]))
+            if moments:
+                mu.append(node.moments[0][-1:])
+                var.append(node.moments[1][-1:])
+    cat = lambda xs: torch.cat(xs) if xs else torch.zeros(0)  # noqa: E731
+    return TailScores(cat(logp), cat(hit).bool(), cat(mu) if moments else None, cat(var) if moments else None)
 
 
 @torch.no_grad()
-def shared_prefix_logits(model, examples: Sequence[Example], pad_id: int, batch_size: int = 64,
-                         padding_side: str = "right"):
-    """Run every example through ``model`` with its prefix (:func:`prefix_cut`) computed once per
-    distinct prefix; yield ``(rows, logits [b, C, V], labels [b, C])`` per batch of tails, where
-    ``rows`` are indices into ``examples`` and ``token_logprobs(logits, labels)`` gives exactly the
-    scored positions the full sequences would (teacher forcing is causal, so a position's logits
-    depend only on the tokens up to it).
+def shared_prefix_scores(model, examples: Sequence[Example], pad_id: int, batch_size: int = 64,
+                         padding_side: str = "right", moments: Sequence[bool] | None = None):
+    """Score every example with each shared token run once; yield ``(example, cut, TailScores)``.
 
-    The prefixes of up to ``batch_size`` questions are padded on ``padding_side`` and run once,
-    keeping their keys/values; their tails, sorted by length, run in chunks of ``batch_size`` on
-    a copy of the cache rows they need (cut to the chunk's longest prefix), with attention masks
-    ``[prefix mask | tail mask]`` and position ids continuing each row's own prefix, so padding in
-    the middle changes nothing. Memory: one question batch's cache plus one chunk's copy."""
+    Two levels of sharing, both exact because attention is causal (a position's keys, values and
+    logits depend only on the tokens up to it):
+
+    1. the prefix (:func:`prefix_cut`: the prompt without its last token) of up to ``batch_size``
+       questions runs once, padded on ``padding_side``, keeping its keys/values;
+    2. the tails (the rest: the prompt's last token and the answer) of the examples of those
+       questions form a radix tree per question: answers that begin alike (a paraphrase and the
+       perturbed answers of one template often do) share their common tokens. The tree runs level
+       by level, in chunks of at most ``batch_size`` nodes; each node continues its parent's
+       cached keys/values (:func:`_gather`: only the parent's real columns) with position ids
+       continuing the parent's length, so padding anywhere changes nothing.
+
+    Each node's logits give log p of its next tokens (inside the node, and each child's first
+    token); an example's scores are those along its path. ``moments[i]`` asks for example i's
+    Min-K%++ moments. Memory: one question batch's prefix cache plus two levels of node caches."""
     require(padding_side in PADDING_SIDES,
             f"padding_side must be one of {', '.join(PADDING_SIDES)}, got {padding_side!r}")
     device = next(model.parameters()).device
     config = getattr(model, "config", None)
+    moments = [False] * len(examples) if moments is None else list(moments)
     cuts = [prefix_cut(e) for e in examples]
     prefixes = [tuple(e.input_ids[:c]) for e, c in zip(examples, cuts)]
     tails = [len(e.input_ids) - c for e, c in zip(examples, cuts)]
@@ -145,51 +270,79 @@ def shared_prefix_logits(model, examples: Sequence[Example], pad_id: int, batch_
         members.setdefault(p, []).append(i)
     for batch in _question_batches(prefixes, tails, batch_size):
         lengths = torch.tensor([len(p) for p in batch])
-        cache = prefix_mask = None
+        sources: list[tuple] = []
         if lengths.max() > 0:
             ids, prefix_mask = _pad(batch, pad_id, padding_side)
             positions = (prefix_mask.cumsum(-1) - 1).clamp_min(0)
             cache = model(input_ids=ids.to(device), attention_mask=prefix_mask.to(device),
                           position_ids=positions.to(device), use_cache=True, logits_to_keep=1).cache
-        width = int(lengths.max())
-        todo = sorted(((q, i) for q, p in enumerate(batch) for i in members[p]), key=lambda t: -tails[t[1]])
-        for start in range(0, len(todo), batch_size):
-            chunk = todo[start:start + batch_size]
-            q = torch.tensor([t[0] for t in chunk])
-            rows = [t[1] for t in chunk]
-            ids, mask = _pad([examples[i].input_ids[cuts[i]:] for i in rows], pad_id, "right")
-            labels, _ = _pad([examples[i].labels[cuts[i]:] for i in rows], IGNORE, "right")
-            positions = lengths[q, None] + torch.arange(ids.shape[1])
-            past = None
-            keep = int(lengths[q].max())
-            if keep > 0:
-                cols = slice(width - keep, width) if padding_side == "left" else slice(0, keep)
-                past = _select(cache, q.to(device), cols, config)
-                mask = torch.cat([prefix_mask[q][:, cols], mask], dim=1)
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                           position_ids=positions.to(device), cache=past, use_cache=past is not None).logits
-            yield rows, logits, labels.to(device)
+            sources = [(cache, prefix_mask)]
+        nodes: list[_Node] = []
+        for q, p in enumerate(batch):
+            _radix({i: examples[i].input_ids[cuts[i]:] for i in members[p]}, q, nodes)
+        wants = [any(moments[e] for e in _leaves(nodes, n)) for n in range(len(nodes))]
+        place: dict[int, tuple[int, int]] = {}          # node -> (source, row) of its cached path
+        level = 1
+        while True:
+            todo = sorted((n for n, node in enumerate(nodes) if node.level == level),
+                          key=lambda n: -len(nodes[n].tokens))
+            if not todo:
+                break
+            new_sources: list[tuple] = []
+            for start in range(0, len(todo), batch_size):
+                chunk = todo[start:start + batch_size]
+                picks = [place[nodes[n].parent] if nodes[n].parent >= 0 else (0, nodes[n].question) for n in chunk]
+                past, past_mask = (_gather(sources, picks, padding_side, config) if sources
+                                   else (None, torch.zeros(len(chunk), 0, dtype=torch.long)))
+                ids, seg_mask = _pad([nodes[n].tokens for n in chunk], pad_id, padding_side)
+                done = past_mask.sum(-1, keepdim=True)
+                positions = done + (seg_mask.cumsum(-1) - 1).clamp_min(0)
+                mask = torch.cat([past_mask, seg_mask], dim=1)
+                out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                            position_ids=positions.to(device), cache=past, use_cache=True)
+                for row, n in enumerate(chunk):
+                    real = seg_mask[row].nonzero().flatten().to(device)
+                    _transitions(nodes[n], out.logits[row, real], nodes, wants[n])
+                    place[n] = (len(new_sources), row)
+                new_sources.append((out.cache, mask))
+            sources = new_sources
+            level += 1
+        for n, node in enumerate(nodes):
+            for e in node.ends:
+                yield e, cuts[e], _path_scores(nodes, n, moments[e])
+
+
+def _leaves(nodes: list[_Node], n: int) -> list[int]:
+    """The examples whose path runs through node ``n``."""
+    out, todo = [], [n]
+    while todo:
+        m = todo.pop()
+        out += nodes[m].ends
+        todo += nodes[m].children
+    return out
 
 
 @torch.no_grad()
 def answer_stats(model, examples: Sequence[Example], pad_id: int, batch_size: int = 64,
-                 padding_side: str = "right", on_batch=None) -> AnswerStats:
-    """Score every example's answer under ``model`` (eval mode, no gradients); examples sharing a
-    prompt run it once (:func:`shared_prefix_logits`). ``on_batch(rows, logits, labels, logp,
-    mask)``, if given, sees each batch of tails as well (per-token scores)."""
+                 padding_side: str = "right", tokens: Sequence[bool] | None = None) -> AnswerStats:
+    """Score every example's answer under ``model`` (eval mode, no gradients), each shared token
+    once (:func:`shared_prefix_scores`). ``tokens[i]`` asks for example i's per-token scores:
+    ``AnswerStats.token_logp[i]`` (log p of each scored token, EOS included) and
+    ``AnswerStats.token_moments[i]`` ((mu, var) of the distributions they were drawn from)."""
     was_training = model.training
     model.eval()
     logprob, length, exact = (torch.zeros(len(examples)) for _ in range(3))
+    token_logp: list = [None] * len(examples)
+    token_moments: list = [None] * len(examples)
     try:
-        for rows, logits, labels in shared_prefix_logits(model, examples, pad_id, batch_size, padding_side):
-            logp, mask = token_logprobs(logits, labels)
-            hits = (logits[:, :-1].argmax(-1) == labels[:, 1:]) | ~mask
-            idx = torch.tensor(rows)
-            logprob[idx] = logp.sum(-1).float().cpu()
-            length[idx] = mask.sum(-1).float().cpu()
-            exact[idx] = hits.all(-1).float().cpu()
-            if on_batch is not None:
-                on_batch(rows, logits, labels, logp, mask)
+        for e, cut, scores in shared_prefix_scores(model, examples, pad_id, batch_size, padding_side, tokens):
+            scored = torch.tensor([x != IGNORE for x in examples[e].labels[cut + 1:]], dtype=torch.bool)
+            logprob[e] = scores.logp[scored].sum()
+            length[e] = scored.sum()
+            exact[e] = float(scores.hit[scored].all())
+            if scores.mu is not None:
+                token_logp[e] = scores.logp[scored].float()
+                token_moments[e] = (scores.mu[scored].float(), scores.var[scored].float())
     finally:
         model.train(was_training)
-    return AnswerStats(logprob, length, exact)
+    return AnswerStats(logprob, length, exact, token_logp, token_moments)

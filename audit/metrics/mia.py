@@ -46,9 +46,14 @@ def token_zscores(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Ten
         logp = torch.log_softmax(rows, dim=-1)
         p = logp.exp()
         mu = (p * logp).sum(-1)
-        var = (p * logp.square()).sum(-1) - mu.square()
-        z[mask] = (picked[mask] - mu) / var.clamp_min(1e-12).sqrt()
+        z[mask] = zscores(picked[mask], mu, (p * logp.square()).sum(-1) - mu.square())
     return z, mask
+
+
+def zscores(logp: torch.Tensor, mu: torch.Tensor, var: torch.Tensor) -> torch.Tensor:
+    """Min-K%++'s z_t = (log p(x_t) - mu_t) / sigma_t from the moments of each position's
+    distribution (:func:`token_zscores`; :func:`unlearn.scoring.answer_stats` gives them)."""
+    return (logp - mu) / var.clamp_min(1e-12).sqrt()
 
 
 def min_k(scores: torch.Tensor, mask: torch.Tensor, k: float = DEFAULT_K) -> torch.Tensor:

@@ -3,8 +3,8 @@
 :class:`AnswerPool` collects every (question, answer text) pair a set of metrics needs (answers,
 paraphrases, perturbed answers, multiple-choice options), scores each distinct pair once through
 :func:`token_stats` and hands back per-pair arrays. The pairs of one question share its prompt,
-which runs through the model once (:func:`unlearn.scoring.shared_prefix_logits`); only the
-answer tokens run per pair. Per-token scores are kept for the pairs membership inference needs.
+which runs through the model once, and answers that begin alike share their common tokens
+(:func:`unlearn.scoring.shared_prefix_scores`). Per-token scores are kept for the pairs membership inference needs.
 Every pair scores the same tokens (the run's prompt format, answer plus EOS,
 :func:`unlearn.data.format.encode_qa`). :func:`greedy_generate` produces the answers ROUGE
 compares. Everything leaves torch as float32 before it becomes numpy.
@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from audit.metrics.mia import token_zscores
+from audit.metrics.mia import zscores
 from unlearn.data.format import Example, PromptFormat, encode_prompt, encode_qa, pad_id_of, prompt_format
 from unlearn.scoring import AnswerStats, answer_stats
 
@@ -32,24 +32,14 @@ def model_max_length(model, default: int = DEFAULT_MAX_LENGTH) -> int:
 def token_stats(model, examples: Sequence[Example], pad_id: int, batch_size: int = 32,
                 keep: Sequence[bool] | None = None, padding_side: str = "right"
                 ) -> tuple[AnswerStats, list[torch.Tensor | None], list[torch.Tensor | None]]:
-    """:func:`unlearn.scoring.answer_stats` (each prompt run once) plus, per example, the answer's
-    token log-probs and Min-K%++ z-scores (float32 1-D tensors, EOS included), in one pass.
-    ``keep`` (default: all) marks the examples whose token scores are wanted; the others get
+    """:func:`unlearn.scoring.answer_stats` (each shared token run once) plus, per example, the
+    answer's token log-probs and Min-K%++ z-scores (float32 1-D tensors, EOS included), in one
+    pass. ``keep`` (default: all) marks the examples whose token scores are wanted; the others get
     ``None``."""
     keep = [True] * len(examples) if keep is None else list(keep)
-    logps: list[torch.Tensor | None] = [None] * len(examples)
-    zs: list[torch.Tensor | None] = [None] * len(examples)
-
-    def tokens(rows, logits, labels, logp, mask):
-        wanted = [r for r, i in enumerate(rows) if keep[i]]
-        if wanted:
-            z, _ = token_zscores(logits[wanted], labels[wanted])
-            for zr, r in enumerate(wanted):
-                logps[rows[r]] = logp[r][mask[r]].float().cpu()
-                zs[rows[r]] = z[zr][mask[r]].float().cpu()
-
-    stats = answer_stats(model, examples, pad_id, batch_size, padding_side, on_batch=tokens)
-    return stats, logps, zs
+    stats = answer_stats(model, examples, pad_id, batch_size, padding_side, tokens=keep)
+    zs = [None if m is None else zscores(lp, *m) for lp, m in zip(stats.token_logp, stats.token_moments)]
+    return stats, list(stats.token_logp), zs
 
 
 class AnswerPool:
