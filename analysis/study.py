@@ -160,6 +160,14 @@ def _num(v, digits: int = 3) -> str:
     return f"{v:.{digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{digits}f}"
 
 
+def _finite(v) -> bool:
+    return isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
+
+
+def _int(v) -> int:
+    return int(v) if isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v) else 0
+
+
 def verdict_summary(rows: pd.DataFrame) -> str:
     """HTML: one row per (cell, claim): verdict, A - B [95% CI], p (Holm), test, n, why."""
     if rows.empty:
@@ -168,14 +176,14 @@ def verdict_summary(rows: pd.DataFrame) -> str:
            "<th>p (Holm)</th><th>test, n</th><th>why</th></tr>"]
     for _, r in rows.iterrows():
         css = "v-" + str(r["verdict"]).replace(" ", "-")
-        ci = (f"{_num(r['diff'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]"
-              if isinstance(r["diff"], float) and math.isfinite(r["diff"]) else "")
-        n = f"{int(r['n_a'])} vs {int(r['n_b'])}" if r["n_b"] else f"{int(r['n_a'])}"
-        p = f"{_num(r['p_holm'])}" + (f" ({_num(r['p_value'])} raw)" if math.isfinite(r["p_value"]) else "")
+        ci = f"{_num(r['diff'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]" if _finite(r["diff"]) else ""
+        n = f"{_int(r['n_a'])} vs {_int(r['n_b'])}" if _int(r["n_b"]) else f"{_int(r['n_a'])}"
+        test = r["test"] if isinstance(r["test"], str) and r["test"] else "no test (conditions)"
+        p = f"{_num(r['p_holm'])}" + (f" ({_num(r['p_value'])} raw)" if _finite(r["p_value"]) else "")
         out.append(f"<tr><td>{_e(r['regime'])} / {_e(r['objective'])} / {_e(r['target'])}</td>"
                    f"<td title=\"{_e(r['text'])}\">{_e(r['claim'])}</td>"
                    f'<td><span class="verdict {css}">{_e(r["verdict"])}</span></td><td class="num">{ci}</td>'
-                   f"<td>{p}</td><td>{_e(r['test'])}, n = {n}</td><td>{_e(r['reason'])}</td></tr>")
+                   f"<td>{p}</td><td>{_e(test)}, n = {n}</td><td>{_e(r['reason'])}</td></tr>")
     return "\n".join(out) + "</table>"
 
 
@@ -222,8 +230,12 @@ def write_index(out: Path, versions: list[dict]) -> Path:
         parts.append("<p>" + ", ".join(f"{k}: {n}" for k, n in sorted(counts.items())) + "</p>" if counts else "")
         parts.append("<h3>Verdicts</h3>" + verdict_summary(rows))
         if v.get("calibration"):
-            parts.append("<h3>Matched forgetting (calibration)</h3>"
-                         + table_html(pd.DataFrame(v["calibration"])))
+            cal = pd.DataFrame(v["calibration"])
+            first = [c for c in ("regime", "objective", "target", "arm", "lr", "steps") if c in cal.columns]
+            parts.append("<h3>Matched forgetting (calibration)</h3><p>Each arm's learning rate was chosen on "
+                         "calibration seeds and models kept apart from the evaluation seeds, to bring the "
+                         "forget metric into the target band; controls copy their arm's setting.</p>"
+                         + table_html(cal[first + [c for c in cal.columns if c not in first]]))
         for fig in v.get("figures", []):
             parts.append(f'<figure><a href="{_e(fig["href"])}"><img src="{_e(fig["png"])}" alt="{_e(fig["caption"])}">'
                          f'</a><figcaption>{_e(fig["caption"])} (<a href="{_e(fig["svg"])}">SVG</a>)</figcaption></figure>')

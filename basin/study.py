@@ -611,8 +611,9 @@ def _report_tiers(config, name, regime, folder, vdir, bands, summary, log) -> No
         for label, s in settings.get(f"{objective}/{target}", {}).items():
             summary["calibration"].append({"regime": name, "objective": objective, "target": target, "arm": label,
                                            "lr": s.get("lr"), "steps": s.get("steps"),
-                                           "calibrated forget": s.get("forget"),
-                                           "matched": "control" if s.get("control") else bool(s.get("matched"))})
+                                           "forget at calibration": s.get("forget"),
+                                           "matched": "control (copies its arm)" if s.get("control")
+                                           else "yes" if s.get("matched") else "NO: closest probe"})
         if df.empty or not (df["role"] == "unlearned").any():
             continue
         arms = sorted(set(df.loc[df["role"] == "unlearned", "optimizer"]))
@@ -661,7 +662,7 @@ def _cell_report(df, vdir, cell, claims, title, bands, keys, summary, log) -> No
     index = write_report(df, vdir / cell, claims=claims, title=title, bands=bands, compress_records=True)
     log(f"report: {index}")
     verdicts = pd.read_csv(vdir / cell / "tables" / "verdicts.csv")
-    summary["verdicts"] += [{**keys, **r} for r in verdicts.to_dict("records")]
+    summary["verdicts"] += [{**r, "claim_objective": r.get("objective"), **keys} for r in verdicts.to_dict("records")]
     summary["cells"].append({"name": cell, "href": f"{vdir.name}/{cell}/index.html"})
     figures = vdir / cell / "figures"
     stems = [(s, c) for s, c in CELL_FIGURES] + [(p.stem, "the loss over the plane through three models")
