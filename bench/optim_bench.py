@@ -87,7 +87,8 @@ def build(tokenizer_dir: str, model_name: str = "small", seed: int = 0, shape: t
     batch of ``shape`` (batch x sequence) tokens."""
     from transformers import AutoTokenizer
 
-    from unlearn.models import SIZES, build_model, load_model
+    from unlearn.loading import load_model
+    from unlearn.models import SIZES, build_model
 
     if model_name in SIZES:
         tok = AutoTokenizer.from_pretrained(tokenizer_dir)

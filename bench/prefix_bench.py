@@ -114,7 +114,7 @@ def main(argv=None) -> None:
     from audit.metrics.passes import model_max_length
     from unlearn.data.benchmarks import Benchmark, load_benchmark
     from unlearn.data.format import encode_qa, pad_id_of
-    from unlearn.models import load_model
+    from unlearn.loading import load_model
 
     kwargs = {"path": args.tofu} if args.tofu else {}
     full = load_benchmark(args.benchmark, **kwargs) if kwargs else load_benchmark(args.benchmark)
