@@ -137,11 +137,19 @@ class _Node:
     moments: tuple | None = None
 
 
+MIN_SHARED = 4      # a shared run shorter than this is copied into its branches (less padding, fewer levels)
+SAME_WIDTH = 0.7    # a chunk of nodes holds only nodes at least this fraction as long as its longest
+
+
 def _radix(tails: dict[int, list[int]], question: int, nodes: list[_Node]) -> None:
-    """Append the radix tree of one question's tails (example -> tail tokens) to ``nodes``."""
-    todo = [(list(tails), 0, -1, 1)]
+    """Append the radix tree of one question's tails (example -> tail tokens) to ``nodes``.
+
+    A run of fewer than :data:`MIN_SHARED` tokens shared by several branches (and ending no
+    example) is not a node of its own: each branch carries it. Running a short run once saves
+    less than the padding and the extra level it costs."""
+    todo = [(list(tails), 0, 0, -1, 1)]        # members, where they part, where their node starts, parent, level
     while todo:
-        members, start, parent, level = todo.pop()
+        members, start, begin, parent, level = todo.pop()
         groups: dict[int, list[int]] = {}
         for e in members:
             if len(tails[e]) > start:
@@ -150,15 +158,29 @@ def _radix(tails: dict[int, list[int]], question: int, nodes: list[_Node]) -> No
             end = start + 1
             while all(len(tails[e]) > end for e in group) and len({tails[e][end] for e in group}) == 1:
                 end += 1
-            node = _Node(tails[group[0]][start:end], parent, question, start, level,
-                         ends=[e for e in group if len(tails[e]) == end])
-            nodes.append(node)
+            ends = [e for e in group if len(tails[e]) == end]
+            rest = [e for e in group if len(tails[e]) > end]
+            if rest and not ends and end - begin < MIN_SHARED:
+                todo.append((rest, end, begin, parent, level))     # too short to share: the branches carry it
+                continue
+            nodes.append(_Node(tails[group[0]][begin:end], parent, question, begin, level, ends=ends))
             index = len(nodes) - 1
             if parent >= 0:
                 nodes[parent].children.append(index)
-            rest = [e for e in group if len(tails[e]) > end]
             if rest:
-                todo.append((rest, end, index, level + 1))
+                todo.append((rest, end, end, index, level + 1))
+
+
+def _chunks(todo: list[int], nodes: list[_Node], batch_size: int) -> list[list[int]]:
+    """Nodes (longest first) in chunks of at most ``batch_size``, each holding nodes at least
+    :data:`SAME_WIDTH` as long as its first, so little of a chunk is padding."""
+    out: list[list[int]] = []
+    for n in todo:
+        if out and len(out[-1]) < batch_size and len(nodes[n].tokens) >= SAME_WIDTH * len(nodes[out[-1][0]].tokens):
+            out[-1].append(n)
+        else:
+            out.append([n])
+    return out
 
 
 def _gather(sources: Sequence[tuple], picks: Sequence[tuple[int, int]], side: str, config):
@@ -289,8 +311,7 @@ def shared_prefix_scores(model, examples: Sequence[Example], pad_id: int, batch_
             if not todo:
                 break
             new_sources: list[tuple] = []
-            for start in range(0, len(todo), batch_size):
-                chunk = todo[start:start + batch_size]
+            for chunk in _chunks(todo, nodes, batch_size):
                 picks = [place[nodes[n].parent] if nodes[n].parent >= 0 else (0, nodes[n].question) for n in chunk]
                 past, past_mask = (_gather(sources, picks, padding_side, config) if sources
                                    else (None, torch.zeros(len(chunk), 0, dtype=torch.long)))
