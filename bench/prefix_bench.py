@@ -84,16 +84,22 @@ def bare_forward(model, examples, pad: int, batch_size: int) -> None:
 
 
 def cache_bytes(model, examples, batch_size: int) -> int:
-    """Bytes of the largest key/value cache one scoring step holds: the question batch's prefixes
-    plus the copy a chunk of tails reads (both float32 here), computed from the shapes."""
-    from unlearn.data.format import IGNORE
+    """Bytes of the largest key/value cache scoring can hold at once, an upper bound from the
+    shapes: a question batch's prefixes, plus two levels of the answers' radix tree (the level
+    being run and the one it continues), each at most one row per answer of the batch's questions
+    and the longest sequence wide (float32 here)."""
+    from unlearn.scoring import prefix_cut
 
     cfg = model.config
     heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     per_token = 2 * cfg.num_hidden_layers * heads * (cfg.hidden_size // cfg.num_attention_heads) * 4
-    longest_prefix = max(next((t for t, x in enumerate(e.labels) if x != IGNORE), len(e.labels)) for e in examples)
+    per_question: dict = {}
+    for e in examples:
+        key = tuple(e.input_ids[:prefix_cut(e)])
+        per_question[key] = per_question.get(key, 0) + 1
+    longest_prefix = max(len(p) for p in per_question)
     longest = max(len(e.input_ids) for e in examples)
-    return per_token * batch_size * (longest_prefix + longest)
+    return per_token * batch_size * (longest_prefix + 2 * max(per_question.values()) * longest)
 
 
 def main(argv=None) -> None:
