@@ -78,7 +78,7 @@ def test_each_shared_token_runs_once_and_batches_stay_bounded(micro_model, micro
         n = kwargs["input_ids"].shape[1]
         shapes.append(tuple(kwargs["input_ids"].shape))
         real.append(int(kwargs["attention_mask"][:, -n:].sum()))   # the new tokens, not the cache
-    hook = micro_model.register_forward_hook(seen, with_kwargs=True)
+    hook = micro_model.get_decoder().register_forward_hook(seen, with_kwargs=True)  # every pass runs the decoder
     try:
         answer_stats(micro_model, examples, pad_id_of(micro_tokenizer), batch_size=4)
     finally:
@@ -167,7 +167,7 @@ def test_evaluate_scores_equal_whole_sequence_scores(trained_micro, bench):
     small = Benchmark("micro", bench.forget[:3], bench.retain[:3], [],
                       {"world_facts": bench.utility["world_facts"][:4]})
     real = []
-    hook = model.register_forward_hook(lambda mod, args, kwargs, out: real.append(
+    hook = model.get_decoder().register_forward_hook(lambda mod, args, kwargs, out: real.append(
         int(kwargs["attention_mask"][:, -kwargs["input_ids"].shape[1]:].sum())), with_kwargs=True)
     try:
         _, table = evaluate(model, tok, small, generate=False, batch_size=8,
@@ -268,3 +268,18 @@ def test_the_radix_tree_shares_runs_of_four_tokens_or_more():
     lengths = [10, 9, 8, 7, 6, 3, 3, 3]
     fake = [type("N", (), {"tokens": [0] * n})() for n in lengths]
     assert _chunks(list(range(8)), fake, batch_size=3) == [[0, 1, 2], [3, 4], [5, 6, 7]]
+
+
+def test_models_whose_logits_are_not_the_plain_output_layer_use_their_own_forward(trained_micro, bench, monkeypatch):
+    import unlearn.scoring as scoring
+
+    model, tok, _ = trained_micro
+    assert scoring._split_head(model) is not None
+    monkeypatch.setattr(model.config, "final_logit_softcapping", 30.0, raising=False)
+    assert scoring._split_head(model) is None      # e.g. Gemma 2: logits are softcapped after the layer
+    monkeypatch.delattr(model.config, "final_logit_softcapping")
+    monkeypatch.setattr(scoring, "_split_head", lambda m: None)
+    examples = qa_examples(tok, bench.forget[:2] + bench.retain[:2])
+    pad = pad_id_of(tok)
+    for side in ("right", "left"):
+        assert_same(answer_stats(model, examples, pad, batch_size=4, padding_side=side), unshared(model, examples, pad))

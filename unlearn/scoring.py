@@ -223,6 +223,19 @@ def _transitions(node: _Node, logits: torch.Tensor, nodes: list[_Node], moments:
         node.moments = (mu.cpu(), ((p * logp.square()).sum(-1) - mu.square()).cpu())
 
 
+def _flush(pending: list, split, nodes: list[_Node], wants: list[bool]) -> None:
+    """Run the output layer on the pending nodes' hidden states in one block, then fill their
+    transitions (:func:`_transitions`); empties ``pending``."""
+    if not pending:
+        return
+    logits = split[1](torch.cat([h for _, h in pending]))
+    at = 0
+    for n, h in pending:
+        _transitions(nodes[n], logits[at:at + len(h)], nodes, wants[n])
+        at += len(h)
+    pending.clear()
+
+
 @dataclass
 class TailScores:
     """Per example: log p of each tail token after the first (float32 [T-1]), whether it was the
@@ -259,6 +272,23 @@ def _path_scores(nodes: list[_Node], leaf: int, moments: bool) -> TailScores:
     return TailScores(cat(logp), cat(hit).bool(), cat(mu) if moments else None, cat(var) if moments else None)
 
 
+HEAD_BLOCK = 512    # answer positions per output-layer call (a large matrix product is efficient; memory N x V)
+LOGIT_CHANGES = ("final_logit_softcapping", "logit_scale", "logits_scaling")  # config fields that alter logits
+
+
+def _split_head(model):
+    """``(decoder, output layer)`` when the model's logits are just the output layer applied to the
+    decoder's last hidden states (then the output layer can run on the real answer positions only,
+    in large blocks), else None (the model's own forward is used)."""
+    config = getattr(model, "config", None)
+    if any(getattr(config, name, None) not in (None, 1, 1.0) for name in LOGIT_CHANGES):
+        return None
+    get_decoder, get_head = getattr(model, "get_decoder", None), getattr(model, "get_output_embeddings", None)
+    decoder = get_decoder() if callable(get_decoder) else None
+    head = get_head() if callable(get_head) else None
+    return (decoder, head) if isinstance(decoder, torch.nn.Module) and isinstance(head, torch.nn.Module) else None
+
+
 @torch.no_grad()
 def shared_prefix_scores(model, examples: Sequence[Example], pad_id: int, batch_size: int = 64,
                          padding_side: str = "right", moments: Sequence[bool] | None = None):
@@ -277,12 +307,15 @@ def shared_prefix_scores(model, examples: Sequence[Example], pad_id: int, batch_
        continuing the parent's length, so padding anywhere changes nothing.
 
     Each node's logits give log p of its next tokens (inside the node, and each child's first
-    token); an example's scores are those along its path. ``moments[i]`` asks for example i's
+    token); an example's scores are those along its path. Where the logits are the output layer on
+    the last hidden states (:func:`_split_head`), the output layer runs only on real answer
+    positions, :data:`HEAD_BLOCK` at a time, not on padding or prompt positions. ``moments[i]`` asks for example i's
     Min-K%++ moments. Memory: one question batch's prefix cache plus two levels of node caches."""
     require(padding_side in PADDING_SIDES,
             f"padding_side must be one of {', '.join(PADDING_SIDES)}, got {padding_side!r}")
     device = next(model.parameters()).device
     config = getattr(model, "config", None)
+    split = _split_head(model)
     moments = [False] * len(examples) if moments is None else list(moments)
     cuts = [prefix_cut(e) for e in examples]
     prefixes = [tuple(e.input_ids[:c]) for e, c in zip(examples, cuts)]
@@ -296,14 +329,16 @@ def shared_prefix_scores(model, examples: Sequence[Example], pad_id: int, batch_
         if lengths.max() > 0:
             ids, prefix_mask = _pad(batch, pad_id, padding_side)
             positions = (prefix_mask.cumsum(-1) - 1).clamp_min(0)
-            cache = model(input_ids=ids.to(device), attention_mask=prefix_mask.to(device),
-                          position_ids=positions.to(device), use_cache=True, logits_to_keep=1).cache
+            inputs = dict(input_ids=ids.to(device), attention_mask=prefix_mask.to(device),
+                          position_ids=positions.to(device), use_cache=True)
+            cache = split[0](**inputs).cache if split else model(**inputs, logits_to_keep=1).cache
             sources = [(cache, prefix_mask)]
         nodes: list[_Node] = []
         for q, p in enumerate(batch):
             _radix({i: examples[i].input_ids[cuts[i]:] for i in members[p]}, q, nodes)
         wants = [any(moments[e] for e in _leaves(nodes, n)) for n in range(len(nodes))]
         place: dict[int, tuple[int, int]] = {}          # node -> (source, row) of its cached path
+        pending: list[tuple[int, torch.Tensor]] = []    # (node, hidden states) awaiting the output layer
         level = 1
         while True:
             todo = sorted((n for n, node in enumerate(nodes) if node.level == level),
@@ -319,15 +354,22 @@ def shared_prefix_scores(model, examples: Sequence[Example], pad_id: int, batch_
                 done = past_mask.sum(-1, keepdim=True)
                 positions = done + (seg_mask.cumsum(-1) - 1).clamp_min(0)
                 mask = torch.cat([past_mask, seg_mask], dim=1)
-                out = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                            position_ids=positions.to(device), cache=past, use_cache=True)
+                inputs = dict(input_ids=ids.to(device), attention_mask=mask.to(device),
+                              position_ids=positions.to(device), cache=past, use_cache=True)
+                out = split[0](**inputs) if split else model(**inputs)
                 for row, n in enumerate(chunk):
                     real = seg_mask[row].nonzero().flatten().to(device)
-                    _transitions(nodes[n], out.logits[row, real], nodes, wants[n])
+                    if split:   # hidden states now, the output layer later in large blocks
+                        pending.append((n, out.last_hidden_state[row, real]))
+                    else:
+                        _transitions(nodes[n], out.logits[row, real], nodes, wants[n])
                     place[n] = (len(new_sources), row)
                 new_sources.append((out.cache, mask))
+                if sum(len(h) for _, h in pending) >= HEAD_BLOCK:
+                    _flush(pending, split, nodes, wants)
             sources = new_sources
             level += 1
+        _flush(pending, split, nodes, wants)
         for n, node in enumerate(nodes):
             for e in node.ends:
                 yield e, cuts[e], _path_scores(nodes, n, moments[e])
