@@ -56,7 +56,7 @@ from audit.metrics import METRICS
 from audit.runner import AuditConfig, audit_plane
 from basin.calibrate import CalibrationConfig, calibrate, load_calibration
 from basin.sweep import ENGINES, Job
-from unlearn.cache import write_json_atomic, write_text_atomic
+from unlearn.cache import check_writable, write_json_atomic, write_text_atomic
 from unlearn.build import BuildConfig, build, finetune_fit, model_dir, retain_split
 from unlearn.data.world import WorldConfig
 from unlearn.errors import BasinError, require
@@ -535,6 +535,8 @@ def run_map(regime: MapRegime, folder: Path, cache_dir=None, progress: bool = Tr
 def check_study(config: StudyConfig, regimes=None, cache_dir=None) -> list[str]:
     """The regimes to run (all by default), every calibration and job planned and checked."""
     names = list(config.regimes) if not regimes else [lookup(config.regimes, r, "regime") and r for r in regimes]
+    check_writable(Path(config.work), "study work folder", "pass a writable --work (or work: in the file)")
+    check_writable(Path(config.out), "study report folder", "pass a writable --out (or out: in the file)")
     out = Path(config.work)
     for name in names:
         regime = config.regimes[name]
@@ -550,6 +552,10 @@ def run_study(config: StudyConfig, regimes=None, objectives=None, cache_dir=None
     """Run the named regimes (default: all) in order; ``objectives`` limits a tiers regime to some
     of its objectives (two processes can then share the work). Returns what each regime did."""
     names = check_study(config, regimes, cache_dir)
+    for name in names:  # a misspelt objective is refused before anything runs
+        if objectives and isinstance(config.regimes[name], TiersRegime):
+            for o in objectives:
+                lookup(config.regimes[name].objectives, o, f"objective of regime {name!r}")
     done = {}
     for name in names:
         regime = config.regimes[name]

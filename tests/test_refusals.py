@@ -35,6 +35,27 @@ def spec(**fields) -> dict:
     return {**base, **fields}
 
 
+STUDY = """
+name: refusals
+version: 1
+question: q
+out: {tmp}/report
+work: {tmp}/work
+min_seeds: 2
+claims: [hybrid-vs-adam-relearn]
+regimes:
+  mini:
+    model: {size: micro}
+    seeds: [0, 1]
+    objectives: {npo: {}}
+    unlearn: {steps: 2}
+    arms:
+      adam: {optimizer: adam, start: 1.0e-3}
+      hybrid: {optimizer: hybrid, optimizer_args: {n_fo: 1, n_zo: 1}, start: 1.0e-3}
+    calibration: {targets: [gold], seeds: [1000], max_probes: 1}
+    audit: {attacks: {quantize: {methods: [rtn], bits: [4]}}}
+"""
+
 # (id, argv, files to write first: name -> text or a sweep spec dict)
 CASES = [
     # basin world build
@@ -145,6 +166,16 @@ CASES = [
      {"s.yaml": spec(audit={"attacks": ["quantize"], "attack_args": {"relearn": {"lr": 1}}})}),
     ("sweep-missing-model", ["sweep", "{tmp}/s.yaml"], {"s.yaml": spec(unlearn={"model": "{tmp}/nowhere"})}),
     ("sweep-out-is-a-file", ["sweep", "{tmp}/s.yaml", "--out", "{file}"], {"s.yaml": spec()}),
+    # basin study
+    ("study-missing-file", ["study", "{tmp}/none.yaml"], {}),
+    ("study-file-not-a-mapping", ["study", "{tmp}/s.yaml"], {"s.yaml": "- adam\n"}),
+    ("study-misspelt-regime", ["study", "{tmp}/s.yaml", "--regime", "minii"], {"s.yaml": STUDY}),
+    ("study-misspelt-objective", ["study", "{tmp}/s.yaml", "--objective", "npoo"], {"s.yaml": STUDY}),
+    ("study-too-few-seeds", ["study", "{tmp}/s.yaml"], {"s.yaml": STUDY.replace("seeds: [0, 1]", "seeds: [0]")}),
+    ("study-misspelt-arm-optimizer", ["study", "{tmp}/s.yaml"], {"s.yaml": STUDY.replace("optimizer: adam,", "optimizer: adma,")}),
+    ("study-misspelt-claim", ["study", "{tmp}/s.yaml"], {"s.yaml": STUDY.replace("hybrid-vs-adam-relearn", "hybrid-vs-adam-relern")}),
+    ("study-work-is-a-file", ["study", "{tmp}/s.yaml", "--work", "{file}"], {"s.yaml": STUDY}),
+    ("study-out-is-a-file", ["study", "{tmp}/s.yaml", "--out", "{file}"], {"s.yaml": STUDY}),
     # basin demo
     ("demo-zero-seeds", ["demo", "--seeds", "0", "--out", "{tmp}/demo"], {}),
     ("demo-float16", ["demo", "--dtype", "float16", "--out", "{tmp}/demo"], {}),
@@ -220,7 +251,7 @@ def test_refused_before_anything_is_written(argv, files, scene, tmp_path, capsys
 
 def test_catalogue_covers_every_command():
     commands = {c[1][0] for c in CASES}
-    assert commands == {"world", "unlearn", "audit", "report", "sweep", "demo"} and len(CASES) >= 40
+    assert commands == {"world", "unlearn", "audit", "report", "sweep", "demo", "study"} and len(CASES) >= 40
 
 
 def test_the_python_api_refuses_the_same_way(scene, tmp_path):

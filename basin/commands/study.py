@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from basin.study import StudyConfig, run_study, write_study
+from basin.study import StudyConfig, check_study, run_study, write_study
 
 
 def register(sub) -> None:
@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     if args.engine:
         for regime in config.regimes.values():
             regime.engine = args.engine
+    check_study(config, regimes=args.regime)   # everything is refused before anything runs or is written
     if not args.report_only:
         run_study(config, regimes=args.regime, objectives=args.objective, progress=not args.quiet)
     if not args.no_report:
