@@ -1,7 +1,8 @@
 """The study's tables, figures and landing page, from records (``basin study`` runs the models).
 
 - :func:`load_arms`: one frame from groups of sources, each unlearned row labelled with its study
-  arm (``hybrid-1:3`` and ``hybrid`` are both the ``hybrid`` optimizer, but different arms);
+  arm (``hybrid-1:3`` and ``hybrid`` are both the ``hybrid`` optimizer, but different arms), whose
+  recipe is the arm's lr, steps and name (its seeds may unlearn different fitted models);
   reference rows (original, gold) are kept from every source, so a cell whose first jobs scored
   the references elsewhere still has its ceiling and floor.
 - :func:`regime_map` and :func:`plot_regime_map`: the quantization regime map, one cell per
@@ -18,6 +19,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -53,6 +55,10 @@ def load_arms(groups: Iterable[tuple[Sequence, dict]], shared: Sequence = ()) ->
             learn_tiers([(columns["arm"], optimizer_tier(str(df.loc[unl, "optimizer"].iloc[0])))] if unl.any() else [])
             df.loc[unl, "optimizer"] = columns["arm"]
             df.loc[unl, "label"] = columns["arm"]
+            # the arm is the comparison unit: its seeds unlearn different fitted models (a different
+            # model path, so a different config hash) at one calibrated lr, steps and options
+            df.loc[unl, "recipe"] = df.loc[unl, "recipe"].map(
+                lambda r: re.sub(r"cfg=\S+", f"arm={columns['arm']}", r) if isinstance(r, str) and r else r)
         frames.append(df)
     shared = [s for s in shared if (Path(s) / "records.jsonl").exists()]
     if shared:

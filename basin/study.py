@@ -222,10 +222,13 @@ class StudyConfig:
                         f"seeds; a study needs at least {self.min_seeds}")
 
     def regime_claims(self, name: str) -> list[Claim]:
-        """The claims tested in regime ``name``."""
+        """The claims tested in regime ``name``: its own list, else the study's ``claims`` and
+        ``study_claims`` (not the paper claims only another regime names)."""
         table = self.claim_table()
         wanted = self.regimes[name].claims
-        return table if wanted is None else [c for c in table if c.name in wanted]
+        if wanted is None:
+            wanted = set(self.claims) | {c["name"] for c in self.study_claims}
+        return [c for c in table if c.name in wanted]
 
     @classmethod
     def from_yaml(cls, path) -> "StudyConfig":

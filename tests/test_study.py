@@ -218,3 +218,36 @@ def test_a_study_runs_resumes_and_reports(tmp_path):
     assert "hybrid-vs-randsign-relearn" in page and "v1/mini-npo-halfway/index.html" in page
     assert (tmp_path / "report" / "v1" / "study.yaml").read_text() == SMOKE
     assert (tmp_path / "report" / "v1" / "mini-npo-halfway" / "tables" / "records.csv.gz").exists()
+
+
+def test_an_arm_is_one_comparison_unit_across_its_seeds_models(tmp_path):
+    """Seeds of one arm unlearn different fitted models (different config hashes); the study's
+    frame gives them one recipe per arm, so the verdicts pool them, and keeps arms apart."""
+    from analysis.study import load_arms
+
+    def run(name, seed, model, optimizer="hybrid", args=None):
+        folder = tmp_path / name
+        folder.mkdir()
+        config = {"optimizer": optimizer, "optimizer_args": args or {}, "lr": 1e-3, "steps": 60, "seed": seed,
+                  "model": model, "objective": "npo"}
+        (folder / "config.json").write_text(json.dumps(config))
+        rows = [{"model": name, "attack": "none", "setting": "clean", "metric": "prob", "split": "forget",
+                 "value": 0.1 * seed, "seed": seed, "role": "unlearned", "optimizer": optimizer, "objective": "npo"}]
+        (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return str(folder)
+
+    groups = [([run("h0", 0, "m0"), run("h1", 1, "m1")], {"arm": "hybrid"}),
+              ([run("r0", 0, "m0", args={"n_fo": 5}), run("r1", 1, "m1", args={"n_fo": 5})], {"arm": "hybrid-1:3"})]
+    df = load_arms(groups)
+    recipes = df.groupby("optimizer")["recipe"].unique()
+    assert list(recipes["hybrid"]) == ["lr=0.001 steps=60 arm=hybrid"]
+    assert list(recipes["hybrid-1:3"]) == ["lr=0.001 steps=60 arm=hybrid-1:3"]
+
+
+def test_regime_claims_default_to_the_study_lists():
+    config = StudyConfig.from_yaml(ROOT / "studies" / "optimizer_tiers.yaml")
+    mini = {c.name for c in config.regime_claims("miniature")}
+    assert "adam-higher-lr-quantize" not in mini          # only the map names it
+    assert {"hybrid-vs-adam-relearn", "hybrid-vs-randsign-relearn"} <= mini
+    assert {c.name for c in config.regime_claims("regime-map-small")} == {"adam-undone-by-quantize",
+                                                                          "adam-higher-lr-quantize"}
