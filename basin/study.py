@@ -49,6 +49,7 @@ import pandas as pd
 import yaml
 
 from analysis.report import write_report
+from analysis.tables import TRAJECTORY
 from analysis.study import load_arms, plot_regime_map, read_summaries, regime_map, write_index
 from analysis.verdicts import PAPER_CLAIMS, Bands, Claim, claims_for
 from audit.attacks import ATTACKS
@@ -623,8 +624,8 @@ def _report_tiers(config, name, regime, folder, vdir, bands, summary, log) -> No
                                            "forget at calibration": s.get("forget"),
                                            "matched": "control (copies its arm)" if s.get("control")
                                            else "yes" if s.get("matched") else "NO: closest probe"})
-        if df.empty or not (df["role"] == "unlearned").any():
-            continue
+        if df.empty or not ((df["role"] == "unlearned") & ~df["attack"].isin(TRAJECTORY)).any():
+            continue   # no finished run yet (perhaps calibration probes): nothing to judge
         arms = sorted(set(df.loc[df["role"] == "unlearned", "optimizer"]))
         claims = claims_for(arms, config.regime_claims(name))
         title = f"{config.name} v{config.version}: {name}, {objective}, target {target} ({done} of {planned} runs)"
