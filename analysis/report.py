@@ -281,7 +281,8 @@ def build_report(df: pd.DataFrame, folder: Path, *, claims: Iterable[Claim] | No
                                                       unl.groupby('label')['seed'].nunique().items()) or "n/a"),
                 "references: " + (", ".join(r for r in ("original", "retain") if (df["role"] == r).any())
                                   or "none (recovery needs the original and retain-only models)")]
-    link = _write_csv(df, folder / "tables", "records.csv.gz" if compress_records else "records.csv", files)
+    big = ".csv.gz" if compress_records else ".csv"   # the long tables, gzipped on request
+    link = _write_csv(df, folder / "tables", "records" + big, files)
     overview.append(f'<a href="{link}">the records this report was built from (CSV)</a>')
 
     # verdicts
@@ -315,8 +316,8 @@ def build_report(df: pd.DataFrame, folder: Path, *, claims: Iterable[Claim] | No
     # recovery
     rec = recovery_table(df, splits=None)
     rec = rec[rec["metric"].isin(FORGET_METRICS) & rec["split"].str.startswith("forget")] if not rec.empty else rec
-    link = _write_csv(rec, folder / "tables", "recovery.csv", files)
-    link_seed = _write_csv(recovery_per_seed(df), folder / "tables", "recovery_per_seed.csv", files)
+    link = _write_csv(rec, folder / "tables", "recovery" + big, files)
+    link_seed = _write_csv(recovery_per_seed(df), folder / "tables", "recovery_per_seed" + big, files)
     body = ["<p><b>recovery</b> = (attacked − clean) / (attacked original − clean), per seed, then mean "
             "[95% CI]: 0 = nothing came back, 1 = as much as the original keeps under the same attack. "
             "<b>vs gold</b> = (attacked − attacked retain-only) / (attacked original − attacked "
@@ -348,7 +349,7 @@ def build_report(df: pd.DataFrame, folder: Path, *, claims: Iterable[Claim] | No
 
     # summary tables
     summ = summarize(df)
-    link = _write_csv(summ, folder / "tables", "summary.csv", files)
+    link = _write_csv(summ, folder / "tables", "summary" + big, files)
     blocks = [f'<p>Mean ± 95% CI half-width over seeds per model, attack and setting. '
               f'<a href="{link}">All numbers with n, sd and CI bounds (CSV)</a></p>']
     single = model_rows(df)
@@ -418,7 +419,8 @@ def write_report(data, out_dir: str | os.PathLike, *, claims: Iterable[Claim] | 
     :func:`analysis.load.load_records`) into ``out_dir`` atomically; returns ``out_dir/index.html``.
 
     ``claims`` defaults to :data:`analysis.verdicts.PAPER_CLAIMS`, judged under the conditions
-    ``bands``; ``compress_records`` writes the records table gzipped (``tables/records.csv.gz``). The report is written into a
+    ``bands``; ``compress_records`` writes the long tables (records, recovery, per-seed recovery,
+    summary) gzipped (``tables/records.csv.gz``, ...). The report is written into a
     temporary sibling folder, then renamed over ``out_dir`` (an older report there is moved aside
     and deleted only after the new one is in place).
     """

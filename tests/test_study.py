@@ -217,7 +217,8 @@ def test_a_study_runs_resumes_and_reports(tmp_path):
     page = index.read_text()
     assert "hybrid-vs-randsign-relearn" in page and "v1/mini-npo-halfway/index.html" in page
     assert (tmp_path / "report" / "v1" / "study.yaml").read_text() == SMOKE
-    assert (tmp_path / "report" / "v1" / "mini-npo-halfway" / "tables" / "records.csv.gz").exists()
+    tables = tmp_path / "report" / "v1" / "mini-npo-halfway" / "tables"
+    assert all((tables / f"{t}.csv.gz").exists() for t in ("records", "recovery", "recovery_per_seed", "summary"))
 
 
 def test_an_arm_is_one_comparison_unit_across_its_seeds_models(tmp_path):
