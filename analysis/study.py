@@ -245,6 +245,9 @@ def write_index(out: Path, versions: list[dict]) -> Path:
         for fig in v.get("figures", []):
             parts.append(f'<figure><a href="{_e(fig["href"])}"><img src="{_e(fig["png"])}" alt="{_e(fig["caption"])}">'
                          f'</a><figcaption>{_e(fig["caption"])} (<a href="{_e(fig["svg"])}">SVG</a>)</figcaption></figure>')
+        if v.get("compute"):
+            parts.append("<h3>Compute</h3><p>Minutes of wall time each stage's manifests recorded (one "
+                         "process each; two ran side by side on 2 CPU cores).</p>" + table_html(pd.DataFrame(v["compute"])))
         if v.get("regime_map"):
             parts.append("<h3>Quantization regime map</h3>" + table_html(pd.DataFrame(v["regime_map"])))
         links = " · ".join(f'<a href="{_e(c["href"])}">{_e(c["name"])}</a>' for c in v.get("cells", []))

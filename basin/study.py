@@ -586,7 +586,7 @@ def write_study(config: StudyConfig, source=None, log=print) -> Path:
     if source is not None:
         write_text_atomic(vdir / "study.yaml", Path(source).read_text())
     summary = {"name": config.name, "version": config.version, "question": config.question, "verdicts": [],
-               "calibration": [], "figures": [], "cells": [], "regime_map": [], "progress": {}}
+               "calibration": [], "figures": [], "cells": [], "regime_map": [], "progress": {}, "compute": []}
     bands = Bands(**config.bands)
     for name, regime in config.regimes.items():
         folder = Path(config.work) / name
@@ -618,6 +618,9 @@ def _report_tiers(config, name, regime, folder, vdir, bands, summary, log) -> No
         df = load_arms(groups, shared)
         done = sum((p / "manifest.json").exists() for p in (folder / "audits" / cell).glob("*-s*"))
         summary["progress"][f"{name} / {cell}"] = f"{done} of {planned} runs audited"
+        summary["compute"].append({"regime": name, "cell": cell, **{
+            stage: round(_wall_seconds([folder / stage / cell] if stage == "plane" else (folder / stage / cell).glob("*"))
+                         / 60, 1) for stage in ("calibration", "runs", "audits", "paths", "plane")}})
         for label, s in settings.get(f"{objective}/{target}", {}).items():
             summary["calibration"].append({"regime": name, "objective": objective, "target": target, "arm": label,
                                            "lr": s.get("lr"), "steps": s.get("steps"),
@@ -631,6 +634,16 @@ def _report_tiers(config, name, regime, folder, vdir, bands, summary, log) -> No
         title = f"{config.name} v{config.version}: {name}, {objective}, target {target} ({done} of {planned} runs)"
         _cell_report(df, vdir, f"{name}-{cell}", claims, title, bands,
                      {"regime": name, "objective": objective, "target": target}, summary, log)
+
+
+def _wall_seconds(folders) -> float:
+    """The wall time the manifests of ``folders`` recorded (runs, audits, calibrations)."""
+    total = 0.0
+    for folder in folders:
+        path = Path(folder) / "manifest.json"
+        if path.exists():
+            total += float(json.loads(path.read_text()).get("wall_seconds") or 0)
+    return total
 
 
 def _report_map(config, name, regime, folder, vdir, bands, summary, log) -> None:
