@@ -220,12 +220,54 @@ figcaption { font-size: 0.9em; color: #444; }
 """
 
 
+def verdict_matrix(versions: list[dict]) -> str:
+    """HTML: the answer first, one row per claim and one column per judged cell (version, regime,
+    objective, target): the verdict and A - B (or the failed condition, shortened)."""
+    rows = [{**r, "where": f"v{v['version']}: {r['regime']} / {r['objective']} / {r['target']}"}
+            for v in versions for r in v.get("verdicts", [])]
+    if not rows:
+        return "<p>No claim has been tested yet.</p>"
+    cells = list(dict.fromkeys(r["where"] for r in rows))
+    claims = list(dict.fromkeys(r["claim"] for r in rows))
+    table = {(r["claim"], r["where"]): r for r in rows}
+    head = "".join(f"<th>{_e(c)}</th>" for c in cells)
+    body = []
+    for claim in claims:
+        tds = []
+        for c in cells:
+            r = table.get((claim, c))
+            if r is None:
+                tds.append("<td></td>")
+                continue
+            css = "v-" + str(r["verdict"]).replace(" ", "-")
+            detail = (f"{_num(r['diff'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]" if _finite(r["diff"])
+                      and _finite(r.get("ci_low")) and r["ci_low"] != r["ci_high"] else _short_reason(str(r["reason"])))
+            tds.append(f'<td title="{_e(r["reason"])}"><span class="verdict {css}">{_e(r["verdict"])}</span>'
+                       f"<br><small>{_e(detail)}</small></td>")
+        text = next(r["text"] for r in rows if r["claim"] == claim)
+        body.append(f'<tr><td title="{_e(text)}">{_e(claim)}</td>{"".join(tds)}</tr>')
+    return ("<h2>The answer so far</h2><p>Every claim in every cell judged so far: the verdict and A − B "
+            "[95% CI] (the quantity, test and n are in the tables below; hover for the full reason). "
+            "Inconclusive without an interval means a condition of a sound comparison failed.</p>"
+            f'<div class="scroll"><table class="data"><tr><th>claim</th>{head}</tr>{"".join(body)}</table></div>')
+
+
+def _short_reason(reason: str) -> str:
+    """The failed condition of an inconclusive verdict, in a few words."""
+    for key, short in (("forgotten to within", "forgetting differs"), ("from the gold model", "far from the gold model"),
+                       ("retain utility", "retain utility differs"), ("zero width", "no spread (every seed alike)"),
+                       ("no records", "not run"), ("no usable records", "no records"), ("ceiling", "no ceiling")):
+        if key in reason:
+            return short
+    return reason[:60]
+
+
 def write_index(out: Path, versions: list[dict]) -> Path:
     """``out/index.html`` over every study version written under ``out`` (each ``version`` dict:
     its ``summary.json`` plus ``folder``): per version, the question, the verdict table, the
     calibration table, the figures and links; newest version first."""
-    parts = []
-    for v in sorted(versions, key=lambda v: -int(v["version"])):
+    parts = [verdict_matrix(versions)]
+    for v in sorted(versions, key=lambda v: int(v["version"])):
         folder = v["folder"]
         rows = pd.DataFrame(v["verdicts"]) if v["verdicts"] else pd.DataFrame(columns=VERDICT_COLUMNS + ("text",))
         counts = rows["verdict"].value_counts().to_dict() if len(rows) else {}
@@ -245,7 +287,7 @@ def write_index(out: Path, versions: list[dict]) -> Path:
         for fig in v.get("figures", []):
             parts.append(f'<figure><a href="{_e(fig["href"])}"><img src="{_e(fig["png"])}" alt="{_e(fig["caption"])}">'
                          f'</a><figcaption>{_e(fig["caption"])} (<a href="{_e(fig["svg"])}">SVG</a>)</figcaption></figure>')
-        if v.get("compute"):
+        if any(any(isinstance(x, float) and x > 0 for x in c.values()) for c in v.get("compute", [])):
             parts.append("<h3>Compute</h3><p>Minutes of wall time each stage's manifests recorded (one "
                          "process each; two ran side by side on 2 CPU cores).</p>" + table_html(pd.DataFrame(v["compute"])))
         if v.get("regime_map"):
