@@ -52,13 +52,15 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", str(text)).strip("-").lower() or "x"
 
 
-def plan_figures(df: pd.DataFrame) -> list[tuple[str, str, Callable[[], object]]]:
-    """(file stem, caption, function returning a Figure) for every figure the records support."""
+def plan_figures(df: pd.DataFrame, max_metrics: int = MAX_METRICS_PER_ATTACK
+                 ) -> list[tuple[str, str, Callable[[], object]]]:
+    """(file stem, caption, function returning a Figure) for every figure the records support
+    (robustness curves for at most ``max_metrics`` forget metrics per attack)."""
     out = []
     forget_rows = df[df["split"].isin(plots.FORGET_SPLITS)]
     for attack in ROBUSTNESS_ATTACKS:
         present = set(forget_rows.loc[forget_rows["attack"] == attack, "metric"])
-        metrics = [m for m in FORGET_METRICS if m in present][:MAX_METRICS_PER_ATTACK]
+        metrics = [m for m in FORGET_METRICS if m in present][:max_metrics]
         for metric in metrics:
             out.append((f"robustness-{_slug(attack)}-{_slug(metric)}",
                         f"{plots.METRIC_LABELS.get(metric, metric)} under "
@@ -256,7 +258,8 @@ def _card_selections(df: pd.DataFrame) -> list[dict]:
 
 def build_report(df: pd.DataFrame, folder: Path, *, claims: Iterable[Claim] | None = None,
                  title: str = "basin report", formats: Sequence[str] = ("png", "svg"), dpi: int = 110,
-                 sources: Sequence[str] = (), bands: Bands = Bands(), compress_records: bool = False) -> dict:
+                 sources: Sequence[str] = (), bands: Bands = Bands(), compress_records: bool = False,
+                 max_metrics: int = MAX_METRICS_PER_ATTACK) -> dict:
     """Write the report's files into ``folder`` (which must exist); returns its metadata.
     :func:`write_report` calls this on a temporary folder and renames it into place."""
     (folder / "figures").mkdir()
@@ -302,7 +305,7 @@ def build_report(df: pd.DataFrame, folder: Path, *, claims: Iterable[Claim] | No
 
     # figures
     figs_html = []
-    for stem, caption, make in plan_figures(df):
+    for stem, caption, make in plan_figures(df, max_metrics):
         fig = make()
         names = _save_figure(fig, folder / "figures", stem, formats, dpi)
         del fig
@@ -414,7 +417,8 @@ def _check_target(out: Path) -> None:
 
 def write_report(data, out_dir: str | os.PathLike, *, claims: Iterable[Claim] | None = None,
                  title: str = "basin report", formats: Sequence[str] = ("png", "svg"),
-                 dpi: int = 110, bands: Bands = Bands(), compress_records: bool = False) -> Path:
+                 dpi: int = 110, bands: Bands = Bands(), compress_records: bool = False,
+                 max_metrics: int = MAX_METRICS_PER_ATTACK) -> Path:
     """Build the report for ``data`` (a record frame, or sources for
     :func:`analysis.load.load_records`) into ``out_dir`` atomically; returns ``out_dir/index.html``.
 
@@ -438,7 +442,7 @@ def write_report(data, out_dir: str | os.PathLike, *, claims: Iterable[Claim] | 
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
     try:
         build_report(df, tmp, claims=claims, title=title, formats=formats, dpi=dpi, sources=sources, bands=bands,
-                     compress_records=compress_records)
+                     compress_records=compress_records, max_metrics=max_metrics)
         os.chmod(tmp, 0o755)
         _swap_into_place(tmp, out)
     except BaseException:

@@ -127,3 +127,27 @@ def test_audit_scores_every_attacked_model_with_lm_eval(micro_tokenizer, tasks, 
     assert acc["quantize"] == pytest.approx(direct[0]["value"])
     with pytest.raises(BasinError, match="did you mean 'limit'"):
         AuditConfig(lmeval={"tasks": ["mmlu"], "limt": 10})
+
+
+def test_continuations_equal_whole_sequence_scores_and_long_inputs_are_cut_from_the_left(micro_model, micro_tokenizer):
+    """Options sharing a context (run once) score as lm-eval scores each whole input; an input
+    longer than the model keeps its last max_length + 1 tokens and feeds all but the last."""
+    import torch
+
+    tok, model = micro_tokenizer, micro_model.eval()
+    context = "Question: What is the capital of the country where the river runs? Answer:"
+    requests = [(context, " " + c) for c in ("blue", "the red one", "blue sky", "green")]
+
+    def reference(ctx, cont, limit):
+        c, x = lmeval.encode_pair(tok, ctx, cont)
+        full = (c + x)[-(limit + 1):]
+        with torch.no_grad():
+            logp = torch.log_softmax(model(torch.tensor([full[:-1]])).logits[0, -len(x):].float(), -1)
+        target = torch.tensor(x)
+        return float(logp.gather(-1, target[:, None]).sum()), bool((logp.argmax(-1) == target).all())
+
+    for limit in (512, 8):   # 8: every request is longer than the model and is cut
+        sums, greedy = lmeval.continuation_logprobs(model, tok, requests, batch_size=3, max_length=limit)
+        want = [reference(c, x, limit) for c, x in requests]
+        assert sums == pytest.approx([w[0] for w in want], abs=1e-4)
+        assert list(greedy) == [w[1] for w in want]

@@ -18,8 +18,8 @@ reproduces lm-eval's ``acc`` without it.
   :func:`audit.metrics.choice.choose`). Tokenisation follows lm-eval's HFLM: trailing spaces of
   the context move to the continuation, the pair is encoded whole with the tokenizer's default
   special tokens, and the continuation is what follows the context's own encoding; over-long
-  inputs are cut from the left. Requests whose model inputs are identical (all one-token options
-  of a question) share one forward pass, as lm-eval's context cache does.
+  inputs are cut from the left. The options of a question share its context, which runs once
+  (:func:`unlearn.scoring.answer_stats`), as lm-eval's context cache shares it.
 
 Note that this ``acc`` is unnormalised (long options are penalised for their length); basin's
 ``mc_accuracy`` metric instead normalises per token and uses basin's QA prompt.
@@ -39,8 +39,10 @@ import torch
 
 from audit.metrics import choice
 from unlearn.data.files import read_json_rows
+from unlearn.data.format import IGNORE, Example, pad_id_of
 from unlearn.errors import BasinError, require
 from unlearn.loading import load_model
+from unlearn.scoring import answer_stats
 
 LETTERS = ("A", "B", "C", "D", "E", "F", "G", "H")
 # The prompt of lm-eval's wmdp_* and mmlu tasks (doc_to_text), for up to len(LETTERS) choices.
@@ -269,47 +271,51 @@ def continuation_logprobs(model, tokenizer, requests: Sequence[tuple[str, str]],
                           max_length: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """For each ``(context, continuation)``: the sum of the continuation's token log-probabilities
     and whether greedy decoding would produce it, as lm-eval's ``loglikelihood`` computes them
-    (float64 arrays ``[n]``). Identical model inputs are run once."""
+    (float64 arrays ``[n]``). The options of one question share its context: scored through
+    :func:`unlearn.scoring.answer_stats`, the context runs once and tokens the options share run
+    once. A request longer than the model is cut from the left as lm-eval cuts it (run whole)."""
     require(isinstance(batch_size, int) and batch_size >= 1, f"batch_size must be a positive whole number, got {batch_size!r}")
     limit = max_length or _max_length(model)
-    device = next(model.parameters()).device
-    inputs: dict[tuple[int, ...], int] = {}   # distinct model input -> slot
-    plan = []                                 # per request: (slot, continuation tokens)
-    for context, cont in requests:
+    examples, long = [], []
+    for j, (context, cont) in enumerate(requests):
         ctx_ids, cont_ids = encode_pair(tokenizer, context, cont)
         require(cont_ids, f"continuation {cont!r} encodes to no tokens after context {context[-40:]!r}")
         require(len(cont_ids) <= limit, f"continuation {cont[:40]!r} is longer than the model's {limit} positions")
-        full = (ctx_ids + cont_ids)[-(limit + 1):][:-1]
-        plan.append((inputs.setdefault(tuple(full), len(inputs)), cont_ids))
-    keys = list(inputs)
-    order = sorted(range(len(keys)), key=lambda i: (-len(keys[i]), keys[i]))  # long first, as lm-eval
-    logp_rows: dict[int, torch.Tensor] = {}
+        full = list(ctx_ids) + list(cont_ids)
+        if len(full) > limit:
+            long.append(j)
+        examples.append(Example(full, [IGNORE] * len(ctx_ids) + list(cont_ids)))
+    fits = [j for j in range(len(requests)) if j not in set(long)]
+    sums = np.zeros(len(requests), dtype=np.float64)
+    greedy = np.zeros(len(requests), dtype=bool)
+    if fits:
+        stats = answer_stats(model, [examples[j] for j in fits], pad_id_of(tokenizer), batch_size)
+        sums[fits] = stats.logprob.double().numpy()
+        greedy[fits] = stats.exact.numpy() > 0.5
+    if long:
+        sums[long], greedy[long] = _cut_from_the_left(model, [examples[j] for j in long], limit)
+    return sums, greedy
+
+
+@torch.no_grad()
+def _cut_from_the_left(model, examples: Sequence[Example], limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """lm-eval's rule for an input longer than the model: the last ``limit`` + 1 tokens, of which
+    all but the last are fed; each request run alone."""
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
+    sums, greedy = np.zeros(len(examples)), np.zeros(len(examples), dtype=bool)
     try:
-        needed: dict[int, int] = {}
-        for slot, cont in plan:  # how many final positions each input must keep
-            needed[slot] = max(needed.get(slot, 0), len(cont))
-        for start in range(0, len(order), batch_size):
-            chunk = order[start:start + batch_size]
-            width = len(keys[chunk[0]])
-            ids = torch.zeros((len(chunk), width), dtype=torch.long)
-            for r, i in enumerate(chunk):
-                ids[r, :len(keys[i])] = torch.tensor(keys[i])
-            logits = model(ids.to(device)).logits
-            for r, i in enumerate(chunk):
-                n = len(keys[i])
-                tail = logits[r, n - needed[i]:n]
-                logp_rows[i] = torch.log_softmax(tail.float(), dim=-1).cpu()
+        for j, e in enumerate(examples):
+            cont = [t for t in e.labels if t != IGNORE]
+            full = e.input_ids[-(limit + 1):]
+            logits = model(torch.tensor([full[:-1]], device=device)).logits[0, -len(cont):]
+            rows = torch.log_softmax(logits.float(), dim=-1).cpu()
+            target = torch.tensor(cont)
+            sums[j] = float(rows.gather(-1, target[:, None]).sum())
+            greedy[j] = bool((rows.argmax(-1) == target).all())
     finally:
         model.train(was_training)
-    sums = np.zeros(len(plan), dtype=np.float64)
-    greedy = np.zeros(len(plan), dtype=bool)
-    for j, (slot, cont) in enumerate(plan):
-        rows = logp_rows[slot][-len(cont):]
-        target = torch.tensor(cont)
-        sums[j] = float(rows.gather(-1, target[:, None]).sum())
-        greedy[j] = bool((rows.argmax(-1) == target).all())
     return sums, greedy
 
 
