@@ -54,7 +54,7 @@ def test_token_stats_equal_answer_stats(micro_model, micro_tokenizer, bench):
 
 def test_pool_scores_each_distinct_pair_once(micro_model, micro_tokenizer):
     seen = []
-    hook = micro_model.register_forward_hook(
+    hook = micro_model.get_decoder().register_forward_hook(   # every scoring pass runs the decoder
         lambda mod, args, kwargs, out: seen.append(kwargs["input_ids"].shape[0]), with_kwargs=True)
     try:
         pool = AnswerPool(micro_tokenizer)
