@@ -126,11 +126,13 @@ nav a { margin-right: 14px; }
 """
 
 
-def _e(x) -> str:
+def esc(x) -> str:
+    """``x`` as text safe inside HTML."""
     return html.escape(str(x))
 
 
-def _num(v, digits: int = 3) -> str:
+def fmt_num(v, digits: int = 3) -> str:
+    """A number for a table: ``digits`` decimals (significant digits below 1e-3), blank when missing."""
     if v is None or (isinstance(v, float) and not np.isfinite(v)):
         return ""
     if isinstance(v, (int, np.integer)):
@@ -138,16 +140,16 @@ def _num(v, digits: int = 3) -> str:
     return f"{v:.{digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{digits}f}"
 
 
-def _html_table(df: pd.DataFrame, raw_html_cols: Sequence[str] = (), nowrap_cols: Sequence[str] = ()) -> str:
+def html_table(df: pd.DataFrame, raw_html_cols: Sequence[str] = (), nowrap_cols: Sequence[str] = ()) -> str:
     """A plain HTML table (cells escaped unless in ``raw_html_cols``; ``nowrap_cols`` never wrap)."""
     if df.empty:
         return "<p>(empty)</p>"
-    head = "".join(f"<th>{_e(c)}</th>" for c in df.columns)
+    head = "".join(f"<th>{esc(c)}</th>" for c in df.columns)
     rows = []
     for rec in df.itertuples(index=False):
         cells = []
         for col, v in zip(df.columns, rec):
-            text = v if col in raw_html_cols else _e(_num(v) if isinstance(v, (float, np.floating)) else v)
+            text = v if col in raw_html_cols else esc(fmt_num(v) if isinstance(v, (float, np.floating)) else v)
             cls = ' class="num"' if col in nowrap_cols else ""
             cells.append(f"<td{cls}>{text}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
@@ -168,15 +170,15 @@ def _pivot_html(table: pd.DataFrame) -> str:
             spans.append([attack, 1])
     two_rows = any(s for _, s in table.columns)  # a second header row only when settings exist
     span = ' rowspan="2"' if two_rows else ""
-    top = "".join(f'<th{span}>{_e(n if n != "label" else "model")}</th>' for n in names)
-    top += "".join(f'<th colspan="{n}">{_e("clean" if a == "none" else plots.ATTACK_NAMES.get(a, a))}</th>'
+    top = "".join(f'<th{span}>{esc(n if n != "label" else "model")}</th>' for n in names)
+    top += "".join(f'<th colspan="{n}">{esc("clean" if a == "none" else plots.ATTACK_NAMES.get(a, a))}</th>'
                    for a, n in spans)
-    second = ("<tr>" + "".join(f"<th>{_e(s if a != 'none' else '')}</th>" for a, s in table.columns)
+    second = ("<tr>" + "".join(f"<th>{esc(s if a != 'none' else '')}</th>" for a, s in table.columns)
               + "</tr>") if two_rows else ""
     body = []
     for idx, row in zip(index_rows, table.itertuples(index=False)):
-        cells = "".join(f'<td class="num">{_e(i)}</td>' for i in idx)
-        cells += "".join(f'<td class="num">{_e(v)}</td>' for v in row)
+        cells = "".join(f'<td class="num">{esc(i)}</td>' for i in idx)
+        cells += "".join(f'<td class="num">{esc(v)}</td>' for v in row)
         body.append(f"<tr>{cells}</tr>")
     return (f'<div class="scroll"><table class="data"><thead><tr>{top}</tr>{second}</thead>'
             f'<tbody>{"".join(body)}</tbody></table></div>')
@@ -188,7 +190,7 @@ def _verdicts_html(vt: pd.DataFrame) -> str:
     vs = [b if isinstance(b, str) and b else f"{t:g}" for b, t in zip(vt["b"], vt["than"])]
     rows = pd.DataFrame({
         "claim": vt["text"],
-        "verdict": [f'<span class="verdict v-{_slug(v)}">{_e(v)}</span>' for v in vt["verdict"]],
+        "verdict": [f'<span class="verdict v-{_slug(v)}">{esc(v)}</span>' for v in vt["verdict"]],
         "A vs B": [f"{a}{' (' + ra + ')' if ra else ''} vs {b}{' (' + rb + ')' if rb else ''}"
                    for a, ra, b, rb in zip(vt["a"], vt["recipe_a"], vs, vt["recipe_b"])],
         "compared": [f"{q} of {m} ({_text(s) or 'its only split'}) under "
@@ -196,20 +198,20 @@ def _verdicts_html(vt: pd.DataFrame) -> str:
                      for q, m, s, at, st in zip(vt["quantity"], vt["metric"], vt["split"], vt["attack"], vt["settings"])],
         "test (n)": [f"{t} ({na}" + (f"/{nb})" if isinstance(b, str) and b else ")") if t else f"({na}/{nb})"
                      for t, na, nb, b in zip(vt["test"], vt["n_a"], vt["n_b"], vt["b"])],
-        "mean A / B": [f"{_num(ma)} / {_num(mb)}" for ma, mb in zip(vt["mean_a"], vt["mean_b"])],
-        "A − B [95% CI]": [f"{_num(d)} [{_num(lo)}, {_num(hi)}]" if np.isfinite(d) else ""
+        "mean A / B": [f"{fmt_num(ma)} / {fmt_num(mb)}" for ma, mb in zip(vt["mean_a"], vt["mean_b"])],
+        "A − B [95% CI]": [f"{fmt_num(d)} [{fmt_num(lo)}, {fmt_num(hi)}]" if np.isfinite(d) else ""
                            for d, lo, hi in zip(vt["diff"], vt["ci_low"], vt["ci_high"])],
-        "p (Holm)": [f"{_num(p)} ({_num(ph)})" if np.isfinite(p) else ""
+        "p (Holm)": [f"{fmt_num(p)} ({fmt_num(ph)})" if np.isfinite(p) else ""
                      for p, ph in zip(vt["p_value"], vt["p_holm"])],
         "recovery / recovery_gold / margin, A | B": [
-            " | ".join(f"{_num(r)} / {_num(g)} / {_num(m)}" for r, g, m in ((ra, ga, ma), (rb, gb, mb)))
+            " | ".join(f"{fmt_num(r)} / {fmt_num(g)} / {fmt_num(m)}" for r, g, m in ((ra, ga, ma), (rb, gb, mb)))
             if np.isfinite(ga) or np.isfinite(gb) else ""
             for ra, rb, ga, gb, ma, mb in zip(vt["recovery_a"], vt["recovery_b"], vt["recovery_gold_a"],
                                               vt["recovery_gold_b"], vt["margin_a"], vt["margin_b"])],
         "why": vt["reason"],
         "conditions checked": vt["conditions"],
     })
-    return _html_table(rows, raw_html_cols=("verdict",), nowrap_cols=("A − B [95% CI]",))
+    return html_table(rows, raw_html_cols=("verdict",), nowrap_cols=("A − B [95% CI]",))
 
 
 def _text(v) -> str:
@@ -271,7 +273,7 @@ def build_report(df: pd.DataFrame, folder: Path, *, claims: Iterable[Claim] | No
 
     def section(anchor: str, heading: str, body: str) -> None:
         nav.append((anchor, heading))
-        parts.append(f'<h2 id="{anchor}">{_e(heading)}</h2>\n{body}')
+        parts.append(f'<h2 id="{anchor}">{esc(heading)}</h2>\n{body}')
 
     # overview
     unl = model_rows(df)
@@ -311,9 +313,9 @@ def build_report(df: pd.DataFrame, folder: Path, *, claims: Iterable[Claim] | No
         del fig
         files += [f"figures/{n}" for n in names]
         img = next((n for n in names if n.endswith(".png")), names[0])
-        others = " · ".join(f'<a href="figures/{_e(n)}">{_e(n.rsplit(".", 1)[1].upper())}</a>' for n in names)
-        figs_html.append(f'<figure><img src="figures/{_e(img)}" alt="{_e(caption)}">'
-                         f"<figcaption>{_e(caption)} {others}</figcaption></figure>")
+        others = " · ".join(f'<a href="figures/{esc(n)}">{esc(n.rsplit(".", 1)[1].upper())}</a>' for n in names)
+        figs_html.append(f'<figure><img src="figures/{esc(img)}" alt="{esc(caption)}">'
+                         f"<figcaption>{esc(caption)} {others}</figcaption></figure>")
     section("figures", "Figures", "\n".join(figs_html) or "<p>No figure: the records hold no attack curves.</p>")
 
     # recovery
@@ -331,11 +333,11 @@ def build_report(df: pd.DataFrame, folder: Path, *, claims: Iterable[Claim] | No
             for column, what in (("recovery", "recovery"), ("recovery_gold", "vs gold")):
                 table = recovery_pivot(rec, metric, split, column=column)
                 if not table.empty:
-                    body.append(f"<h3>{_e(what)}: {_e(plots.metric_label(metric, split))}</h3>"
+                    body.append(f"<h3>{esc(what)}: {esc(plots.metric_label(metric, split))}</h3>"
                                 + _pivot_html(table))
         notes = sorted({n for cell in rec["note"] for n in str(cell).split("; ") if n})
         if notes:
-            body.append("<p>Caveats:</p><ul>" + "".join(f"<li>{_e(n)}</li>" for n in notes) + "</ul>")
+            body.append("<p>Caveats:</p><ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
     else:
         body.append("<p>No attack on an unlearned model with a clean counterpart in the records.</p>")
     section("recovery", "Recovery of forgotten knowledge", "\n".join(body))
@@ -345,7 +347,7 @@ def build_report(df: pd.DataFrame, folder: Path, *, claims: Iterable[Claim] | No
     for i, sel in enumerate(_card_selections(df)):
         name = sel.pop("name")
         body = card_mod.audit_card(df, fmt="html", name=name, **sel)
-        cards.append(f"<details{' open' if i == 0 else ''}><summary>{_e(name)}</summary>{body}</details>")
+        cards.append(f"<details{' open' if i == 0 else ''}><summary>{esc(name)}</summary>{body}</details>")
     if cards:
         section("cards", "Audit cards", "<p>One card per optimizer (click a name to unfold it).</p>"
                 + "\n".join(cards))
@@ -366,7 +368,7 @@ def build_report(df: pd.DataFrame, folder: Path, *, claims: Iterable[Claim] | No
         plink = _write_csv(flat.reset_index().rename(columns={"label": "model"}), folder / "tables", name, files)
         n = table.attrs.get("n")
         seeds = f"{n} seed{'s' if n != 1 else ''} per cell" if n else "seeds per cell as shown"
-        blocks.append(f"<h3>{_e(plots.metric_label(metric, split))} <small>({_e(seeds)}; "
+        blocks.append(f"<h3>{esc(plots.metric_label(metric, split))} <small>({esc(seeds)}; "
                       f'<a href="{plink}">CSV</a>)</small></h3>' + _pivot_html(table))
     section("tables", "Tables", "\n".join(blocks))
 
@@ -398,12 +400,12 @@ def _metric_splits(df: pd.DataFrame) -> list[tuple[str, str]]:
 
 
 def _page(title: str, overview: list[str], nav: list[tuple[str, str]], parts: list[str], created: str) -> str:
-    links = "".join(f'<a href="#{a}">{_e(h)}</a>' for a, h in nav)
-    items = "".join(f"<li>{o if o.startswith('<a ') else _e(o)}</li>" for o in overview)
+    links = "".join(f'<a href="#{a}">{esc(h)}</a>' for a, h in nav)
+    items = "".join(f"<li>{o if o.startswith('<a ') else esc(o)}</li>" for o in overview)
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{_e(title)}</title>"
-            f"<style>{CSS}</style></head><body>\n<h1>{_e(title)}</h1>\n"
-            f'<p class="meta">Generated {_e(created)} from result records only.</p>\n'
+            f"<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\"><title>{esc(title)}</title>"
+            f"<style>{CSS}</style></head><body>\n<h1>{esc(title)}</h1>\n"
+            f'<p class="meta">Generated {esc(created)} from result records only.</p>\n'
             f"<ul>{items}</ul>\n<nav>{links}</nav>\n" + "\n".join(parts) + "\n</body></html>\n")
 
 

@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import re
@@ -30,6 +29,7 @@ from matplotlib.figure import Figure
 
 from analysis.load import load_records
 from analysis.names import learn_tiers, optimizer_tier
+from analysis.report import CSS, esc, fmt_num, html_table
 from analysis.tables import latest_step, model_rows, recovery_per_seed
 from unlearn.cache import write_text_atomic
 
@@ -154,18 +154,6 @@ VERDICT_COLUMNS = ("regime", "objective", "target", "claim", "verdict", "diff", 
                    "p_holm", "test", "n_a", "n_b", "mean_a", "mean_b", "reason")
 
 
-def _e(x) -> str:
-    return html.escape(str(x))
-
-
-def _num(v, digits: int = 3) -> str:
-    if v is None or (isinstance(v, float) and not math.isfinite(v)):
-        return ""
-    if isinstance(v, (int, np.integer)):
-        return str(v)
-    return f"{v:.{digits}g}" if abs(v) < 1e-3 and v != 0 else f"{v:.{digits}f}"
-
-
 def _finite(v) -> bool:
     return isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(v)
 
@@ -182,42 +170,15 @@ def verdict_summary(rows: pd.DataFrame) -> str:
            "<th>p (Holm)</th><th>test, n</th><th>why</th></tr>"]
     for _, r in rows.iterrows():
         css = "v-" + str(r["verdict"]).replace(" ", "-")
-        ci = f"{_num(r['diff'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]" if _finite(r["diff"]) else ""
+        ci = f"{fmt_num(r['diff'])} [{fmt_num(r['ci_low'])}, {fmt_num(r['ci_high'])}]" if _finite(r["diff"]) else ""
         n = f"{_int(r['n_a'])} vs {_int(r['n_b'])}" if _int(r["n_b"]) else f"{_int(r['n_a'])}"
         test = r["test"] if isinstance(r["test"], str) and r["test"] else "no test (conditions)"
-        p = f"{_num(r['p_holm'])}" + (f" ({_num(r['p_value'])} raw)" if _finite(r["p_value"]) else "")
-        out.append(f"<tr><td>{_e(r['regime'])} / {_e(r['objective'])} / {_e(r['target'])}</td>"
-                   f"<td title=\"{_e(r['text'])}\">{_e(r['claim'])}</td>"
-                   f'<td><span class="verdict {css}">{_e(r["verdict"])}</span></td><td class="num">{ci}</td>'
-                   f"<td>{p}</td><td>{_e(test)}, n = {n}</td><td>{_e(r['reason'])}</td></tr>")
+        p = f"{fmt_num(r['p_holm'])}" + (f" ({fmt_num(r['p_value'])} raw)" if _finite(r["p_value"]) else "")
+        out.append(f"<tr><td>{esc(r['regime'])} / {esc(r['objective'])} / {esc(r['target'])}</td>"
+                   f"<td title=\"{esc(r['text'])}\">{esc(r['claim'])}</td>"
+                   f'<td><span class="verdict {css}">{esc(r["verdict"])}</span></td><td class="num">{ci}</td>'
+                   f"<td>{p}</td><td>{esc(test)}, n = {n}</td><td>{esc(r['reason'])}</td></tr>")
     return "\n".join(out) + "</table>"
-
-
-def table_html(df: pd.DataFrame, digits: int = 3) -> str:
-    if df.empty:
-        return "<p>(none)</p>"
-    head = "".join(f"<th>{_e(c)}</th>" for c in df.columns)
-    body = "".join("<tr>" + "".join(f"<td>{_e(_num(v, digits) if isinstance(v, float) else v)}</td>"
-                                    for v in row) + "</tr>" for row in df.itertuples(index=False))
-    return f'<div class="scroll"><table class="data"><tr>{head}</tr>{body}</table></div>'
-
-
-CSS = """
-body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px auto;
-       max-width: 1200px; padding: 0 16px; color: #222; line-height: 1.45; }
-h2 { border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 2em; }
-table.data { border-collapse: collapse; margin: 8px 0 16px; font-size: 0.84em; }
-table.data th, table.data td { border: 1px solid #ccc; padding: 3px 6px; text-align: left; vertical-align: top; }
-table.data th { background: #f3f3f3; }
-.scroll { overflow-x: auto; max-width: 100%; }
-figure { margin: 16px 0 28px; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
-figcaption { font-size: 0.9em; color: #444; }
-.verdict { font-weight: bold; padding: 1px 6px; border-radius: 3px; white-space: nowrap; }
-.v-reproduced { background: #d8f0d8; color: #145214; }
-.v-not-reproduced { background: #f7d4d4; color: #7a1212; }
-.v-inconclusive { background: #eeeeee; color: #444; }
-.meta { color: #555; font-size: 0.9em; }
-"""
 
 
 def verdict_matrix(versions: list[dict]) -> str:
@@ -230,7 +191,7 @@ def verdict_matrix(versions: list[dict]) -> str:
     cells = list(dict.fromkeys(r["where"] for r in rows))
     claims = list(dict.fromkeys(r["claim"] for r in rows))
     table = {(r["claim"], r["where"]): r for r in rows}
-    head = "".join(f"<th>{_e(c)}</th>" for c in cells)
+    head = "".join(f"<th>{esc(c)}</th>" for c in cells)
     body = []
     for claim in claims:
         tds = []
@@ -240,12 +201,12 @@ def verdict_matrix(versions: list[dict]) -> str:
                 tds.append("<td></td>")
                 continue
             css = "v-" + str(r["verdict"]).replace(" ", "-")
-            detail = (f"{_num(r['diff'])} [{_num(r['ci_low'])}, {_num(r['ci_high'])}]" if _finite(r["diff"])
+            detail = (f"{fmt_num(r['diff'])} [{fmt_num(r['ci_low'])}, {fmt_num(r['ci_high'])}]" if _finite(r["diff"])
                       and _finite(r.get("ci_low")) and r["ci_low"] != r["ci_high"] else _short_reason(str(r["reason"])))
-            tds.append(f'<td title="{_e(r["reason"])}"><span class="verdict {css}">{_e(r["verdict"])}</span>'
-                       f"<br><small>{_e(detail)}</small></td>")
+            tds.append(f'<td title="{esc(r["reason"])}"><span class="verdict {css}">{esc(r["verdict"])}</span>'
+                       f"<br><small>{esc(detail)}</small></td>")
         text = next(r["text"] for r in rows if r["claim"] == claim)
-        body.append(f'<tr><td title="{_e(text)}">{_e(claim)}</td>{"".join(tds)}</tr>')
+        body.append(f'<tr><td title="{esc(text)}">{esc(claim)}</td>{"".join(tds)}</tr>')
     return ("<h2>The answer so far</h2><p>Every claim in every cell judged so far: the verdict and A − B "
             "[95% CI] (the quantity, test and n are in the tables below; hover for the full reason). "
             "Inconclusive without an interval means a condition of a sound comparison failed.</p>"
@@ -271,10 +232,10 @@ def write_index(out: Path, versions: list[dict]) -> Path:
         folder = v["folder"]
         rows = pd.DataFrame(v["verdicts"]) if v["verdicts"] else pd.DataFrame(columns=VERDICT_COLUMNS + ("text",))
         counts = rows["verdict"].value_counts().to_dict() if len(rows) else {}
-        parts.append(f'<h2 id="v{v["version"]}">{_e(v["name"])}, version {v["version"]} '
-                     f'<small>(<a href="{_e(folder)}/study.yaml">the study file</a>)</small></h2>')
-        parts.append(f"<p>{_e(v['question'])}</p>")
-        parts.append(f"<p class=\"meta\">{_e(v.get('status', ''))}</p>")
+        parts.append(f'<h2 id="v{v["version"]}">{esc(v["name"])}, version {v["version"]} '
+                     f'<small>(<a href="{esc(folder)}/study.yaml">the study file</a>)</small></h2>')
+        parts.append(f"<p>{esc(v['question'])}</p>")
+        parts.append(f"<p class=\"meta\">{esc(v.get('status', ''))}</p>")
         parts.append("<p>" + ", ".join(f"{k}: {n}" for k, n in sorted(counts.items())) + "</p>" if counts else "")
         parts.append("<h3>Verdicts</h3>" + verdict_summary(rows))
         if v.get("calibration"):
@@ -283,16 +244,16 @@ def write_index(out: Path, versions: list[dict]) -> Path:
             parts.append("<h3>Matched forgetting (calibration)</h3><p>Each arm's learning rate was chosen on "
                          "calibration seeds and models kept apart from the evaluation seeds, to bring the "
                          "forget metric into the target band; controls copy their arm's setting.</p>"
-                         + table_html(cal[first + [c for c in cal.columns if c not in first]]))
+                         + html_table(cal[first + [c for c in cal.columns if c not in first]]))
         for fig in v.get("figures", []):
-            parts.append(f'<figure><a href="{_e(fig["href"])}"><img src="{_e(fig["png"])}" alt="{_e(fig["caption"])}">'
-                         f'</a><figcaption>{_e(fig["caption"])} (<a href="{_e(fig["svg"])}">SVG</a>)</figcaption></figure>')
+            parts.append(f'<figure><a href="{esc(fig["href"])}"><img src="{esc(fig["png"])}" alt="{esc(fig["caption"])}">'
+                         f'</a><figcaption>{esc(fig["caption"])} (<a href="{esc(fig["svg"])}">SVG</a>)</figcaption></figure>')
         if any(any(isinstance(x, float) and x > 0 for x in c.values()) for c in v.get("compute", [])):
             parts.append("<h3>Compute</h3><p>Minutes of wall time each stage's manifests recorded (one "
-                         "process each; two ran side by side on 2 CPU cores).</p>" + table_html(pd.DataFrame(v["compute"])))
+                         "process each; two ran side by side on 2 CPU cores).</p>" + html_table(pd.DataFrame(v["compute"])))
         if v.get("regime_map"):
-            parts.append("<h3>Quantization regime map</h3>" + table_html(pd.DataFrame(v["regime_map"])))
-        links = " · ".join(f'<a href="{_e(c["href"])}">{_e(c["name"])}</a>' for c in v.get("cells", []))
+            parts.append("<h3>Quantization regime map</h3>" + html_table(pd.DataFrame(v["regime_map"])))
+        links = " · ".join(f'<a href="{esc(c["href"])}">{esc(c["name"])}</a>' for c in v.get("cells", []))
         if links:
             parts.append(f"<p>Full report of each cell (every table, figure and audit card): {links}</p>")
     page = ("<!doctype html><html><head><meta charset=\"utf-8\"><title>basin study</title>"
