@@ -13,8 +13,9 @@ P2b time: ``hybrid`` (n_fo = n_zo = steps / 2: Adam, then AdaZO) / ``adam`` over
 P3  time: one basin ``adam`` step / one hand-written step (forward, backward, torch.optim.AdamW)
     (goal <= 1.05).
 P8  (``--growth``) cost growth: time per step of adam, zo-sgd and the hybrid on micro, tiny, small
-    and SmolLM2-135M at the same batch, against parameters x tokens (goal: each within 1.2x of
-    linear).
+    and SmolLM2-135M at the same batch, and of an audit sweep (4-bit RTN + NF4 + 11 interpolation
+    points, forward-only metrics), against parameters x tokens run (goal: each within 1.2x of
+    linear); the sweep also against one clean evaluation of the same model.
 
 How memory is measured. tracemalloc does not see torch's allocations, and on CPU torch keeps no
 peak-allocation counter, so each memory number comes from a fresh subprocess that reads the
@@ -289,6 +290,80 @@ def growth(tokenizer_dir: str, rounds: int, shape=(4, 128)) -> None:
             f"{k} {(t[k] / (n * tokens)) / (ref[k] / (ref_n * tokens)):7.2f}" for k in t))
 
 
+AUDIT_SWEEP = {"attacks": ("quantize", "interpolate"),
+               "attack_args": {"quantize": {"methods": ["rtn", "nf4"], "bits": [4]}, "interpolate": {"points": 11}},
+               "metrics": ("prob", "nll", "truth_ratio", "margin"), "splits": ("forget",),
+               "score_references": False}
+
+
+def _model_and_tokenizer(tokenizer_dir: str, model_name: str, seed: int = 0):
+    from transformers import AutoTokenizer
+
+    from unlearn.loading import load_model
+    from unlearn.models import SIZES, build_model
+
+    if model_name in SIZES:
+        tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+        return build_model(model_name, tok, torch.Generator().manual_seed(seed)), tok
+    return load_model(model_name, progress=False)
+
+
+def _count_tokens(model) -> list[int]:
+    """A counter of the token positions every forward runs (padding included): a hook on the
+    input embeddings, which every forward, cached or not, goes through."""
+    count = [0]
+
+    def hook(_module, args):
+        count[0] += args[0].numel()
+    model.get_input_embeddings().register_forward_pre_hook(hook)
+    return count
+
+
+def audit_sweep_time(tokenizer_dir: str, model_name: str, rounds: int) -> tuple[int, float, float, int]:
+    """(parameters, seconds of one clean evaluation, seconds of the sweep, tokens the sweep ran):
+    an audit of a model against an original (4-bit RTN + NF4 + 11 interpolation points,
+    forward-only metrics on the default world's forget split); the best of ``rounds``."""
+    from audit.metrics.evaluation import evaluate
+    from audit.runner import AuditConfig, audit
+    from unlearn.data.benchmarks import load_benchmark
+
+    original, tok = _model_and_tokenizer(tokenizer_dir, model_name, seed=0)
+    model = copy.deepcopy(original)
+    with torch.no_grad():                             # an "unlearned" model: the original, moved
+        for p in model.parameters():
+            p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(1)), alpha=1e-3)
+    counter = _count_tokens(model)
+    bench = load_benchmark("world:forget10")
+    clean, sweep = [], []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        evaluate(model, tok, bench, metrics=AUDIT_SWEEP["metrics"], splits=AUDIT_SWEEP["splits"], generate=False)
+        clean.append(time.perf_counter() - start)
+        counter[0] = 0
+        with tempfile.TemporaryDirectory() as out:
+            start = time.perf_counter()
+            audit(model, tok, original=original, config=AuditConfig(**AUDIT_SWEEP), out=out, progress=False)
+            sweep.append(time.perf_counter() - start)
+    return sum(p.numel() for p in model.parameters()), min(clean), min(sweep), counter[0]
+
+
+def audit_growth(tokenizer_dir: str, rounds: int) -> None:
+    """P8's audit half: sweep time per model against parameters x tokens run, relative to
+    SmolLM2-135M's, and the sweep / one clean evaluation (13 models scored: about 13 when
+    nothing but the scoring grows)."""
+    rows = []
+    for model_name in GROWTH_MODELS:
+        n, clean, sweep, tokens = audit_sweep_time(tokenizer_dir, model_name, rounds)
+        rows.append((model_name, n, sweep, tokens))
+        print(f"    {model_name:<14} {n / 1e6:8.2f}M params  sweep {sweep:7.2f} s  one clean evaluation "
+              f"{clean:6.2f} s  sweep / evaluation {sweep / clean:5.1f}  tokens run {tokens}   ({load()})",
+              flush=True)
+    ref_name, ref_n, ref_t, ref_tokens = rows[-1]
+    print(f"\n    sweep time / (parameters x tokens run), relative to {ref_name} (1.00 = linear; goal <= 1.20)")
+    for model_name, n, sweep, tokens in rows:
+        print(f"    {model_name:<14} {(sweep / (n * tokens)) / (ref_t / (ref_n * ref_tokens)):7.2f}")
+
+
 # ----------------------------------------------------------------------------- report
 
 def main() -> None:
@@ -319,6 +394,9 @@ def main() -> None:
         if args.growth:
             print("P8  cost growth: median step time over", rounds, "rounds, batch 4 x 128")
             growth(tmp, rounds)
+            print("\nP8  cost growth of an audit sweep (4-bit RTN + NF4 + 11 interpolation points, forward-only "
+                  f"metrics on world:forget10's forget split), best of {min(rounds, 2)} rounds")
+            audit_growth(tmp, min(rounds, 2))
             print(f"\n{load()} at end")
             return
         template, batch = build(tmp, args.model)

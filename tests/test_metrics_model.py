@@ -227,3 +227,21 @@ def test_basin_ls_lines_show_description_and_direction():
             assert line.endswith(f"({good} is better on retain and utility sets, {bad} on the forget set)")
         elif metric.higher_is_better is not None:
             assert line.endswith("(higher is better)" if metric.higher_is_better else "(lower is better)")
+
+
+def test_encodings_are_remembered_per_tokenizer_and_redone_when_it_grows(micro_tokenizer, micro_world):
+    """An audit scores the same pairs under every setting: the second pool reuses the first's
+    encodings (the same objects), equal to encoding afresh; a token added to the tokenizer
+    changes its length, so the pair is encoded again."""
+    from audit.metrics.passes import encoded
+    from unlearn.data.format import PLAIN
+
+    tok = copy.deepcopy(micro_tokenizer)
+    row = micro_world.split(0.1)[0][0]
+    first = encoded(tok, row["question"], row["answer"], 64, PLAIN)
+    assert encoded(tok, row["question"], row["answer"], 64, PLAIN) is first
+    fresh = encode_qa(tok, row["question"], row["answer"], 64, PLAIN)
+    assert (first.input_ids, first.labels) == (fresh.input_ids, fresh.labels)
+    assert encoded(tok, row["question"], row["answer"], 8, PLAIN).input_ids == fresh.input_ids[:8]
+    tok.add_tokens([row["answer"].split()[0] + "zz"])
+    assert encoded(tok, row["question"], row["answer"], 64, PLAIN) is not first

@@ -12,6 +12,7 @@ compares. Everything leaves torch as float32 before it becomes numpy.
 
 from __future__ import annotations
 
+import weakref
 from typing import Sequence
 
 import numpy as np
@@ -22,6 +23,24 @@ from unlearn.data.format import Example, PromptFormat, encode_prompt, encode_qa,
 from unlearn.scoring import AnswerStats, answer_stats
 
 DEFAULT_MAX_LENGTH = 512
+ENCODED_MAX = 200_000   # pairs remembered per tokenizer (then forgotten at once)
+
+_encoded: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def encoded(tokenizer, question: str, answer: str, max_length: int, fmt: PromptFormat) -> Example:
+    """:func:`unlearn.data.format.encode_qa`, remembered per tokenizer object: an audit scores the
+    same pairs under every attack setting, and tokenising them again would cost each evaluation
+    a fixed share (about a tenth of a small model's). The tokenizer's length is part of the key,
+    so adding tokens to it re-encodes. Callers must not modify the returned example."""
+    cache = _encoded.setdefault(tokenizer, {})
+    key = (question, answer, max_length, fmt, len(tokenizer))
+    example = cache.get(key)
+    if example is None:
+        if len(cache) >= ENCODED_MAX:
+            cache.clear()
+        example = cache[key] = encode_qa(tokenizer, question, answer, max_length, fmt)
+    return example
 
 
 def model_max_length(model, default: int = DEFAULT_MAX_LENGTH) -> int:
@@ -77,7 +96,7 @@ class AnswerPool:
         if not pairs:
             return self
         ids = range(self.scored, self.scored + len(pairs))
-        examples = [encode_qa(self.tokenizer, q, a, self.max_length, self.fmt) for q, a in pairs]
+        examples = [encoded(self.tokenizer, q, a, self.max_length, self.fmt) for q, a in pairs]
         keep = [i in self.want_tokens for i in ids]
         stats, logps, zs = token_stats(model, examples, pad_id_of(self.tokenizer), batch_size, keep)
         for i, lp, z, k in zip(ids, logps, zs, keep):
