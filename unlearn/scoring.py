@@ -336,7 +336,7 @@ def shared_prefix_scores(model, examples: Sequence[Example], pad_id: int, batch_
         nodes: list[_Node] = []
         for q, p in enumerate(batch):
             _radix({i: examples[i].input_ids[cuts[i]:] for i in members[p]}, q, nodes)
-        wants = [any(moments[e] for e in _leaves(nodes, n)) for n in range(len(nodes))]
+        wants = _wanted(nodes, moments)
         place: dict[int, tuple[int, int]] = {}          # node -> (source, row) of its cached path
         pending: list[tuple[int, torch.Tensor]] = []    # (node, hidden states) awaiting the output layer
         level = 1
@@ -375,14 +375,14 @@ def shared_prefix_scores(model, examples: Sequence[Example], pad_id: int, batch_
                 yield e, cuts[e], _path_scores(nodes, n, moments[e])
 
 
-def _leaves(nodes: list[_Node], n: int) -> list[int]:
-    """The examples whose path runs through node ``n``."""
-    out, todo = [], [n]
-    while todo:
-        m = todo.pop()
-        out += nodes[m].ends
-        todo += nodes[m].children
-    return out
+def _wanted(nodes: list[_Node], moments: Sequence[bool]) -> list[bool]:
+    """Per node: whether an example whose path runs through it asked for token scores (one pass,
+    children first: :func:`_radix` appends a child after its parent)."""
+    wants = [any(moments[e] for e in node.ends) for node in nodes]
+    for n in range(len(nodes) - 1, -1, -1):
+        if wants[n] and nodes[n].parent >= 0:
+            wants[nodes[n].parent] = True
+    return wants
 
 
 @torch.no_grad()
