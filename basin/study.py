@@ -426,14 +426,21 @@ class TiersPlan:
                                    audit_dir=str(self.folder / "paths" / f"{objective}-{target}" / name))
 
 
+def cell_settings(plan: TiersPlan, objective: str, target: str) -> dict[str, dict]:
+    """Every arm's setting in one cell (calibrated where its calibration has run, else its start)
+    and every control's, copied from the arm it controls."""
+    settings = settings_of(plan.calibrations, plan.regime, objective, target)
+    for label in plan.regime.controls:
+        settings[label] = control_setting(plan.regime, label, settings)
+    return settings
+
+
 def plan_tiers(regime: TiersRegime, folder: Path, cache_dir=None) -> TiersPlan:
     """Every calibration and job of a tiers regime, checked (names, options) without running."""
     plan = TiersPlan(regime, folder, model_paths(regime, cache_dir), {})
     plan.calibrations = calibration_configs(regime, folder, plan.models)
     for objective, target in plan.cells():
-        settings = settings_of(plan.calibrations, regime, objective, target)
-        for label in regime.controls:
-            settings[label] = control_setting(regime, label, settings)
+        settings = cell_settings(plan, objective, target)
         for label in regime.arm_labels():
             plan.job(objective, target, label, regime.seeds[0], settings[label], references=True)
     return plan
@@ -450,13 +457,8 @@ def run_tiers(regime: TiersRegime, folder: Path, cache_dir=None, progress: bool 
         calibrate(config, progress=progress, log=log)
     engine = lookup(ENGINES, regime.engine, "sweep engine")
     run = lambda jobs: engine(jobs, progress=progress, **regime.engine_args) if jobs else []  # noqa: E731
-    cells = {}
+    cells = {cell: cell_settings(plan, *cell) for cell in plan.cells()}   # now calibrated
     referenced: set = set()
-    for objective, target in plan.cells():
-        settings = settings_of(plan.calibrations, regime, objective, target)
-        for label in regime.controls:
-            settings[label] = control_setting(regime, label, settings)
-        cells[objective, target] = settings
     # wave 1: the arms and the controls that copy a setting (references once per model pair)
     jobs = []
     for (objective, target), settings in cells.items():
