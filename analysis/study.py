@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -31,6 +32,7 @@ from analysis.load import load_records
 from analysis.names import learn_tiers, optimizer_tier
 from analysis.report import CSS, esc, fmt_num, html_table
 from analysis.tables import latest_step, model_rows, recovery_per_seed
+from analysis.verdicts import Claim
 from unlearn.cache import write_text_atomic
 
 QUANT_SETTINGS = ("rtn-4bit", "nf4")   # the map's 4-bit attacks (controls are separate settings)
@@ -115,6 +117,35 @@ def regime_map(df: pd.DataFrame, metric: str = "prob", settings: Sequence[str] =
                     "original": ref("original", "none"), "ceiling": ref("original", "quantize"),
                     "gold": ref("retain", "none"), "floor": ref("retain", "quantize")})
     return pd.DataFrame(out).sort_values(["steps", "lr"]).reset_index(drop=True) if out else pd.DataFrame()
+
+
+def grid_arm(optimizer: str, steps: int) -> str:
+    """The map's arm label for ``optimizer`` run ``steps`` steps (one row of the grid)."""
+    return f"{optimizer}@{steps}"
+
+
+def grid_claims(claims: Iterable[Claim], optimizer: str, lrs: Sequence[float], steps: Sequence[int]) -> list[Claim]:
+    """A map's claims, one per grid cell that can judge it, since runs at different settings are
+    never pooled: a claim that picks two learning rates (``a_lr`` and ``b_lr``) once per steps
+    value; any other claim about ``optimizer`` once per (lr, steps). They all go into one verdict
+    table, so Holm's correction runs over every cell's test."""
+    out = []
+    for claim in claims:
+        if optimizer not in claim.arms():
+            out.append(claim)
+            continue
+        rename = lambda who, s: grid_arm(who, s) if who == optimizer else who  # noqa: E731
+        for s in steps:
+            if claim.a_lr is not None and claim.b_lr is not None:
+                out.append(dataclasses.replace(claim, name=f"{claim.name} [{s} steps]", text=f"{claim.text} "
+                                               f"(runs of {s} steps)", a=rename(claim.a, s), b=rename(claim.b, s)))
+                continue
+            for lr in lrs:
+                out.append(dataclasses.replace(
+                    claim, name=f"{claim.name} [lr {lr:g}, {s} steps]", text=f"{claim.text} (lr {lr:g}, {s} steps)",
+                    a=rename(claim.a, s), b=rename(claim.b, s), a_lr=lr if claim.a == optimizer else claim.a_lr,
+                    b_lr=lr if claim.b == optimizer else claim.b_lr))
+    return out
 
 
 MAP_PANELS = (("forget", "clean forget answer prob."), ("code_change", "4-bit codes changed (fraction)"),

@@ -777,15 +777,18 @@ def _finish(v: Verdict, p_adjusted: float, k: int) -> Verdict:
     v.p_holm = p_adjusted
     what = _what(c, v.split, v.settings)
     interval = f"[{v.ci_low:.3g}, {v.ci_high:.3g}]"
-    vs = c.b if c.b is not None else f"{c.than:g}"
+    a, vs = c.a, c.b if c.b is not None else f"{c.than:g}"
+    if c.b == c.a:                                  # one arm at two settings: name them by lr
+        a, vs = (f"{c.a} ({m.group(0) if (m := re.match(r'lr=[^ ]+', r or '')) else r})"
+                 for r in (v.recipe_a, v.recipe_b))
     stat = (f"{v.test}, n = {v.n_a}" + (f"/{v.n_b}" if c.b is not None else "")
             + f", p = {v.p_value:.3g}" + (f", Holm-adjusted over {k} claims {p_adjusted:.3g}" if k > 1 else ""))
     tail = f" ({what}; {stat}; {v.perm_text})"
     if c.kind == "equivalence":
         if p_adjusted < c.alpha:
-            v.verdict, v.reason = REPRODUCED, f"{c.a} - {vs} is within ±{v.band:.3g}: equivalent by TOST" + tail
+            v.verdict, v.reason = REPRODUCED, f"{a} - {vs} is within ±{v.band:.3g}: equivalent by TOST" + tail
         elif v.ci_low > v.band or v.ci_high < -v.band:
-            v.verdict, v.reason = NOT_REPRODUCED, (f"the {100 * (1 - c.alpha):g}% CI of {c.a} - {vs} {interval} "
+            v.verdict, v.reason = NOT_REPRODUCED, (f"the {100 * (1 - c.alpha):g}% CI of {a} - {vs} {interval} "
                                                    f"lies outside ±{v.band:.3g}: they differ" + tail)
         else:
             v.verdict, v.reason = INCONCLUSIVE, (f"equivalence within ±{v.band:.3g} not shown (CI {interval})"
@@ -795,16 +798,16 @@ def _finish(v: Verdict, p_adjusted: float, k: int) -> Verdict:
     side = "below" if c.direction == "less" else "above"
     if p_adjusted < c.alpha:
         if claimed:
-            v.verdict, v.reason = REPRODUCED, (f"the CI of {c.a} - {vs} {interval} lies entirely {side} 0, as "
+            v.verdict, v.reason = REPRODUCED, (f"the CI of {a} - {vs} {interval} lies entirely {side} 0, as "
                                                "claimed" + tail)
         else:
-            v.verdict, v.reason = NOT_REPRODUCED, (f"the CI of {c.a} - {vs} {interval} lies entirely on the other "
+            v.verdict, v.reason = NOT_REPRODUCED, (f"the CI of {a} - {vs} {interval} lies entirely on the other "
                                                    "side of 0: the opposite holds" + tail)
     elif v.p_value < c.alpha:
-        v.verdict, v.reason = INCONCLUSIVE, (f"the CI of {c.a} - {vs} {interval} excludes 0, but not after Holm's "
+        v.verdict, v.reason = INCONCLUSIVE, (f"the CI of {a} - {vs} {interval} excludes 0, but not after Holm's "
                                              f"correction across {k} claims" + tail)
     else:
-        v.verdict, v.reason = INCONCLUSIVE, (f"the CI of {c.a} - {vs} {interval} contains 0: no difference resolved "
+        v.verdict, v.reason = INCONCLUSIVE, (f"the CI of {a} - {vs} {interval} contains 0: no difference resolved "
                                              "at these seeds" + tail)
     return v
 

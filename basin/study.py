@@ -50,7 +50,8 @@ import yaml
 
 from analysis.report import write_report
 from analysis.tables import TRAJECTORY
-from analysis.study import load_arms, plot_regime_map, read_summaries, regime_map, write_index
+from analysis.study import (grid_arm, grid_claims, load_arms, plot_regime_map, read_summaries, regime_map,
+                            write_index)
 from analysis.verdicts import PAPER_CLAIMS, Bands, Claim, claims_for
 from audit.attacks import ATTACKS
 from audit.metrics import METRICS
@@ -651,7 +652,8 @@ def _wall_seconds(folders) -> float:
 def _report_map(config, name, regime, folder, vdir, bands, summary, log) -> None:
     groups = []
     for job in map_jobs(regime, folder):
-        groups.append(([job.run_dir, job.audit_dir], {"steps": job.unlearn["steps"]}))
+        steps = job.unlearn["steps"]
+        groups.append(([job.run_dir, job.audit_dir], {"steps": steps, "arm": grid_arm(regime.optimizer, steps)}))
     df = load_arms(groups)
     done = sum((Path(j.audit_dir) / "manifest.json").exists() for j in map_jobs(regime, folder))
     summary["progress"][name] = f"{done} of {len(groups)} runs audited"
@@ -670,7 +672,7 @@ def _report_map(config, name, regime, folder, vdir, bands, summary, log) -> None
                                "svg": f"{vdir.name}/{figures.name}/regime-map.svg",
                                "href": f"{vdir.name}/{figures.name}/regime-map.csv",
                                "caption": f"{name}: the quantization regime map (lr x steps)"})
-    claims = config.regime_claims(name)
+    claims = grid_claims(config.regime_claims(name), regime.optimizer, regime.grid["lr"], regime.grid["steps"])
     _cell_report(df, vdir, name, claims, f"{config.name} v{config.version}: {name}", bands,
                  {"regime": name, "objective": regime.objective, "target": "grid"}, summary, log)
 

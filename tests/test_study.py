@@ -252,3 +252,44 @@ def test_regime_claims_default_to_the_study_lists():
     assert {"hybrid-vs-adam-relearn", "hybrid-vs-randsign-relearn"} <= mini
     assert {c.name for c in config.regime_claims("regime-map-small")} == {"adam-undone-by-quantize",
                                                                           "adam-higher-lr-quantize"}
+
+
+def test_map_claims_are_judged_per_grid_cell_with_one_holm_correction(tmp_path):
+    """The map runs one optimizer at several (lr, steps): a claim judged on all of them at once
+    would pool settings and be refused. grid_claims makes one claim per steps value for the
+    learning-rate comparison and one per (lr, steps) cell for the others; each is then judged on
+    its own runs (here synthetic ones, where the highest lr at 60 steps leaks less under 4-bit)."""
+    from analysis.study import grid_arm, grid_claims, load_arms
+    from analysis.synthetic import synthetic_records
+    from analysis.verdicts import PAPER_CLAIMS, evaluate_claims
+
+    wanted = {"adam-undone-by-quantize", "adam-higher-lr-quantize"}
+    claims = grid_claims([c for c in PAPER_CLAIMS if c.name in wanted], "adam", [1e-4, 1e-3], [20, 60])
+    by_name = {c.name: c for c in claims}
+    assert set(by_name) == {"adam-higher-lr-quantize [20 steps]", "adam-higher-lr-quantize [60 steps]"} | {
+        f"adam-undone-by-quantize [lr {lr}, {s} steps]" for lr in ("0.0001", "0.001") for s in (20, 60)}
+    lr_claim = by_name["adam-higher-lr-quantize [60 steps]"]
+    assert (lr_claim.a, lr_claim.b, lr_claim.a_lr, lr_claim.b_lr) == ("adam@60", "adam@60", "highest", "lowest")
+    cell = by_name["adam-undone-by-quantize [lr 0.001, 20 steps]"]
+    assert (cell.a, cell.b, cell.a_lr) == ("adam@20", None, 1e-3)
+
+    groups = []
+    for lr, steps in [(1e-4, 20), (1e-3, 20), (1e-4, 60), (1e-3, 60)]:
+        leak = 0.1 if (lr, steps) == (1e-3, 60) else 0.6
+        records = [r for r in synthetic_records(["adam"], seeds=range(5), leak={"adam": leak}, basins=False,
+                                                rng_seed=int(lr * 1e4) + steps)]
+        for r in records:
+            if r.get("role") == "unlearned":
+                r.update(lr=lr, run=f"{r['run']}-lr{lr:g}-{steps}", model=f"{r['model']}-lr{lr:g}-{steps}")
+        folder = tmp_path / f"lr{lr:g}-{steps}"
+        folder.mkdir()
+        (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        groups.append(([folder], {"steps": steps, "arm": grid_arm("adam", steps)}))
+    verdicts = {v.claim.name: v for v in evaluate_claims(load_arms(groups), claims)}
+    assert len(verdicts) == 6
+    for v in verdicts.values():
+        assert "several settings" not in v.reason
+    v60, v20 = verdicts["adam-higher-lr-quantize [60 steps]"], verdicts["adam-higher-lr-quantize [20 steps]"]
+    assert v60.diff < -0.2 < v20.diff               # only at 60 steps does the highest lr leak less
+    assert v60.p_holm >= v60.p_value                # Holm over all six tests
+    assert "adam@60 (lr=0.001) - adam@60 (lr=0.0001)" in v60.reason
