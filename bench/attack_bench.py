@@ -10,24 +10,15 @@ cannot hide anything. Prints the machine load next to the numbers.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 import argparse
 import json
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
+import benchlib
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 N_CALIBRATION = 64
 
@@ -101,13 +92,6 @@ def time_attacks(size: str, tokenizer, calibration) -> list[tuple[str, float, in
     return out
 
 
-def _status(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
 def memory_child(size: str, tokenizer_dir: str) -> None:
     """In a fresh process: P5 for one size, printed as one JSON line."""
     from transformers import AutoTokenizer
@@ -122,13 +106,13 @@ def memory_child(size: str, tokenizer_dir: str) -> None:
     _drain(quantize(warm_u, bits=4))
     _drain(interpolate(warm_u, reference=warm_o, points=2))
     del warm_o, warm_u
-    rss_empty = _status("VmRSS")
+    rss_empty = benchlib.status_bytes("VmRSS")
     original, unlearned = _models(size, tokenizer)
-    rss_models = _status("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    rss_models = benchlib.status_bytes("VmRSS")
+    benchlib.reset_peak()                            # reset VmHWM to the current RSS
     _drain(quantize(unlearned))                      # rtn 8/4/3/2 bits: 4 settings
     _drain(interpolate(unlearned, reference=original, points=11))
-    peak = _status("VmHWM")
+    peak = benchlib.status_bytes("VmHWM")
     print(json.dumps({"size": size, "weight_bytes": weight_bytes(unlearned), "rss_empty": rss_empty,
                       "rss_models": rss_models, "peak": peak}))
 
@@ -146,8 +130,7 @@ def main(argv=None) -> int:
 
     texts, calibration = _texts()
     tokenizer = train_tokenizer(texts)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())} (before)")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {benchlib.load_text()} (before)")
     start = time.perf_counter()
     from audit.attacks.quantize import _bnb_functional, _gptqmodel
 
@@ -172,7 +155,7 @@ def main(argv=None) -> int:
             total = (m["peak"] - m["rss_empty"]) / m["weight_bytes"]
             print(f"  P5 quantize (rtn 8/4/3/2) + interpolate (11 points): peak above the loaded models "
                   f"{extra:.2f} x weight bytes (goal <= 3); including the two input models {total:.2f} x")
-    print(f"\nload average {' '.join(f'{x:.2f}' for x in os.getloadavg())} (after)")
+    print(f"\n{benchlib.load_text()} (after)")
     return 0
 
 

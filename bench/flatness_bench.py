@@ -9,23 +9,14 @@ to the numbers; the ratio (HVP time / forward-backward time) is what transfers b
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
 import argparse
 import json
 import math
-import sys
+import os
 import time
-from pathlib import Path
 
+import benchlib  # noqa: F401  (environment defaults and basin on sys.path, before torch)
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def main(argv=None) -> None:

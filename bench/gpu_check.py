@@ -49,15 +49,8 @@ import time
 import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # basin's own code, also without `pip install -e .`
-    sys.path.insert(0, str(ROOT))
-
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
-import torch  # noqa: E402
+import benchlib  # noqa: F401  (environment defaults and basin's own code on sys.path, before torch)
+import torch
 
 # Peak dense bf16 tensor-core FLOP/s (no sparsity), by GPU name; the first match wins.
 PEAKS = (

@@ -18,27 +18,18 @@ Prints the machine load next to the numbers.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-
 import argparse
 import json
+import os
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
+import benchlib
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-FIXTURE = ROOT / "tests" / "fixtures" / "lmeval" / "mc4.jsonl"
+FIXTURE = benchlib.ROOT / "tests" / "fixtures" / "lmeval" / "mc4.jsonl"
 
 
 def _model(name: str):

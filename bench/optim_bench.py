@@ -46,13 +46,8 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-
-import torch  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+import benchlib
+import torch
 
 SHAPES = {"small": (16, 64), "smollm2-135m": (4, 128)}   # batch x sequence per model
 MEMORY_CASES = {                       # name -> (optimizer or None for a forward pass, options)
@@ -113,19 +108,7 @@ def make(name: str, model, **options):
         return None
 
 
-def load() -> str:
-    one, five, fifteen = os.getloadavg()
-    return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} (1 / 5 / 15 min) on {os.cpu_count()} cpus"
-
-
 # ----------------------------------------------------------------------------- P1: memory (child)
-
-def _status_kb(field: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
 
 def memory_child(case: str, tokenizer_dir: str, model_name: str) -> None:
     name, options = MEMORY_CASES[case]
@@ -138,14 +121,14 @@ def memory_child(case: str, tokenizer_dir: str, model_name: str) -> None:
         print(json.dumps(None))
         return
     gc.collect()
-    Path("/proc/self/clear_refs").write_text("5")             # reset the peak counter
-    before = _status_kb("VmRSS")
+    benchlib.reset_peak()                                     # reset the peak counter
+    before = benchlib.status_bytes("VmRSS") // 1024
     if opt is None:
         with torch.no_grad():
             loss(0)
     else:
         opt.step(loss)
-    peak, after = _status_kb("VmHWM"), _status_kb("VmRSS")
+    peak, after = benchlib.status_bytes("VmHWM") // 1024, benchlib.status_bytes("VmRSS") // 1024
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     perturbed = weights if opt is None else sum(
         p.numel() * p.element_size() for ph in opt.plan.phases.values()
@@ -282,7 +265,7 @@ def growth(tokenizer_dir: str, rounds: int, shape=(4, 128)) -> None:
             per_step.setdefault(name, []).append(statistics.median(v))
         rows.append((model_name, n, {k: statistics.mean(v) for k, v in per_step.items()}))
         print(f"    {model_name:<14} {n / 1e6:8.2f}M params  " + "  ".join(
-            f"{k} {v:7.3f} s" for k, v in rows[-1][2].items()) + f"   ({load()})", flush=True)
+            f"{k} {v:7.3f} s" for k, v in rows[-1][2].items()) + f"   ({benchlib.load_text()})", flush=True)
     ref_name, ref_n, ref = rows[-1]
     print(f"\n    time per step / (parameters x tokens), relative to {ref_name} (1.00 = linear; goal <= 1.20)")
     for model_name, n, t in rows:
@@ -356,7 +339,7 @@ def audit_growth(tokenizer_dir: str, rounds: int) -> None:
         n, clean, sweep, tokens = audit_sweep_time(tokenizer_dir, model_name, rounds)
         rows.append((model_name, n, sweep, tokens))
         print(f"    {model_name:<14} {n / 1e6:8.2f}M params  sweep {sweep:7.2f} s  one clean evaluation "
-              f"{clean:6.2f} s  sweep / evaluation {sweep / clean:5.1f}  tokens run {tokens}   ({load()})",
+              f"{clean:6.2f} s  sweep / evaluation {sweep / clean:5.1f}  tokens run {tokens}   ({benchlib.load_text()})",
               flush=True)
     ref_name, ref_n, ref_t, ref_tokens = rows[-1]
     print(f"\n    sweep time / (parameters x tokens run), relative to {ref_name} (1.00 = linear; goal <= 1.20)")
@@ -388,7 +371,7 @@ def main() -> None:
     import transformers
 
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, threads {torch.get_num_threads()}, "
-          f"{load()} at start")
+          f"{benchlib.load_text()} at start")
     with tempfile.TemporaryDirectory() as tmp:
         make_tokenizer(Path(tmp))
         if args.growth:
@@ -397,7 +380,7 @@ def main() -> None:
             print("\nP8  cost growth of an audit sweep (4-bit RTN + NF4 + 11 interpolation points, forward-only "
                   f"metrics on world:forget10's forget split), best of {min(rounds, 2)} rounds")
             audit_growth(tmp, min(rounds, 2))
-            print(f"\n{load()} at end")
+            print(f"\n{benchlib.load_text()} at end")
             return
         template, batch = build(tmp, args.model)
         n = sum(p.numel() for p in template.parameters())
@@ -424,7 +407,7 @@ def main() -> None:
                 print(f"    {case}: memory kept after the step beyond zo-sgd's {(kept[case] - kept['zo-sgd']) / 2**20:.1f}"
                       f" MiB, expected (m, v) = 2 x perturbed bytes = {2 * m['perturbed'] / 2**20:.1f} MiB "
                       f"(state tensors: {m['state_bytes'] / 2**20:.1f} MiB)")
-            print(f"    ({load()})")
+            print(f"    ({benchlib.load_text()})")
 
         if "p2a" not in skip:
             print(f"\nP2a one ZO step / two no-grad forwards, {rounds} interleaved rounds (medians)")
@@ -440,7 +423,7 @@ def main() -> None:
                 print(f"    {case:<36} median {statistics.median(v):.3f} s   ratio "
                       f"{statistics.median(v) / statistics.median(base):.3f} (median of paired ratios "
                       f"{paired:.3f}; cpu time ratio {cpu[case] / cpu['2 forwards']:.3f}){goal}")
-            print(f"    ({load()})")
+            print(f"    ({benchlib.load_text()})")
 
         if "p2b" not in skip:
             block = max(steps // 2, 1)
@@ -456,7 +439,7 @@ def main() -> None:
                 len(adam_steps) * statistics.median(adam_steps))
             print(f"    hybrid / adam = {t_hybrid / t_adam:.3f} (total times; from median step times "
                   f"{robust:.3f})   (goal <= 0.85)")
-            print(f"    ({load()})")
+            print(f"    ({benchlib.load_text()})")
 
         if "p3" not in skip:
             print(f"\nP3  one adam step, basin vs hand-written forward + backward + torch.optim.AdamW "
@@ -467,7 +450,7 @@ def main() -> None:
             print(f"    median basin {m_ours:.3f} s, bare {m_bare:.3f} s (min {min(t_ours):.3f} / {min(t_bare):.3f})")
             print(f"    basin / bare = {m_ours / m_bare:.3f} (ratio of medians; median of paired ratios "
                   f"{paired:.3f})   (goal <= 1.05)")
-    print(f"\n{load()} at end (other jobs share these cores)")
+    print(f"\n{benchlib.load_text()} at end (other jobs share these cores)")
 
 
 if __name__ == "__main__":

@@ -19,46 +19,21 @@ Run: ``python bench/prefix_bench.py --model smollm2-135m --benchmark world:forge
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import argparse
+import contextlib
 import statistics
 import subprocess
-import sys
 import time
-from pathlib import Path
 
+import benchlib
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 
 def uptime() -> str:
     try:
         return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "load " + " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
-def _reset_peak() -> bool:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+        return benchlib.load_text()
 
 
 def pairs_of(bench) -> list[tuple[str, str]]:
@@ -154,12 +129,13 @@ def main(argv=None) -> None:
     for r in range(args.rounds):
         for name in (("bare", "score") if r % 2 == 0 else ("score", "bare")):
             fn = score if name == "score" else bare
-            _reset_peak()
+            with contextlib.suppress(OSError):   # without clear_refs, the peak since the start
+                benchlib.reset_peak()
             t, c = time.perf_counter(), time.process_time()
             fn()
             wall[name].append(time.perf_counter() - t)
             cpu[name].append(time.process_time() - c)
-            peaks[name] = max(peaks[name], _peak_mib())
+            peaks[name] = max(peaks[name], benchlib.status_bytes("VmHWM") / 2**20)
         print(f"round {r}: score {wall['score'][-1]:.1f} s ({cpu['score'][-1]:.1f} s CPU), bare "
               f"{wall['bare'][-1]:.1f} s ({cpu['bare'][-1]:.1f} s CPU), ratio "
               f"{wall['score'][-1] / wall['bare'][-1]:.3f} (CPU {cpu['score'][-1] / cpu['bare'][-1]:.3f}); "

@@ -19,28 +19,17 @@ Prints the machine load beside the numbers.
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import argparse
 import dataclasses
 import inspect
 import json
+import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-
-def _load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+import benchlib
 
 
 def _slice(tofu_dir):
@@ -170,7 +159,7 @@ def main() -> int:
     args = parser.parse_args()
     import torch
 
-    print(f"torch threads {torch.get_num_threads()}, load {_load()}", flush=True)
+    print(f"torch threads {torch.get_num_threads()}, {benchlib.load_text()}", flush=True)
     report = {}
     if not args.timing_only:
         report["format_error"] = format_error(args.tofu, args.steps, args.lr, Path(args.out))
@@ -178,7 +167,7 @@ def main() -> int:
     if args.timing or args.timing_only:
         report["audit_time"] = audit_time(args.tofu, args.out)
         print(json.dumps(report["audit_time"], indent=1), flush=True)
-    print(f"load after: {_load()}")
+    print(f"after: {benchlib.load_text()}")
     return 0
 
 
