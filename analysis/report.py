@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import html
+import io
 import json
 import os
 import re
@@ -225,12 +226,28 @@ def _text(v) -> str:
 # writing
 
 
-def _save_figure(fig, folder: Path, stem: str, formats: Sequence[str], dpi: int) -> list[str]:
+def save_figure(fig, folder: Path, stem: str, formats: Sequence[str] = ("png", "svg"), dpi: int = 110) -> list[str]:
+    """Write ``fig`` as ``folder/stem.<fmt>`` per format; returns the file names. SVG text stays
+    text (selectable, and a quarter of the size of glyph outlines) and its ids and metadata are
+    fixed, so the same figure gives the same bytes; a PNG is stored with a 256-colour palette
+    (about a third of the size; line plots and their light bands look the same)."""
+    import matplotlib as mpl
+    from PIL import Image
+
     names = []
-    for fmt in formats:
-        name = f"{stem}.{fmt}"
-        fig.savefig(folder / name, format=fmt, dpi=dpi)
-        names.append(name)
+    with mpl.rc_context({"svg.fonttype": "none", "svg.hashsalt": "basin"}):
+        for fmt in formats:
+            name = f"{stem}.{fmt}"
+            if fmt == "png":
+                buffer = io.BytesIO()
+                fig.savefig(buffer, format="png", dpi=dpi)
+                image = Image.open(buffer).convert("RGB")
+                image.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+                    folder / name, format="PNG", optimize=True)
+            else:
+                fig.savefig(folder / name, format=fmt, dpi=dpi,
+                            metadata={"Date": None} if fmt == "svg" else None)
+            names.append(name)
     return names
 
 
@@ -309,7 +326,7 @@ def build_report(df: pd.DataFrame, folder: Path, *, claims: Iterable[Claim] | No
     figs_html = []
     for stem, caption, make in plan_figures(df, max_metrics):
         fig = make()
-        names = _save_figure(fig, folder / "figures", stem, formats, dpi)
+        names = save_figure(fig, folder / "figures", stem, formats, dpi)
         del fig
         files += [f"figures/{n}" for n in names]
         img = next((n for n in names if n.endswith(".png")), names[0])

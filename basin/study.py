@@ -48,7 +48,7 @@ from typing import Callable
 import pandas as pd
 import yaml
 
-from analysis.report import write_report
+from analysis.report import save_figure, write_report
 from analysis.tables import TRAJECTORY
 from analysis.study import (grid_arm, grid_claims, load_arms, plot_regime_map, read_summaries, regime_map,
                             write_index)
@@ -665,8 +665,7 @@ def _report_map(config, name, regime, folder, vdir, bands, summary, log) -> None
     table.to_csv(figures / "regime-map.csv", index=False)
     fig = plot_regime_map(table, f"{name}: {regime.optimizer} + {regime.objective}, seeds per cell: "
                           f"{int(table['n'].max()) if len(table) else 0}")
-    for fmt in ("png", "svg"):
-        fig.savefig(figures / f"regime-map.{fmt}", format=fmt, dpi=110)
+    save_figure(fig, figures, "regime-map")
     summary["regime_map"] += [{"regime": name, **r} for r in table.to_dict("records")]
     summary["figures"].append({"png": f"{vdir.name}/{figures.name}/regime-map.png",
                                "svg": f"{vdir.name}/{figures.name}/regime-map.svg",

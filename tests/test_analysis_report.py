@@ -251,3 +251,25 @@ def test_basin_report_bad_folders_exit_2(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "line 1" in err and "missing fields" in err
     assert not (tmp_path / "o").exists()
+
+
+def test_saved_figures_are_small_and_reproducible(tmp_path):
+    """SVG text stays text and the same figure gives the same bytes; PNGs carry a palette."""
+    from matplotlib.figure import Figure
+    from PIL import Image
+
+    from analysis.report import save_figure
+
+    fig = Figure(figsize=(4, 3))
+    ax = fig.subplots()
+    ax.plot([0, 1, 2], [0.1, 0.5, 0.3], label="adam")
+    ax.fill_between([0, 1, 2], [0, 0.4, 0.2], [0.2, 0.6, 0.4], alpha=0.2)
+    ax.set_title("forget answer probability")
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        assert save_figure(fig, tmp_path / folder, "fig") == ["fig.png", "fig.svg"]
+    svg = (tmp_path / "a" / "fig.svg").read_text()
+    assert "forget answer probability</text>" in svg and "DejaVuSans-" not in svg
+    assert svg == (tmp_path / "b" / "fig.svg").read_text()
+    with Image.open(tmp_path / "a" / "fig.png") as image:
+        assert image.mode == "P"
