@@ -275,44 +275,23 @@ def _card_selections(df: pd.DataFrame) -> list[dict]:
     return sels
 
 
-def build_report(df: pd.DataFrame, folder: Path, *, claims: Iterable[Claim] | None = None,
-                 title: str = "basin report", formats: Sequence[str] = ("png", "svg"), dpi: int = 110,
-                 sources: Sequence[str] = (), bands: Bands = Bands(), compress_records: bool = False,
-                 max_metrics: int = MAX_METRICS_PER_ATTACK) -> dict:
-    """Write the report's files into ``folder`` (which must exist); returns its metadata.
-    :func:`write_report` calls this on a temporary folder and renames it into place."""
-    (folder / "figures").mkdir()
-    (folder / "tables").mkdir()
-    files: list[str] = []
-    claims = list(PAPER_CLAIMS if claims is None else claims)
-    parts: list[str] = []
-    nav: list[tuple[str, str]] = []
-
-    def section(anchor: str, heading: str, body: str) -> None:
-        nav.append((anchor, heading))
-        parts.append(f'<h2 id="{anchor}">{esc(heading)}</h2>\n{body}')
-
-    # overview
+def _overview(df: pd.DataFrame) -> list[str]:
     unl = model_rows(df)
     unl = unl[unl["role"] == "unlearned"]
-    overview = [f"{len(df)} records from {len(set(df['source']))} source(s)",
-                f"optimizers: {', '.join(order_optimizers(set(unl['optimizer']) - {''})) or 'none recorded'}",
-                f"objectives: {', '.join(sorted(set(unl['objective']) - {''})) or 'none recorded'}",
-                f"attacks: {', '.join(sorted(set(df['attack'])))}",
-                f"seeds per optimizer: " + (", ".join(f"{k} {v}" for k, v in
-                                                      unl.groupby('label')['seed'].nunique().items()) or "n/a"),
-                "references: " + (", ".join(r for r in ("original", "retain") if (df["role"] == r).any())
-                                  or "none (recovery needs the original and retain-only models)")]
-    big = ".csv.gz" if compress_records else ".csv"   # the long tables, gzipped on request
-    link = _write_csv(df, folder / "tables", "records" + big, files)
-    overview.append(f'<a href="{link}">the records this report was built from (CSV)</a>')
+    return [f"{len(df)} records from {len(set(df['source']))} source(s)",
+            f"optimizers: {', '.join(order_optimizers(set(unl['optimizer']) - {''})) or 'none recorded'}",
+            f"objectives: {', '.join(sorted(set(unl['objective']) - {''})) or 'none recorded'}",
+            f"attacks: {', '.join(sorted(set(df['attack'])))}",
+            "seeds per optimizer: " + (", ".join(f"{k} {v}" for k, v in
+                                                 unl.groupby('label')['seed'].nunique().items()) or "n/a"),
+            "references: " + (", ".join(r for r in ("original", "retain") if (df["role"] == r).any())
+                              or "none (recovery needs the original and retain-only models)")]
 
-    # verdicts
-    verdicts = evaluate_claims(df, claims, bands)
+
+def _verdicts_section(verdicts, table: Callable[[pd.DataFrame, str], str]) -> str:
     vt = verdict_table(verdicts)
-    link = _write_csv(vt, folder / "tables", "verdicts.csv", files)
-    section("verdicts", "Verdicts on the paper's claims",
-            "<p>Each claim is fixed in advance (optimizers and their recipes, attack and the settings "
+    link = table(vt, "verdicts.csv")
+    return ("<p>Each claim is fixed in advance (optimizers and their recipes, attack and the settings "
             "pooled, metric, split, quantity). A comparison under an attack first checks its conditions "
             "(both arms forgot alike and near the gold model, the attack leaves knowledge in the original, "
             "utility alike); a failed one makes the verdict inconclusive. The test is the paired t on "
@@ -322,73 +301,97 @@ def build_report(df: pd.DataFrame, folder: Path, *, claims: Iterable[Claim] | No
             "is given beside (in the CSV); with 3 seeds its smallest attainable p is 0.125 paired and 0.05 "
             f'unpaired. <a href="{link}">CSV</a></p>' + _verdicts_html(vt))
 
-    # figures
-    figs_html = []
+
+def _figures_section(df: pd.DataFrame, folder: Path, formats, dpi: int, max_metrics: int, files: list[str]) -> str:
+    out = []
     for stem, caption, make in plan_figures(df, max_metrics):
-        fig = make()
-        names = save_figure(fig, folder / "figures", stem, formats, dpi)
-        del fig
+        names = save_figure(make(), folder / "figures", stem, formats, dpi)
         files += [f"figures/{n}" for n in names]
         img = next((n for n in names if n.endswith(".png")), names[0])
         others = " · ".join(f'<a href="figures/{esc(n)}">{esc(n.rsplit(".", 1)[1].upper())}</a>' for n in names)
-        figs_html.append(f'<figure><img src="figures/{esc(img)}" alt="{esc(caption)}">'
-                         f"<figcaption>{esc(caption)} {others}</figcaption></figure>")
-    section("figures", "Figures", "\n".join(figs_html) or "<p>No figure: the records hold no attack curves.</p>")
+        out.append(f'<figure><img src="figures/{esc(img)}" alt="{esc(caption)}">'
+                   f"<figcaption>{esc(caption)} {others}</figcaption></figure>")
+    return "\n".join(out) or "<p>No figure: the records hold no attack curves.</p>"
 
-    # recovery
+
+def _recovery_section(df: pd.DataFrame, table: Callable[[pd.DataFrame, str], str], big: str) -> str:
     rec = recovery_table(df, splits=None)
     rec = rec[rec["metric"].isin(FORGET_METRICS) & rec["split"].str.startswith("forget")] if not rec.empty else rec
-    link = _write_csv(rec, folder / "tables", "recovery" + big, files)
-    link_seed = _write_csv(recovery_per_seed(df), folder / "tables", "recovery_per_seed" + big, files)
+    link = table(rec, "recovery" + big)
+    link_seed = table(recovery_per_seed(df), "recovery_per_seed" + big)
     body = ["<p><b>recovery</b> = (attacked − clean) / (attacked original − clean), per seed, then mean "
             "[95% CI]: 0 = nothing came back, 1 = as much as the original keeps under the same attack. "
             "<b>vs gold</b> = (attacked − attacked retain-only) / (attacked original − attacked "
             "retain-only): at or below 0 = no more than a model that never saw the forget data. "
             f'<a href="{link}">All numbers (CSV)</a> · <a href="{link_seed}">per seed (CSV)</a></p>']
-    if not rec.empty:
-        for metric, split in _metric_splits(rec):
-            for column, what in (("recovery", "recovery"), ("recovery_gold", "vs gold")):
-                table = recovery_pivot(rec, metric, split, column=column)
-                if not table.empty:
-                    body.append(f"<h3>{esc(what)}: {esc(plots.metric_label(metric, split))}</h3>"
-                                + _pivot_html(table))
-        notes = sorted({n for cell in rec["note"] for n in str(cell).split("; ") if n})
-        if notes:
-            body.append("<p>Caveats:</p><ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
-    else:
-        body.append("<p>No attack on an unlearned model with a clean counterpart in the records.</p>")
-    section("recovery", "Recovery of forgotten knowledge", "\n".join(body))
+    if rec.empty:
+        return "\n".join(body + ["<p>No attack on an unlearned model with a clean counterpart in the records.</p>"])
+    for metric, split in _metric_splits(rec):
+        for column, what in (("recovery", "recovery"), ("recovery_gold", "vs gold")):
+            pivoted = recovery_pivot(rec, metric, split, column=column)
+            if not pivoted.empty:
+                body.append(f"<h3>{esc(what)}: {esc(plots.metric_label(metric, split))}</h3>" + _pivot_html(pivoted))
+    notes = sorted({n for cell in rec["note"] for n in str(cell).split("; ") if n})
+    if notes:
+        body.append("<p>Caveats:</p><ul>" + "".join(f"<li>{esc(n)}</li>" for n in notes) + "</ul>")
+    return "\n".join(body)
 
-    # audit cards, one per optimizer (and objective), folded so the page stays scannable
+
+def _cards_section(df: pd.DataFrame) -> str:
+    """One audit card per optimizer (and objective), folded so the page stays scannable."""
     cards = []
     for i, sel in enumerate(_card_selections(df)):
         name = sel.pop("name")
         body = card_mod.audit_card(df, fmt="html", name=name, **sel)
         cards.append(f"<details{' open' if i == 0 else ''}><summary>{esc(name)}</summary>{body}</details>")
-    if cards:
-        section("cards", "Audit cards", "<p>One card per optimizer (click a name to unfold it).</p>"
-                + "\n".join(cards))
+    return ("<p>One card per optimizer (click a name to unfold it).</p>" + "\n".join(cards)) if cards else ""
 
-    # summary tables
-    summ = summarize(df)
-    link = _write_csv(summ, folder / "tables", "summary" + big, files)
+
+def _tables_section(df: pd.DataFrame, table: Callable[[pd.DataFrame, str], str], big: str) -> str:
+    link = table(summarize(df), "summary" + big)
     blocks = [f'<p>Mean ± 95% CI half-width over seeds per model, attack and setting. '
               f'<a href="{link}">All numbers with n, sd and CI bounds (CSV)</a></p>']
     single = model_rows(df)
     for (metric, split) in _metric_splits(single):
-        table = pivot(single, metric, split)
-        if table.empty:
+        pivoted = pivot(single, metric, split)
+        if pivoted.empty:
             continue
-        name = f"pivot-{_slug(metric)}-{_slug(split)}.csv"
-        flat = table.copy()
+        flat = pivoted.copy()
         flat.columns = [f"{a}:{s}" for a, s in flat.columns]
-        plink = _write_csv(flat.reset_index().rename(columns={"label": "model"}), folder / "tables", name, files)
-        n = table.attrs.get("n")
+        plink = table(flat.reset_index().rename(columns={"label": "model"}),
+                      f"pivot-{_slug(metric)}-{_slug(split)}.csv")
+        n = pivoted.attrs.get("n")
         seeds = f"{n} seed{'s' if n != 1 else ''} per cell" if n else "seeds per cell as shown"
         blocks.append(f"<h3>{esc(plots.metric_label(metric, split))} <small>({esc(seeds)}; "
-                      f'<a href="{plink}">CSV</a>)</small></h3>' + _pivot_html(table))
-    section("tables", "Tables", "\n".join(blocks))
+                      f'<a href="{plink}">CSV</a>)</small></h3>' + _pivot_html(pivoted))
+    return "\n".join(blocks)
 
+
+def build_report(df: pd.DataFrame, folder: Path, *, claims: Iterable[Claim] | None = None,
+                 title: str = "basin report", formats: Sequence[str] = ("png", "svg"), dpi: int = 110,
+                 sources: Sequence[str] = (), bands: Bands = Bands(), compress_records: bool = False,
+                 max_metrics: int = MAX_METRICS_PER_ATTACK) -> dict:
+    """Write the report's files into ``folder`` (which must exist); returns its metadata.
+    :func:`write_report` calls this on a temporary folder and renames it into place."""
+    (folder / "figures").mkdir()
+    (folder / "tables").mkdir()
+    files: list[str] = []
+    big = ".csv.gz" if compress_records else ".csv"   # the long tables, gzipped on request
+
+    def table(frame: pd.DataFrame, name: str) -> str:
+        return _write_csv(frame, folder / "tables", name, files)
+
+    overview = _overview(df) + [f'<a href="{table(df, "records" + big)}">the records this report was built '
+                                "from (CSV)</a>"]
+    verdicts = evaluate_claims(df, list(PAPER_CLAIMS if claims is None else claims), bands)
+    sections = [("verdicts", "Verdicts on the paper's claims", _verdicts_section(verdicts, table)),
+                ("figures", "Figures", _figures_section(df, folder, formats, dpi, max_metrics, files)),
+                ("recovery", "Recovery of forgotten knowledge", _recovery_section(df, table, big)),
+                ("cards", "Audit cards", _cards_section(df)),
+                ("tables", "Tables", _tables_section(df, table, big))]
+    sections = [s for s in sections if s[2]]
+    nav = [(anchor, heading) for anchor, heading, _ in sections]
+    parts = [f'<h2 id="{anchor}">{esc(heading)}</h2>\n{body}' for anchor, heading, body in sections]
     meta = {"title": title, "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "sources": list(sources), "records": int(len(df)), "files": sorted(files) + ["index.html"],
             "verdicts": {v.claim.name: v.verdict for v in verdicts}}
