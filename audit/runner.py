@@ -235,6 +235,65 @@ def _option_type_problem(value, param: inspect.Parameter) -> str | None:
     return None if ok else f"must be {want}"
 
 
+def _load_models(model, tokenizer, original, retain, config: AuditConfig, safety: dict):
+    """The audited model, its tokenizer, the references (role -> model) and the attack endpoints
+    (attack -> (label, model)) that stand in for a reference; every model an attack needs is
+    there and has the audited model's architecture (checked before anything is written)."""
+    target, tok = load_model(model, tokenizer, **safety)
+    refs = {}
+    for role, source in (("original", original), ("retain", retain)):
+        if source is not None:
+            refs[role] = load_model(source, None if isinstance(source, (str, Path)) else tok, **safety)[0]
+    endpoints = {}
+    for attack in config.attacks:
+        option = get_attack(attack).endpoint
+        source = config.attack_args.get(attack, {}).get(option) if option else None
+        if source is not None:
+            endpoints[attack] = (_model_label(source),
+                                 load_model(source, None if isinstance(source, (str, Path)) else tok, **safety)[0])
+    for attack in config.attacks:
+        for role in get_attack(attack).needs:
+            require(role in refs or attack in endpoints,
+                    f"{attack} needs the {role} model: pass --{role} (or audit a basin unlearn run folder, which "
+                    "names its original)" + (f", or another model as its option {get_attack(attack).endpoint}"
+                                            if get_attack(attack).endpoint else ""))
+    for role, ref in [*refs.items(), *((f"{a} endpoint", m) for a, (_, m) in endpoints.items())]:
+        check_same_architecture(ref, target, f"the {role} model and the audited model")
+    return target, tok, refs, endpoints
+
+
+def _open_out(out: Path | None, config: AuditConfig, model, name: str, original, retain) -> set:
+    """Write ``out``/config.json; returns the (role, attack, setting) already recorded there."""
+    if out is None:
+        return set()
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "config.json", {**asdict(config), "model": str(model) if isinstance(
+        model, (str, Path)) else name, "original": str(original) if original is not None else None,
+        "retain": str(retain) if retain is not None else None, "kind": "audit"})
+    if not (out / "records.jsonl").exists():
+        return set()
+    return {(r.get("role"), r["attack"], r["setting"]) for r in read_records(out / "records.jsonl")}
+
+
+def _retain_stats(retain_model, tok, bench, config: AuditConfig):
+    """The retain-only model's clean per-question statistics (forget quality, MIA references)."""
+    _, per_example = evaluate(retain_model, tok, bench, metrics=["truth_ratio", "mink_auc", "muse_auc"],
+                              splits=["forget", "holdout"] if bench.holdout else ["forget"],
+                              generate=False, strict=False,
+                              muse_options=config.muse_options, prompt_format=config.prompt_format)
+    return reference_stats(per_example)
+
+
+def _write_manifest(out: Path, records: list[dict], config: AuditConfig, fmt, seconds: float, fingerprint: str) -> None:
+    written = sorted({r["metric"] for r in records})
+    extra = {**AUDIT_METRICS, **{k: v for a in config.attacks for k, v in (ATTACKS[a].metrics or {}).items()}}
+    write_json_atomic(out / "manifest.json", {"wall_seconds": round(seconds, 2), "model_hash": fingerprint,
+                                              "torch": torch.__version__, "prompt_format": fmt.as_dict(),
+                                              "describe": {"metrics": {**describe_metrics(written),
+                                                                       **{m: extra[m] for m in written if m in extra}},
+                                                           "attacks": describe_attacks(config.attacks)}})
+
+
 def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditConfig | None = None,
           out=None, name: str | None = None, progress: bool = True, allow_pickle: bool = False,
           trust_remote_code: bool = False, **overrides) -> pd.DataFrame:
@@ -250,8 +309,6 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     when None, the format recorded by the audited run folder (or by ``out``, when resuming) is
     used, else ``plain``.
     """
-
-
     config = dataclasses.replace(config or AuditConfig(), **overrides)
     info = _run_info(model)
     if original is None and info.get("model"):
@@ -260,27 +317,7 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     name = name or (Path(str(model)).name if isinstance(model, (str, Path)) else "model")
     safety = dict(allow_pickle=allow_pickle, trust_remote_code=trust_remote_code, progress=progress,
                   device=resolve_device(config.device), dtype=config.dtype)
-    target, tok = load_model(model, tokenizer, **safety)
-    refs = {}
-    for role, source in (("original", original), ("retain", retain)):
-        if source is not None:
-            refs[role] = load_model(source, None if isinstance(source, (str, Path)) else tok, **safety)[0]
-    endpoints = {}  # attack -> (label, model): another model in place of the reference it needs
-    for attack in config.attacks:
-        option = get_attack(attack).endpoint
-        source = config.attack_args.get(attack, {}).get(option) if option else None
-        if source is not None:
-            endpoints[attack] = (_model_label(source),
-                                 load_model(source, None if isinstance(source, (str, Path)) else tok, **safety)[0])
-    for attack in config.attacks:
-        for role in get_attack(attack).needs:
-            require(role in refs or attack in endpoints,
-                    f"{attack} needs the {role} model: pass --{role} (or audit a basin unlearn run folder, which "
-                    "names its original)" + (f", or another model as its option {get_attack(attack).endpoint}"
-                                            if get_attack(attack).endpoint else ""))
-    for role, ref in [*refs.items(), *((f"{a} endpoint", m) for a, (_, m) in endpoints.items())]:
-        check_same_architecture(ref, target, f"the {role} model and the audited model")  # fail before writing
-
+    target, tok, refs, endpoints = _load_models(model, tokenizer, original, retain, config, safety)
     bench = load_benchmark(config.benchmark, **config.benchmark_args)
     bench = dataclasses.replace(bench, retain=subsample(bench.retain, config.max_retain))  # keeps MUSE data
     config = dataclasses.replace(config, prompt_format=_resolve_format(config.prompt_format, model, out))
@@ -290,15 +327,7 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
         _call(attack, get_attack(attack), target, _context(tok, bench, config, {}, refs.get("original")),
               _options(config, attack, endpoints)).close()
     out = Path(out) if out is not None else None
-    done = set()
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "config.json", {**asdict(config), "model": str(model) if isinstance(
-            model, (str, Path)) else name, "original": str(original) if original is not None else None,
-            "retain": str(retain) if retain is not None else None, "kind": "audit"})
-        if (out / "records.jsonl").exists():
-            done = {(r.get("role"), r["attack"], r["setting"]) for r in read_records(out / "records.jsonl")}
-
+    done = _open_out(out, config, model, name, original, retain)
     start = time.time()
     fingerprint = weights_hash(target)
     base = {"model": name, "seed": info.get("seed", 0) if info.get("seed") is not None else 0,
@@ -309,16 +338,9 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     records: list[dict] = [r for r in (read_records(out / "records.jsonl") if done else [])]
 
     # the retain-only model's clean per-question truth ratios feed forget quality for every model
-    retain_stats = None
-    if "retain" in refs:
-        _, per_example = evaluate(refs["retain"], tok, bench, metrics=["truth_ratio", "mink_auc", "muse_auc"],
-                                  splits=["forget", "holdout"] if bench.holdout else ["forget"],
-                                  generate=False, strict=False,
-                                  muse_options=config.muse_options, prompt_format=config.prompt_format)
-        retain_stats = reference_stats(per_example)
-    elif config.metrics:
+    retain_stats = _retain_stats(refs["retain"], tok, bench, config) if "retain" in refs else None
+    if "retain" not in refs and config.metrics:
         config = dataclasses.replace(config, metrics=tuple(m for m in config.metrics if m not in NEEDS_RETAIN))
-
     roles = [("unlearned", target)] + [(r, m) for r, m in refs.items() if config.score_references]
     plan = [(role, m, "none") for role, m in roles]
     for attack in config.attacks:
@@ -339,15 +361,7 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
         if weights_hash(target) != fingerprint:
             raise RuntimeError(f"attack {attack} modified the audited model; this is a bug in basin")
     if out is not None:
-        written = sorted({r["metric"] for r in records})
-        extra = {**AUDIT_METRICS, **{k: v for a in config.attacks for k, v in (ATTACKS[a].metrics or {}).items()}}
-        write_json_atomic(out / "manifest.json", {"wall_seconds": round(time.time() - start, 2),
-                                                  "model_hash": fingerprint, "torch": torch.__version__,
-                                                  "prompt_format": fmt.as_dict(),
-                                                  "describe": {"metrics": {**describe_metrics(written),
-                                                                           **{m: extra[m] for m in written
-                                                                              if m in extra}},
-                                                               "attacks": describe_attacks(config.attacks)}})
+        _write_manifest(out, records, config, fmt, time.time() - start, fingerprint)
     return pd.DataFrame(records)
 
 
