@@ -152,21 +152,45 @@ MAP_PANELS = (("forget", "clean forget answer prob."), ("code_change", "4-bit co
               ("delta", "forget prob.: 4-bit - clean"), ("recovery_gold", "recovery_gold under 4-bit"))
 
 
-def plot_regime_map(table: pd.DataFrame, title: str = "") -> Figure:
-    """Four heatmaps over lr (columns) x steps (rows): :data:`MAP_PANELS`, each cell annotated."""
+def plot_regime_map(table: pd.DataFrame, title: str = "", gold_distance: float = 0.15) -> Figure:
+    """Four heatmaps over lr (columns) x steps (rows): :data:`MAP_PANELS`, each cell annotated.
+
+    The scales are fixed so that noise does not look like an effect: probabilities and
+    recovery_gold on [0, 1], code changes from 0, and the 4-bit change of the forget probability
+    on a diverging scale of at least +-0.1 of the original-gold gap (white: nothing came back).
+    Cells whose clean forget probability is more than ``gold_distance`` of that gap above the gold
+    model's did not forget: their recovery_gold is marked, since it then measures what unlearning
+    left, not what quantization brought back."""
+    gap = float(table["original"].mean() - table["gold"].mean()) if len(table) else math.nan
+    gap = gap if math.isfinite(gap) and gap > 0 else 1.0
     with mpl.rc_context({"font.size": 9}):
-        fig = Figure(figsize=(12, 3.2 + 0.4 * max(1, table["steps"].nunique() if len(table) else 1)))
+        width = max(12.0, 0.8 * len(MAP_PANELS) * (table["lr"].nunique() if len(table) else 1))
+        fig = Figure(figsize=(width, 3.2 + 0.4 * max(1, table["steps"].nunique() if len(table) else 1)))
         axes = fig.subplots(1, len(MAP_PANELS))
         lrs = sorted(table["lr"].unique()) if len(table) else []
         steps = sorted(table["steps"].unique()) if len(table) else []
-        for ax, (column, label) in zip(axes, MAP_PANELS):
-            grid = np.full((len(steps), len(lrs)), np.nan)
+        grids = {}
+        for column, _ in MAP_PANELS:
+            grids[column] = np.full((len(steps), len(lrs)), np.nan)
             for _, row in table.iterrows():
-                grid[steps.index(row["steps"]), lrs.index(row["lr"])] = row[column]
-            image = ax.imshow(grid, cmap="viridis", aspect="auto", origin="lower")
+                grids[column][steps.index(row["steps"]), lrs.index(row["lr"])] = row[column]
+        forgot = grids["forget"] <= table["gold"].mean() + gold_distance * gap if len(table) else grids["forget"]
+        for ax, (column, label) in zip(axes, MAP_PANELS):
+            grid = grids[column]
+            if column == "delta":
+                half = max(float(np.nanmax(np.abs(grid))) if np.isfinite(grid).any() else 0.0, 0.1 * gap)
+                scale, text = {"cmap": "RdBu_r", "vmin": -half, "vmax": half}, "{:+.3f}"
+            else:
+                top = 1.0 if column != "code_change" else max(float(np.nanmax(grid)) if np.isfinite(grid).any() else 0, 1e-9)
+                scale, text = {"cmap": "viridis", "vmin": 0.0, "vmax": top}, "{:.2f}"
+            image = ax.imshow(grid, aspect="auto", origin="lower", **scale)
             for (i, j), v in np.ndenumerate(grid):
-                if np.isfinite(v):
-                    ax.text(j, i, f"{v:.2f}", ha="center", va="center", color="white" if v < np.nanmean(grid) else "black")
+                if not np.isfinite(v):
+                    continue
+                note = "\nnot\nforgotten" if column == "recovery_gold" and not forgot[i, j] else ""
+                dark = column != "delta" and v < 0.5 * (scale["vmin"] + scale["vmax"])
+                ax.text(j, i, text.format(v) + note, ha="center", va="center", fontsize=7,
+                        color="white" if dark else "black")
             ax.set_xticks(range(len(lrs)), [f"{x:g}" for x in lrs], rotation=45)
             ax.set_yticks(range(len(steps)), [str(s) for s in steps])
             ax.set_xlabel("learning rate")

@@ -664,7 +664,7 @@ def _report_map(config, name, regime, folder, vdir, bands, summary, log) -> None
     figures.mkdir(parents=True, exist_ok=True)
     table.to_csv(figures / "regime-map.csv", index=False)
     fig = plot_regime_map(table, f"{name}: {regime.optimizer} + {regime.objective}, seeds per cell: "
-                          f"{int(table['n'].max()) if len(table) else 0}")
+                          f"{int(table['n'].max()) if len(table) else 0}", gold_distance=bands.gold_distance)
     save_figure(fig, figures, "regime-map")
     summary["regime_map"] += [{"regime": name, **r} for r in table.to_dict("records")]
     summary["figures"].append({"png": f"{vdir.name}/{figures.name}/regime-map.png",

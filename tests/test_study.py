@@ -273,18 +273,7 @@ def test_map_claims_are_judged_per_grid_cell_with_one_holm_correction(tmp_path):
     cell = by_name["adam-undone-by-quantize [lr 0.001, 20 steps]"]
     assert (cell.a, cell.b, cell.a_lr) == ("adam@20", None, 1e-3)
 
-    groups = []
-    for lr, steps in [(1e-4, 20), (1e-3, 20), (1e-4, 60), (1e-3, 60)]:
-        leak = 0.1 if (lr, steps) == (1e-3, 60) else 0.6
-        records = [r for r in synthetic_records(["adam"], seeds=range(5), leak={"adam": leak}, basins=False,
-                                                rng_seed=int(lr * 1e4) + steps)]
-        for r in records:
-            if r.get("role") == "unlearned":
-                r.update(lr=lr, run=f"{r['run']}-lr{lr:g}-{steps}", model=f"{r['model']}-lr{lr:g}-{steps}")
-        folder = tmp_path / f"lr{lr:g}-{steps}"
-        folder.mkdir()
-        (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-        groups.append(([folder], {"steps": steps, "arm": grid_arm("adam", steps)}))
+    groups = _grid_records(tmp_path, leaky={(1e-4, 20): 0.6, (1e-3, 20): 0.6, (1e-4, 60): 0.6, (1e-3, 60): 0.1})
     verdicts = {v.claim.name: v for v in evaluate_claims(load_arms(groups), claims)}
     assert len(verdicts) == 6
     for v in verdicts.values():
@@ -293,3 +282,49 @@ def test_map_claims_are_judged_per_grid_cell_with_one_holm_correction(tmp_path):
     assert v60.diff < -0.2 < v20.diff               # only at 60 steps does the highest lr leak less
     assert v60.p_holm >= v60.p_value                # Holm over all six tests
     assert "adam@60 (lr=0.001) - adam@60 (lr=0.0001)" in v60.reason
+
+
+def _grid_records(tmp_path, leaky: dict, unforgotten=()) -> list:
+    """Synthetic map records, one folder per (lr, steps) cell with its 4-bit leak share; the
+    cells in ``unforgotten`` keep a clean forget probability of 0.9 (they never forgot)."""
+    from analysis.study import grid_arm
+    from analysis.synthetic import synthetic_records
+
+    groups = []
+    for lr, steps in leaky:
+        records = synthetic_records(["adam"], seeds=range(5), leak={"adam": leaky[lr, steps]}, basins=False,
+                                    rng_seed=int(lr * 1e4) + steps)
+        for r in records:
+            if r.get("role") == "unlearned":
+                r.update(lr=lr, run=f"{r['run']}-lr{lr:g}-{steps}", model=f"{r['model']}-lr{lr:g}-{steps}")
+                if (lr, steps) in unforgotten and r["metric"] == "prob" and r["split"] == "forget":
+                    r["value"] = 0.9
+        folder = tmp_path / f"lr{lr:g}-{steps}"
+        folder.mkdir()
+        (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        groups.append(([folder], {"steps": steps, "arm": grid_arm("adam", steps)}))
+    return groups
+
+
+def test_regime_map_cells_and_the_cells_that_never_forgot(tmp_path):
+    """regime_map's per-cell numbers equal a direct computation from the records, and the map
+    marks the recovery of a cell that never forgot (it measures what unlearning left)."""
+    import numpy as np
+    import pandas as pd
+
+    from analysis.study import load_arms, plot_regime_map, regime_map
+
+    cells = {(1e-4, 20): 0.6, (1e-3, 20): 0.2}
+    df = load_arms(_grid_records(tmp_path, cells, unforgotten={(1e-4, 20)}))
+    table = regime_map(df)
+    assert list(zip(table["lr"], table["steps"], table["n"])) == [(1e-4, 20, 5), (1e-3, 20, 5)]
+    rows = pd.DataFrame(json.loads(line) for f in tmp_path.glob("*/records.jsonl") for line in f.read_text().splitlines())
+    for _, cell in table.iterrows():
+        mine = rows[(rows["role"] == "unlearned") & (rows["lr"] == cell["lr"]) & (rows["split"] == "forget")
+                    & (rows["metric"] == "prob")]
+        clean = mine[mine["attack"] == "none"].set_index("seed")["value"]
+        quant = mine[(mine["attack"] == "quantize") & (mine["setting"] == "rtn-4bit")].set_index("seed")["value"]
+        assert np.isclose(cell["forget"], clean.mean()) and np.isclose(cell["delta"], (quant - clean).mean())
+    fig = plot_regime_map(table)
+    notes = [text.get_text() for text in fig.axes[3].texts]
+    assert ["not\nforgotten" in s for s in notes] == [True, False]
