@@ -251,9 +251,10 @@ def save_figure(fig, folder: Path, stem: str, formats: Sequence[str] = ("png", "
     return names
 
 
-def _write_csv(df: pd.DataFrame, folder: Path, name: str, files: list[str]) -> str:
-    """``name`` ending in ``.gz``: gzip, with no timestamp (the same table gives the same bytes)."""
-    df.to_csv(folder / name, index=False,
+def _write_csv(df: pd.DataFrame, folder: Path, name: str, files: list[str], digits: int = 6) -> str:
+    """``name`` ending in ``.gz``: gzip, with no timestamp (the same table gives the same bytes).
+    Numbers keep ``digits`` significant digits (the records keep 9: every float32 exactly)."""
+    df.to_csv(folder / name, index=False, float_format=f"%.{digits}g",
               compression={"method": "gzip", "mtime": 0} if name.endswith(".gz") else None)
     files.append(f"tables/{name}")
     return f"tables/{name}"
@@ -378,10 +379,10 @@ def build_report(df: pd.DataFrame, folder: Path, *, claims: Iterable[Claim] | No
     files: list[str] = []
     big = ".csv.gz" if compress_records else ".csv"   # the long tables, gzipped on request
 
-    def table(frame: pd.DataFrame, name: str) -> str:
-        return _write_csv(frame, folder / "tables", name, files)
+    def table(frame: pd.DataFrame, name: str, digits: int = 6) -> str:
+        return _write_csv(frame, folder / "tables", name, files, digits)
 
-    overview = _overview(df) + [f'<a href="{table(df, "records" + big)}">the records this report was built '
+    overview = _overview(df) + [f'<a href="{table(df, "records" + big, 9)}">the records this report was built '
                                 "from (CSV)</a>"]
     verdicts = evaluate_claims(df, list(PAPER_CLAIMS if claims is None else claims), bands)
     sections = [("verdicts", "Verdicts on the paper's claims", _verdicts_section(verdicts, table)),

@@ -662,7 +662,7 @@ def _report_map(config, name, regime, folder, vdir, bands, summary, log) -> None
     table = regime_map(df)
     figures = vdir / f"{name}-map"
     figures.mkdir(parents=True, exist_ok=True)
-    table.to_csv(figures / "regime-map.csv", index=False)
+    table.to_csv(figures / "regime-map.csv", index=False, float_format="%.6g")
     fig = plot_regime_map(table, f"{name}: {regime.optimizer} + {regime.objective}, seeds per cell: "
                           f"{int(table['n'].max()) if len(table) else 0}", gold_distance=bands.gold_distance)
     save_figure(fig, figures, "regime-map")
