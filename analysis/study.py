@@ -258,13 +258,20 @@ def verdict_matrix(versions: list[dict]) -> str:
             css = "v-" + str(r["verdict"]).replace(" ", "-")
             detail = (f"{fmt_num(r['diff'])} [{fmt_num(r['ci_low'])}, {fmt_num(r['ci_high'])}]" if _finite(r["diff"])
                       and _finite(r.get("ci_low")) and r["ci_low"] != r["ci_high"] else _short_reason(str(r["reason"])))
+            own = (f"<br><small>the attack's own: {fmt_num(r['recovery_a'])}</small>"
+                   if r.get("quantity") == "recovery_gold" and not isinstance(r.get("b"), str)
+                   and _finite(r.get("recovery_a")) else "")
             tds.append(f'<td title="{esc(r["reason"])}"><span class="verdict {css}">{esc(r["verdict"])}</span>'
-                       f"<br><small>{esc(detail)}</small></td>")
+                       f"<br><small>{esc(detail)}</small>{own}</td>")
         text = next(r["text"] for r in rows if r["claim"] == claim)
         body.append(f'<tr><td title="{esc(text)}">{esc(claim)}</td>{"".join(tds)}</tr>')
     return ("<h2>The answer so far</h2><p>Every claim in every cell judged so far: the verdict and A − B "
             "[95% CI] (the quantity, test and n are in the tables below; hover for the full reason). "
-            "Inconclusive without an interval means a condition of a sound comparison failed.</p>"
+            "Inconclusive without an interval means a condition of a sound comparison failed. "
+            "recovery_gold places the attacked model between the attacked gold model (0) and the attacked "
+            "original (1), so it counts what unlearning left as well as what the attack brought back; "
+            "under a claim that an attack undoes unlearning, \"the attack's own\" is the recovery the "
+            "attack itself caused, (attacked - clean) / (attacked original - clean), per seed.</p>"
             f'<div class="scroll"><table class="data"><tr><th>claim</th>{head}</tr>{"".join(body)}</table></div>')
 
 

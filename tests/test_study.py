@@ -328,3 +328,18 @@ def test_regime_map_cells_and_the_cells_that_never_forgot(tmp_path):
     fig = plot_regime_map(table)
     notes = [text.get_text() for text in fig.axes[3].texts]
     assert ["not\nforgotten" in s for s in notes] == [True, False]
+
+
+def test_the_first_page_shows_what_an_attack_itself_brought_back(tmp_path):
+    """An "undone by the attack" claim on recovery_gold counts what unlearning left too: its cell
+    on the first page also shows the attack's own recovery; a two-arm comparison does not."""
+    from analysis.study import verdict_matrix
+
+    base = {"regime": "map", "objective": "npo", "target": "grid", "verdict": "reproduced", "diff": 0.019,
+            "ci_low": 0.013, "ci_high": 0.025, "reason": "r", "text": "t", "quantity": "recovery_gold"}
+    html = verdict_matrix([{"version": 1, "verdicts": [
+        {**base, "claim": "adam-undone-by-quantize", "b": None, "recovery_a": 0.00015},
+        {**base, "claim": "signadam-vs-adam-quantize", "b": "adam", "recovery_a": 0.00042}]}])
+    undone, versus = html.split("adam-undone-by-quantize</td>")[1], html.split("signadam-vs-adam-quantize</td>")[1]
+    assert "the attack's own: 0.00015" in undone.split("</tr>")[0]
+    assert "the attack" not in versus.split("</tr>")[0]
