@@ -134,7 +134,8 @@ def grid_claims(claims: Iterable[Claim], optimizer: str, lrs: Sequence[float], s
         if optimizer not in claim.arms():
             out.append(claim)
             continue
-        rename = lambda who, s: grid_arm(who, s) if who == optimizer else who  # noqa: E731
+        def rename(who, s):
+            return grid_arm(who, s) if who == optimizer else who
         for s in steps:
             if claim.a_lr is not None and claim.b_lr is not None:
                 out.append(dataclasses.replace(claim, name=f"{claim.name} [{s} steps]", text=f"{claim.text} "

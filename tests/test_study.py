@@ -259,8 +259,7 @@ def test_map_claims_are_judged_per_grid_cell_with_one_holm_correction(tmp_path):
     would pool settings and be refused. grid_claims makes one claim per steps value for the
     learning-rate comparison and one per (lr, steps) cell for the others; each is then judged on
     its own runs (here synthetic ones, where the highest lr at 60 steps leaks less under 4-bit)."""
-    from analysis.study import grid_arm, grid_claims, load_arms
-    from analysis.synthetic import synthetic_records
+    from analysis.study import grid_claims, load_arms
     from analysis.verdicts import PAPER_CLAIMS, evaluate_claims
 
     wanted = {"adam-undone-by-quantize", "adam-higher-lr-quantize"}
@@ -291,8 +290,8 @@ def _grid_records(tmp_path, leaky: dict, unforgotten=()) -> list:
     from analysis.synthetic import synthetic_records
 
     groups = []
-    for lr, steps in leaky:
-        records = synthetic_records(["adam"], seeds=range(5), leak={"adam": leaky[lr, steps]}, basins=False,
+    for (lr, steps), share in leaky.items():
+        records = synthetic_records(["adam"], seeds=range(5), leak={"adam": share}, basins=False,
                                     rng_seed=int(lr * 1e4) + steps)
         for r in records:
             if r.get("role") == "unlearned":
