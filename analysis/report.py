@@ -235,7 +235,9 @@ def save_figure(fig, folder: Path, stem: str, formats: Sequence[str] = ("png", "
     from PIL import Image
 
     names = []
-    with mpl.rc_context({"svg.fonttype": "none", "svg.hashsalt": "basin"}):
+    # an SVG names the first sans-serif font only (and the generic family), not the whole fallback list
+    first_font = mpl.rcParams["font.sans-serif"][:1]
+    with mpl.rc_context({"svg.fonttype": "none", "svg.hashsalt": "basin", "font.sans-serif": first_font}):
         for fmt in formats:
             name = f"{stem}.{fmt}"
             if fmt == "png":
@@ -348,11 +350,12 @@ def _cards_section(df: pd.DataFrame) -> str:
     return ("<p>One card per optimizer (click a name to unfold it).</p>" + "\n".join(cards)) if cards else ""
 
 
-def _tables_section(df: pd.DataFrame, table: Callable[[pd.DataFrame, str], str], big: str) -> str:
+def _tables_section(df: pd.DataFrame, table: Callable[[pd.DataFrame, str], str], big: str,
+                    inline: bool = True) -> str:
     link = table(summarize(df), "summary" + big)
     blocks = [f'<p>Mean ± 95% CI half-width over seeds per model, attack and setting. '
               f'<a href="{link}">All numbers with n, sd and CI bounds (CSV)</a></p>']
-    single = model_rows(df)
+    single, listed = model_rows(df), []
     for (metric, split) in _metric_splits(single):
         pivoted = pivot(single, metric, split)
         if pivoted.empty:
@@ -363,15 +366,22 @@ def _tables_section(df: pd.DataFrame, table: Callable[[pd.DataFrame, str], str],
                       f"pivot-{_slug(metric)}-{_slug(split)}.csv")
         n = pivoted.attrs.get("n")
         seeds = f"{n} seed{'s' if n != 1 else ''} per cell" if n else "seeds per cell as shown"
-        blocks.append(f"<h3>{esc(plots.metric_label(metric, split))} <small>({esc(seeds)}; "
-                      f'<a href="{plink}">CSV</a>)</small></h3>' + _pivot_html(pivoted))
+        label = esc(plots.metric_label(metric, split))
+        if inline:
+            blocks.append(f"<h3>{label} <small>({esc(seeds)}; "
+                          f'<a href="{plink}">CSV</a>)</small></h3>' + _pivot_html(pivoted))
+        else:
+            listed.append(f'<li><a href="{plink}">{label}</a> <small>({esc(seeds)})</small></li>')
+    if listed:
+        blocks.append("<p>One table per metric and split, model by attack setting (CSV):</p><ul>"
+                      + "".join(listed) + "</ul>")
     return "\n".join(blocks)
 
 
 def build_report(df: pd.DataFrame, folder: Path, *, claims: Iterable[Claim] | None = None,
                  title: str = "basin report", formats: Sequence[str] = ("png", "svg"), dpi: int = 110,
                  sources: Sequence[str] = (), bands: Bands = Bands(), compress_records: bool = False,
-                 max_metrics: int = MAX_METRICS_PER_ATTACK) -> dict:
+                 max_metrics: int = MAX_METRICS_PER_ATTACK, inline_tables: bool = True) -> dict:
     """Write the report's files into ``folder`` (which must exist); returns its metadata.
     :func:`write_report` calls this on a temporary folder and renames it into place."""
     (folder / "figures").mkdir()
@@ -389,7 +399,7 @@ def build_report(df: pd.DataFrame, folder: Path, *, claims: Iterable[Claim] | No
                 ("figures", "Figures", _figures_section(df, folder, formats, dpi, max_metrics, files)),
                 ("recovery", "Recovery of forgotten knowledge", _recovery_section(df, table, big)),
                 ("cards", "Audit cards", _cards_section(df)),
-                ("tables", "Tables", _tables_section(df, table, big))]
+                ("tables", "Tables", _tables_section(df, table, big, inline_tables))]
     sections = [s for s in sections if s[2]]
     nav = [(anchor, heading) for anchor, heading, _ in sections]
     parts = [f'<h2 id="{anchor}">{esc(heading)}</h2>\n{body}' for anchor, heading, body in sections]
@@ -441,13 +451,14 @@ def _check_target(out: Path) -> None:
 def write_report(data, out_dir: str | os.PathLike, *, claims: Iterable[Claim] | None = None,
                  title: str = "basin report", formats: Sequence[str] = ("png", "svg"),
                  dpi: int = 110, bands: Bands = Bands(), compress_records: bool = False,
-                 max_metrics: int = MAX_METRICS_PER_ATTACK) -> Path:
+                 max_metrics: int = MAX_METRICS_PER_ATTACK, inline_tables: bool = True) -> Path:
     """Build the report for ``data`` (a record frame, or sources for
     :func:`analysis.load.load_records`) into ``out_dir`` atomically; returns ``out_dir/index.html``.
 
     ``claims`` defaults to :data:`analysis.verdicts.PAPER_CLAIMS`, judged under the conditions
     ``bands``; ``compress_records`` writes the long tables (records, recovery, per-seed recovery,
-    summary) gzipped (``tables/records.csv.gz``, ...). The report is written into a
+    summary) gzipped (``tables/records.csv.gz``, ...); ``inline_tables=False`` lists the per-metric
+    tables as links to their CSV files instead of printing them on the page. The report is written into a
     temporary sibling folder, then renamed over ``out_dir`` (an older report there is moved aside
     and deleted only after the new one is in place).
     """
@@ -465,7 +476,7 @@ def write_report(data, out_dir: str | os.PathLike, *, claims: Iterable[Claim] | 
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
     try:
         build_report(df, tmp, claims=claims, title=title, formats=formats, dpi=dpi, sources=sources, bands=bands,
-                     compress_records=compress_records, max_metrics=max_metrics)
+                     compress_records=compress_records, max_metrics=max_metrics, inline_tables=inline_tables)
         os.chmod(tmp, 0o755)
         _swap_into_place(tmp, out)
     except BaseException:

@@ -686,9 +686,10 @@ CELL_FIGURES = (("tiers", "forgetting and utility per arm, clean and under each 
 
 def _cell_report(df, vdir, cell, claims, title, bands, keys, summary, log) -> None:
     # a committed report: long tables gzipped, robustness curves of the answer probability only
-    # (the other metrics are in the tables), PNGs at 90 dpi beside the SVGs
+    # (the other metrics are in the tables), the per-metric tables as CSV links, PNGs at 90 dpi
+    # beside the SVGs
     index = write_report(df, vdir / cell, claims=claims, title=title, bands=bands, compress_records=True,
-                         max_metrics=1, dpi=90)
+                         max_metrics=1, dpi=90, inline_tables=False)
     log(f"report: {index}")
     verdicts = pd.read_csv(vdir / cell / "tables" / "verdicts.csv")
     summary["verdicts"] += [{**r, "claim_objective": r.get("objective"), **keys} for r in verdicts.to_dict("records")]

@@ -202,6 +202,16 @@ def test_report_says_synthetic_and_shows_verdicts(report):
     assert "<details" in page and "Audit card: adam / npo" in page
 
 
+def test_report_without_inline_tables_links_each_table_instead(tmp_path, frame, report):
+    small = frame[frame["label"].isin(["adam", "original", "retain-only"])]
+    page = write_report(small, tmp_path / "r", formats=("png",), inline_tables=False).read_text()
+    tables = page[page.index('id="tables"'):]
+    assert "<table" not in tables and '<a href="tables/pivot-prob-forget.csv">' in tables
+    assert (tmp_path / "r" / "tables" / "pivot-prob-forget.csv").is_file()
+    inline = report.read_text()
+    assert "<table" in inline[inline.index('id="tables"'):]
+
+
 def test_interrupted_report_leaves_the_old_one_intact(tmp_path, frame, monkeypatch):
     out = tmp_path / "report"
     small = frame[frame["label"].isin(["adam", "original", "retain-only"])]
@@ -270,6 +280,7 @@ def test_saved_figures_are_small_and_reproducible(tmp_path):
         assert save_figure(fig, tmp_path / folder, "fig") == ["fig.png", "fig.svg"]
     svg = (tmp_path / "a" / "fig.svg").read_text()
     assert "forget answer probability</text>" in svg and "DejaVuSans-" not in svg
+    assert "font-family: 'DejaVu Sans', sans-serif" in svg and "Verdana" not in svg  # no fallback list
     assert svg == (tmp_path / "b" / "fig.svg").read_text()
     with Image.open(tmp_path / "a" / "fig.png") as image:
         assert image.mode == "P"
