@@ -72,7 +72,7 @@ def _recovery_reading(row) -> str:
     if not np.isfinite(rec):
         return f"recovery undefined ({row['note'] or 'references missing'})"
     ci = (f" (95% CI {_pct(lo)} to {_pct(hi)}, {n} seeds)" if np.isfinite(lo)
-          else f" (1 seed: no CI)")
+          else " (1 seed: no CI)")
     if rec >= SEVERE:
         text = f"most of the forgotten knowledge came back: {_pct(rec)} of the gap to the attacked original{ci}"
     elif rec >= PARTIAL:

@@ -76,7 +76,6 @@ def test_resume_after_interruption_is_bit_identical(trained_micro, patched_bench
     import unlearn.train as train
 
     real = train.evaluate_progress
-    calls = {"n": 0}
 
     def crash_at_step_12(*a, **k):  # the evaluation at step 12 happens after the step-8 checkpoint
         if a[4] == 12:
