@@ -285,7 +285,8 @@ def continuation_logprobs(model, tokenizer, requests: Sequence[tuple[str, str]],
         if len(full) > limit:
             long.append(j)
         examples.append(Example(full, [IGNORE] * len(ctx_ids) + list(cont_ids)))
-    fits = [j for j in range(len(requests)) if j not in set(long)]
+    cut = set(long)
+    fits = [j for j in range(len(requests)) if j not in cut]
     sums = np.zeros(len(requests), dtype=np.float64)
     greedy = np.zeros(len(requests), dtype=bool)
     if fits:
