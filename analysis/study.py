@@ -119,6 +119,27 @@ def regime_map(df: pd.DataFrame, metric: str = "prob", settings: Sequence[str] =
     return pd.DataFrame(out).sort_values(["steps", "lr"]).reset_index(drop=True) if out else pd.DataFrame()
 
 
+def clean_levels(df: pd.DataFrame, metric: str, split: str = "forget") -> pd.DataFrame:
+    """Per study arm, the clean unlearned models' ``metric`` on ``split`` over the evaluation seeds:
+    n, mean, min, max, and ``from_gold`` = (mean - gold) / (original - gold), the distance from
+    the gold model in fractions of the original-gold gap (0 = at the gold model, 1 = not
+    forgotten), the unit of the verdicts' gold-distance band. It shows whether a calibration
+    made on other seeds carried over to the seeds the claims are judged on."""
+    base = latest_step(model_rows(df))
+    clean = base[(base["attack"] == "none") & (base["metric"] == metric) & (base["split"] == split)]
+    ref = {role: float(clean.loc[clean["role"] == role, "value"].mean()) for role in ("original", "retain")}
+    gap = ref["original"] - ref["retain"]
+    unl = clean[clean["role"] == "unlearned"]
+    out = []
+    for arm, rows in unl.groupby("optimizer"):   # load_arms puts the study arm here
+        per_seed = rows.groupby("seed")["value"].mean()
+        mean = float(per_seed.mean())
+        out.append({"arm": arm, "n": int(per_seed.size), "mean": mean, "min": float(per_seed.min()),
+                    "max": float(per_seed.max()),
+                    "from_gold": (mean - ref["retain"]) / gap if gap and math.isfinite(gap) else math.nan})
+    return pd.DataFrame(out, columns=["arm", "n", "mean", "min", "max", "from_gold"])
+
+
 def grid_arm(optimizer: str, steps: int) -> str:
     """The map's arm label for ``optimizer`` run ``steps`` steps (one row of the grid)."""
     return f"{optimizer}@{steps}"
@@ -306,7 +327,11 @@ def write_index(out: Path, versions: list[dict]) -> Path:
             first = [c for c in ("regime", "objective", "target", "arm", "lr", "steps") if c in cal.columns]
             parts.append("<h3>Matched forgetting (calibration)</h3><p>Each arm's learning rate was chosen on "
                          "calibration seeds and models kept apart from the evaluation seeds, to bring the "
-                         "forget metric into the target band; controls copy their arm's setting.</p>"
+                         "forget metric into the target band; controls copy their arm's setting. <b>forget, "
+                         "evaluation seeds</b> is the same metric on the clean unlearned models the claims are "
+                         "judged on (mean, range, n); <b>from gold</b> is its distance from the gold model in "
+                         "fractions of the original-gold gap (0 = at the gold model, 1 = not forgotten). Where "
+                         "it is far from 0 the calibration did not carry over to the evaluation seeds.</p>"
                          + html_table(cal[first + [c for c in cal.columns if c not in first]]))
         for fig in v.get("figures", []):
             parts.append(f'<figure><a href="{esc(fig["href"])}"><img src="{esc(fig["png"])}" alt="{esc(fig["caption"])}">'

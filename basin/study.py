@@ -46,10 +46,10 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from analysis.report import save_figure, write_report
+from analysis.report import fmt_num, save_figure, write_report
 from analysis.tables import TRAJECTORY
-from analysis.study import (grid_arm, grid_claims, load_arms, plot_regime_map, read_summaries, regime_map,
-                            write_index)
+from analysis.study import (clean_levels, grid_arm, grid_claims, load_arms, plot_regime_map, read_summaries,
+                            regime_map, write_index)
 from analysis.verdicts import PAPER_CLAIMS, Bands, Claim, claims_for
 from audit.attacks import ATTACKS
 from audit.metrics import METRICS
@@ -457,6 +457,11 @@ def run_tiers(regime: TiersRegime, folder: Path, cache_dir=None, progress: bool 
     engine = lookup(ENGINES, regime.engine, "sweep engine")
     run = lambda jobs: engine(jobs, progress=progress, **regime.engine_args) if jobs else []  # noqa: E731
     cells = {cell: cell_settings(plan, *cell) for cell in plan.cells()}   # now calibrated
+
+    def save_settings():
+        write_json_atomic(folder / "settings.json", {f"{o}/{t}": s for (o, t), s in cells.items()})
+
+    save_settings()   # the report's calibration table, even if the sweep is interrupted
     referenced: set = set()
     # wave 1: the arms and the controls that copy a setting (references once per model pair)
     jobs = []
@@ -501,7 +506,7 @@ def run_tiers(regime: TiersRegime, folder: Path, cache_dir=None, progress: bool 
             audit_plane(plan.models[str(seed)][0], a, b, names=("original", *(f"{x}-s{seed}" for x in regime.plane)),
                         benchmark=regime.benchmark, benchmark_args=dict(regime.model.get("world", {})),
                         max_retain=regime.audit.get("max_retain", 100), out=out, progress=progress)
-    write_json_atomic(folder / "settings.json", {f"{o}/{t}": s for (o, t), s in cells.items()})
+    save_settings()   # now with the noise-matched controls' per-seed noise
     return {"settings": cells}
 
 
@@ -622,12 +627,19 @@ def _report_tiers(config, name, regime, folder, vdir, bands, summary, log) -> No
         summary["compute"].append({"regime": name, "cell": cell, **{
             stage: round(_wall_seconds([folder / stage / cell] if stage == "plane" else (folder / stage / cell).glob("*"))
                          / 60, 1) for stage in ("calibration", "runs", "audits", "paths", "plane")}})
+        metric = regime.calibration.get("metric", "prob")
+        levels = clean_levels(df, metric).set_index("arm") if not df.empty else pd.DataFrame()
         for label, s in settings.get(f"{objective}/{target}", {}).items():
-            summary["calibration"].append({"regime": name, "objective": objective, "target": target, "arm": label,
-                                           "lr": s.get("lr"), "steps": s.get("steps"),
-                                           "forget at calibration": s.get("forget"),
-                                           "matched": "control (copies its arm)" if s.get("control")
-                                           else "yes" if s.get("matched") else "NO: closest probe"})
+            level = levels.loc[label] if label in levels.index else None
+            summary["calibration"].append({
+                "regime": name, "objective": objective, "target": target, "arm": label,
+                "lr": s.get("lr"), "steps": s.get("steps"), "metric": metric,
+                "forget at calibration": s.get("forget"),
+                "matched": "control (copies its arm)" if s.get("control") else "yes" if s.get("matched")
+                else "NO: closest probe",
+                "forget, evaluation seeds": None if level is None else
+                f"{fmt_num(level['mean'])} ({fmt_num(level['min'])} to {fmt_num(level['max'])}, n={int(level['n'])})",
+                "from gold (gap fraction)": None if level is None else round(float(level["from_gold"]), 3)})
         if df.empty or not ((df["role"] == "unlearned") & ~df["attack"].isin(TRAJECTORY)).any():
             continue   # no finished run yet (perhaps calibration probes): nothing to judge
         arms = sorted(set(df.loc[df["role"] == "unlearned", "optimizer"]))

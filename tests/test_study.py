@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -214,6 +215,9 @@ def test_a_study_runs_resumes_and_reports(tmp_path):
                                                          "hybrid-vs-randsign-relearn"}
     assert all(v["verdict"] in ("reproduced", "not reproduced", "inconclusive") for v in summary["verdicts"])
     assert {c["arm"] for c in summary["calibration"]} == {"adam", "hybrid", "hybrid-randsign", "adam-noise"}
+    # beside each arm's calibrated level, where its evaluation seeds landed (the same metric)
+    assert all(c["metric"] == "nll" and "n=2)" in c["forget, evaluation seeds"] for c in summary["calibration"])
+    assert all(math.isfinite(c["from gold (gap fraction)"]) for c in summary["calibration"])
     page = index.read_text()
     assert "hybrid-vs-randsign-relearn" in page and "v1/mini-npo-halfway/index.html" in page
     assert (tmp_path / "report" / "v1" / "study.yaml").read_text() == SMOKE
@@ -303,6 +307,33 @@ def _grid_records(tmp_path, leaky: dict, unforgotten=()) -> list:
         (folder / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
         groups.append(([folder], {"steps": steps, "arm": grid_arm("adam", steps)}))
     return groups
+
+
+def test_clean_levels_place_each_arm_between_the_gold_model_and_the_original(tmp_path):
+    """clean_levels: per arm, the clean forget level over its seeds (mean, min, max, n) and its
+    distance from the gold model in fractions of the original-gold gap, against a direct
+    computation from the records."""
+    import numpy as np
+    import pandas as pd
+
+    from analysis.study import clean_levels, load_arms
+    from analysis.synthetic import synthetic_records
+
+    records = synthetic_records(["adam", "signadam"], seeds=range(4), basins=False, rng_seed=3)
+    for r in records:   # signadam: seed s forgets to 0.2 + 0.1 s
+        if r.get("optimizer") == "signadam" and r["attack"] == "none" and r["split"] == "forget" and r["metric"] == "prob":
+            r["value"] = 0.2 + 0.1 * r["seed"]
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    levels = clean_levels(load_arms([([tmp_path / "r"], {})]), "prob").set_index("arm")
+    rows = pd.DataFrame(records)
+    clean = rows[(rows["attack"] == "none") & (rows["metric"] == "prob") & (rows["split"] == "forget")]
+    original, gold = (clean.loc[clean["role"] == role, "value"].mean() for role in ("original", "retain"))
+    sign = levels.loc["signadam"]
+    assert (sign["n"], sign["min"], sign["max"]) == (4, pytest.approx(0.2), pytest.approx(0.5))
+    assert sign["from_gold"] == pytest.approx((0.35 - gold) / (original - gold))
+    adam = clean[(clean["role"] == "unlearned") & (clean["optimizer"] == "adam")]["value"]
+    assert np.isclose(levels.loc["adam", "mean"], adam.mean())
 
 
 def test_regime_map_cells_and_the_cells_that_never_forgot(tmp_path):
