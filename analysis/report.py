@@ -317,7 +317,10 @@ def _figures_section(df: pd.DataFrame, folder: Path, formats, dpi: int, max_metr
     return "\n".join(out) or "<p>No figure: the records hold no attack curves.</p>"
 
 
-def _recovery_section(df: pd.DataFrame, table: Callable[[pd.DataFrame, str], str], big: str) -> str:
+def _recovery_section(df: pd.DataFrame, table: Callable[[pd.DataFrame, str], str], big: str,
+                      inline: bool = True) -> str:
+    """Recovery pivots per forget metric and split (``inline=False``: the first metric's only; the
+    others are in the CSV)."""
     rec = recovery_table(df, splits=None)
     rec = rec[rec["metric"].isin(FORGET_METRICS) & rec["split"].str.startswith("forget")] if not rec.empty else rec
     link = table(rec, "recovery" + big)
@@ -329,7 +332,15 @@ def _recovery_section(df: pd.DataFrame, table: Callable[[pd.DataFrame, str], str
             f'<a href="{link}">All numbers (CSV)</a> · <a href="{link_seed}">per seed (CSV)</a></p>']
     if rec.empty:
         return "\n".join(body + ["<p>No attack on an unlearned model with a clean counterpart in the records.</p>"])
-    for metric, split in _metric_splits(rec):
+    pairs = _metric_splits(rec)
+    if not inline:
+        shown = [p for p in pairs if p[0] == pairs[0][0]]
+        if len(shown) < len(pairs):
+            others = sorted({m for m, _ in pairs} - {pairs[0][0]})
+            body.append(f"<p>Below: {esc(plots.metric_label(pairs[0][0], ''))}. The same for "
+                        f'{esc(", ".join(others))}: <a href="{link}">the CSV</a>.</p>')
+        pairs = shown
+    for metric, split in pairs:
         for column, what in (("recovery", "recovery"), ("recovery_gold", "vs gold")):
             pivoted = recovery_pivot(rec, metric, split, column=column)
             if not pivoted.empty:
@@ -397,7 +408,7 @@ def build_report(df: pd.DataFrame, folder: Path, *, claims: Iterable[Claim] | No
     verdicts = evaluate_claims(df, list(PAPER_CLAIMS if claims is None else claims), bands)
     sections = [("verdicts", "Verdicts on the paper's claims", _verdicts_section(verdicts, table)),
                 ("figures", "Figures", _figures_section(df, folder, formats, dpi, max_metrics, files)),
-                ("recovery", "Recovery of forgotten knowledge", _recovery_section(df, table, big)),
+                ("recovery", "Recovery of forgotten knowledge", _recovery_section(df, table, big, inline_tables)),
                 ("cards", "Audit cards", _cards_section(df)),
                 ("tables", "Tables", _tables_section(df, table, big, inline_tables))]
     sections = [s for s in sections if s[2]]
@@ -458,7 +469,8 @@ def write_report(data, out_dir: str | os.PathLike, *, claims: Iterable[Claim] | 
     ``claims`` defaults to :data:`analysis.verdicts.PAPER_CLAIMS`, judged under the conditions
     ``bands``; ``compress_records`` writes the long tables (records, recovery, per-seed recovery,
     summary) gzipped (``tables/records.csv.gz``, ...); ``inline_tables=False`` lists the per-metric
-    tables as links to their CSV files instead of printing them on the page. The report is written into a
+    tables as links to their CSV files instead of printing them on the page, and prints the
+    recovery of the first forget metric only. The report is written into a
     temporary sibling folder, then renamed over ``out_dir`` (an older report there is moved aside
     and deleted only after the new one is in place).
     """

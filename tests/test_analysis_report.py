@@ -7,6 +7,7 @@ from html.parser import HTMLParser
 from itertools import combinations
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -204,10 +205,15 @@ def test_report_says_synthetic_and_shows_verdicts(report):
 
 def test_report_without_inline_tables_links_each_table_instead(tmp_path, frame, report):
     small = frame[frame["label"].isin(["adam", "original", "retain-only"])]
-    page = write_report(small, tmp_path / "r", formats=("png",), inline_tables=False).read_text()
+    margin = small[small["metric"] == "prob"].assign(metric="margin")   # a second forget metric
+    page = write_report(pd.concat([small, margin]), tmp_path / "r", formats=("png",),
+                        inline_tables=False).read_text()
     tables = page[page.index('id="tables"'):]
     assert "<table" not in tables and '<a href="tables/pivot-prob-forget.csv">' in tables
     assert (tmp_path / "r" / "tables" / "pivot-prob-forget.csv").is_file()
+    recovery = page[page.index('id="recovery"'):page.index('id="cards"')]
+    assert "<h3>recovery: answer probability" in recovery and "<h3>recovery: margin" not in recovery
+    assert "The same for margin" in recovery and 'href="tables/recovery.csv"' in recovery
     inline = report.read_text()
     assert "<table" in inline[inline.index('id="tables"'):]
 
