@@ -324,7 +324,7 @@ def _recovery_section(df: pd.DataFrame, table: Callable[[pd.DataFrame, str], str
     rec = recovery_table(df, splits=None)
     rec = rec[rec["metric"].isin(FORGET_METRICS) & rec["split"].str.startswith("forget")] if not rec.empty else rec
     link = table(rec, "recovery" + big)
-    link_seed = table(recovery_per_seed(df), "recovery_per_seed" + big)
+    link_seed = table(recovery_per_seed(df, metrics=FORGET_METRICS), "recovery_per_seed" + big)  # as ``rec``
     body = ["<p><b>recovery</b> = (attacked − clean) / (attacked original − clean), per seed, then mean "
             "[95% CI]: 0 = nothing came back, 1 = as much as the original keeps under the same attack. "
             "<b>vs gold</b> = (attacked − attacked retain-only) / (attacked original − attacked "
