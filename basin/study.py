@@ -11,7 +11,11 @@ Regime kinds (:data:`REGIME_KINDS`):
   objective, at every calibration target. Stages, each resumable and idempotent:
 
   1. models: the original and gold (retain-only) models, one pair per evaluation seed when
-     ``vary_models`` (seed i uses the pair fitted with seed i; the calibration its own pair);
+     ``vary_models`` (seed i uses the pair fitted with seed i; the calibration its own pair). A
+     regime whose ``model`` is ``{original: MODEL, gold: MODEL}`` builds nothing: it takes a
+     published pair (folders or hub names, e.g. TOFU's full and retain90 models) as it is, with
+     ``benchmark_args`` for the benchmark's options (a local TOFU folder) and
+     ``unlearn.prompt_format`` for the format the pair was trained in;
   2. calibration (:mod:`basin.calibrate`): per objective, target and arm, the lr that brings the
      forget metric to the target on the calibration seeds. An arm that no probe matched runs at
      its closest probe and is marked unmatched (the verdicts' conditions then keep it out of any
@@ -70,7 +74,10 @@ from unlearn.train import UnlearnConfig
 CORRECTIONS = {"holm": "Holm's step-down correction over the claims of one table"}
 CLAIMS = {c.name: c for c in PAPER_CLAIMS}
 MODEL_KEYS = {"size": "a scratch model size (micro, tiny, small)", "base": "a pretrained model to fine-tune",
-              "world": "WorldConfig fields", "fit": "FitConfig overrides"}
+              "world": "WorldConfig fields", "fit": "FitConfig overrides",
+              "original": "a trained model that knows the forget set (folder or hub name)",
+              "gold": "its retain-only counterpart (folder or hub name)"}
+GIVEN = ("original", "gold")   # model: {original, gold}: third-party models, nothing is built
 ARM_KEYS = {"optimizer": "optimizer name", "optimizer_args": "its options", "start": "the calibration's first lr"}
 CONTROL_KEYS = {"optimizer": "optimizer name", "like": "the arm whose setting it copies",
                 "noise_of": "the arm whose zeroth-order step size the noise matches",
@@ -88,6 +95,7 @@ class TiersRegime:
     kind: str = "tiers"
     model: dict = field(default_factory=lambda: {"size": "tiny"})
     benchmark: str = "world:forget10"
+    benchmark_args: dict | None = None  # the benchmark's options (default: the model's world)
     seeds: list = field(default_factory=lambda: [0, 1, 2, 3, 4])
     vary_models: bool = False         # one original / gold pair per evaluation seed (fit seed = seed)
     calibration_model_seed: int | None = None  # the calibration's pair (vary_models); default: seeds[0]'s
@@ -125,6 +133,8 @@ class TiersRegime:
         for key in self.calibration:
             lookup({k: k for k in CALIBRATION_KEYS}, key, "calibration field")
         require(self.calibration.get("targets"), "calibration.targets must list at least one target (gold, halfway, ...)")
+        require(not (self.vary_models and given_models(self)),
+                "vary_models fits one model pair per seed; with model: {original, gold} there is one pair")
         if self.vary_models:
             require(self.calibration_model_seed is not None and self.calibration_model_seed not in self.seeds,
                     "vary_models needs a calibration_model_seed that is not an evaluation seed")
@@ -149,6 +159,7 @@ class MapRegime:
     kind: str = "quantization-map"
     model: dict = field(default_factory=lambda: {"size": "small"})
     benchmark: str = "world:forget10"
+    benchmark_args: dict | None = None
     seeds: list = field(default_factory=lambda: [0])
     objective: str = "npo"
     objective_args: dict = field(default_factory=dict)
@@ -173,10 +184,16 @@ REGIME_KINDS = {"tiers": TiersRegime, "quantization-map": MapRegime}
 
 def _check_common(regime) -> None:
     lookup(REGIME_KINDS, regime.kind, "regime kind")
-    require(isinstance(regime.model, dict) and ("size" in regime.model or "base" in regime.model),
-            "model must be {size: tiny} or {base: NAME, world: {...}}")
+    require(isinstance(regime.model, dict) and ("size" in regime.model or "base" in regime.model
+                                                or set(GIVEN) <= set(regime.model)),
+            "model must be {size: tiny}, {base: NAME, world: {...}} or {original: MODEL, gold: MODEL}")
     for key in regime.model:
         lookup(MODEL_KEYS, key, "model key")
+    if given_models(regime):
+        require(set(regime.model) == set(GIVEN), "model: {original, gold} names trained models, so it takes no "
+                f"size, base, world or fit (got {sorted(regime.model)})")
+    require(regime.benchmark_args is None or isinstance(regime.benchmark_args, dict),
+            "benchmark_args must be a mapping of the benchmark's options")
     require(isinstance(regime.seeds, list) and regime.seeds and all(isinstance(s, int) for s in regime.seeds),
             "seeds must be a list of integers")
     lookup(ENGINES, regime.engine, "sweep engine")
@@ -267,6 +284,16 @@ def _regime(name: str, spec) -> TiersRegime | MapRegime:
 
 # ----------------------------------------------------------------------------- models
 
+def given_models(regime) -> bool:
+    """True when the regime names its original and gold models instead of building them."""
+    return any(key in regime.model for key in GIVEN)
+
+
+def benchmark_args(regime) -> dict:
+    """The benchmark's options: the file's ``benchmark_args``, else the world the models were built on."""
+    return dict(regime.benchmark_args if regime.benchmark_args is not None else regime.model.get("world", {}))
+
+
 def build_config(regime, seed: int) -> BuildConfig:
     """The original / gold pair of ``regime`` fitted with ``seed``."""
     model = regime.model
@@ -285,6 +312,8 @@ def model_seeds(regime) -> dict[str, int]:
 
 def model_paths(regime, cache_dir=None) -> dict[str, tuple[str, str]]:
     """Where each use's (original, gold) pair lives (built or not: nothing is built)."""
+    if given_models(regime):
+        return {use: (str(regime.model["original"]), str(regime.model["gold"])) for use in model_seeds(regime)}
     out = {}
     for use, seed in model_seeds(regime).items():
         config = build_config(regime, seed)
@@ -293,6 +322,8 @@ def model_paths(regime, cache_dir=None) -> dict[str, tuple[str, str]]:
 
 
 def build_models(regime, cache_dir=None, progress: bool = True, log=print) -> None:
+    if given_models(regime):
+        return   # third-party models: loaded by each run and audit as they are
     for seed in sorted(set(model_seeds(regime).values())):
         result = build(build_config(regime, seed), cache_dir=cache_dir, progress=progress)
         log(f"models (fit seed {seed}): original forget prob {result.original_fit['eval']['forget']['prob']:.3f}, "
@@ -320,7 +351,7 @@ def calibration_configs(regime: TiersRegime, folder: Path, models: dict) -> dict
 
 def _shared(regime, objective: str, model: str) -> dict:
     """The UnlearnConfig fields every run of ``objective`` shares."""
-    return {"model": model, "benchmark": regime.benchmark, "benchmark_args": dict(regime.model.get("world", {})),
+    return {"model": model, "benchmark": regime.benchmark, "benchmark_args": benchmark_args(regime),
             "objective": objective, "objective_args": dict(regime.objectives[objective]),
             "steps": UnlearnConfig.steps, **regime.unlearn}
 
@@ -333,7 +364,7 @@ def audit_fields(regime, seed: int, references: bool) -> dict:
     """The AuditConfig fields of a run's audit: attack seed = the run's seed."""
     spec = dict(regime.audit)
     attacks = spec.pop("attacks")
-    return {"benchmark": regime.benchmark, "benchmark_args": dict(regime.model.get("world", {})), **spec,
+    return {"benchmark": regime.benchmark, "benchmark_args": benchmark_args(regime), **spec,
             "attacks": tuple(attacks), "attack_args": {k: dict(v or {}) for k, v in attacks.items()},
             "seed": seed, "score_references": references}
 
@@ -504,7 +535,7 @@ def run_tiers(regime: TiersRegime, folder: Path, cache_dir=None, progress: bool 
                 continue
             a, b = (str(plan.run_dir(objective, target, label, seed)) for label in regime.plane)
             audit_plane(plan.models[str(seed)][0], a, b, names=("original", *(f"{x}-s{seed}" for x in regime.plane)),
-                        benchmark=regime.benchmark, benchmark_args=dict(regime.model.get("world", {})),
+                        benchmark=regime.benchmark, benchmark_args=benchmark_args(regime),
                         max_retain=regime.audit.get("max_retain", 100), out=out, progress=progress)
     save_settings()   # now with the noise-matched controls' per-seed noise
     return {"settings": cells}
@@ -520,7 +551,7 @@ def map_jobs(regime: MapRegime, folder: Path, cache_dir=None) -> list[Job]:
     jobs = []
     for lr, steps, seed in itertools.product(regime.grid["lr"], regime.grid["steps"], regime.seeds):
         fields = {"model": original, "benchmark": regime.benchmark,
-                  "benchmark_args": dict(regime.model.get("world", {})), "objective": regime.objective,
+                  "benchmark_args": benchmark_args(regime), "objective": regime.objective,
                   "objective_args": dict(regime.objective_args), **regime.unlearn, "optimizer": regime.optimizer,
                   "lr": lr, "steps": steps, "seed": seed}
         config = UnlearnConfig.from_dict(fields)

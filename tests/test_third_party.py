@@ -211,3 +211,79 @@ def test_smollm2_published_in_llama2_chat_audited_in_its_format(tmp_path, capsys
     assert plain == 0
     df_plain = load_records(tmp_path / "plain")
     assert set(df_plain["prompt_hint"]) == {"chat"}  # SmolLM2's template: <|im_start|> turns
+
+
+TOFU_STUDY = """
+name: tofu-smoke
+version: 1
+question: does a study run on a published original / retain-only pair and the real TOFU files?
+min_seeds: 2
+claims: [signadam-vs-adam-relearn]
+regimes:
+  published:
+    model: {original: ORIGINAL, gold: GOLD}             # set by the test
+    benchmark: tofu:forget01
+    benchmark_args: {path: TOFU_DIR, utility_rows: 4}   # set by the test
+    seeds: [0, 1]
+    objectives: {npo: {beta: 0.1, gamma: 1.0}}
+    unlearn: {steps: 2, batch_size: 8, eval_every: 2, eval_max_rows: 8, save_every: 2, prompt_format: llama2-chat}
+    arms:
+      adam: {optimizer: adam, start: 2.0e-3}
+      signadam: {optimizer: signadam, start: 2.0e-4}
+    calibration: {metric: prob, targets: [halfway], seeds: [1000], max_probes: 1, max_retain: 8}
+    audit:
+      max_retain: 8
+      splits: [forget, retain]
+      metrics: [prob]
+      attacks:
+        relearn: {steps: [1], size: 8, lr: 1.0e-3}
+"""
+
+
+@pytest.mark.slow
+@needs_tofu
+def test_a_study_on_a_published_pair_and_the_real_tofu_files(published, tmp_path):
+    """model: {original, gold} names trained models (here the published micro pair; a hub name on
+    a user's machine): nothing is built, every calibration, run and audit uses the two as they are,
+    in the regime's prompt format, on the benchmark's options (the local TOFU folder)."""
+    import yaml
+
+    from analysis.load import load_records
+    from basin.study import StudyConfig, run_study, write_study
+
+    fields = yaml.safe_load(TOFU_STUDY)
+    fields["regimes"]["published"].update(model={"original": str(published["full"]), "gold": str(published["retain"])},
+                                          benchmark_args={"path": str(TOFU_DIR), "utility_rows": 4})
+    config = StudyConfig(**{**fields, "out": str(tmp_path / "report"), "work": str(tmp_path / "work")})
+    before = {p: p.stat().st_mtime_ns for p in published["full"].rglob("*")}
+    run_study(config, progress=False, log=lambda *_: None)
+    work = tmp_path / "work" / "published"
+    assert sorted(p.name for p in (work / "runs" / "npo-halfway").iterdir()) == [
+        "adam-s0", "adam-s1", "signadam-s0", "signadam-s1"]
+    run = json.loads((work / "runs" / "npo-halfway" / "adam-s1" / "config.json").read_text())
+    assert run["model"] == str(published["full"]) and run["prompt_format"] == "llama2-chat"
+    assert run["benchmark_args"] == {"path": str(TOFU_DIR), "utility_rows": 4}
+    df = load_records([work / "audits" / "npo-halfway" / "adam-s0"])
+    assert set(df["prompt_format"]) == {"llama2-chat"}
+    assert set(df.loc[df.role == "retain", "reference"]) == {str(published["retain"])}
+    assert {p: p.stat().st_mtime_ns for p in published["full"].rglob("*")} == before   # the original untouched
+    write_study(config, log=lambda *_: None)
+    summary = json.loads((tmp_path / "report" / "v1" / "summary.json").read_text())
+    assert [v["claim"] for v in summary["verdicts"]] == ["signadam-vs-adam-relearn"]
+    assert {c["arm"] for c in summary["calibration"]} == {"adam", "signadam"}
+
+
+def test_a_published_pair_takes_no_world_and_fits_no_models():
+    from basin.study import StudyConfig
+
+    fields = {"name": "s", "version": 1, "question": "q", "min_seeds": 2, "claims": [], "regimes": {"r": {
+        "model": {"original": "a", "gold": "b"}, "benchmark": "tofu:forget01", "seeds": [0, 1],
+        "arms": {"adam": {"optimizer": "adam"}}, "calibration": {"targets": ["gold"]},
+        "audit": {"attacks": {"relearn": {}}}}}}
+    StudyConfig(**fields)
+    for change, message in (({"model": {"original": "a", "gold": "b", "world": {}}}, "takes no"),
+                            ({"vary_models": True, "calibration_model_seed": 9}, "one pair"),
+                            ({"model": {"original": "a"}}, "original: MODEL, gold: MODEL")):
+        bad = {**fields, "regimes": {"r": {**fields["regimes"]["r"], **change}}}
+        with pytest.raises(BasinError, match=message):
+            StudyConfig(**bad)
