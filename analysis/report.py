@@ -210,9 +210,20 @@ def _verdicts_html(vt: pd.DataFrame) -> str:
             for ra, rb, ga, gb, ma, mb in zip(vt["recovery_a"], vt["recovery_b"], vt["recovery_gold_a"],
                                               vt["recovery_gold_b"], vt["margin_a"], vt["margin_b"])],
         "why": vt["reason"],
-        "conditions checked": vt["conditions"],
+        "conditions checked": [_conditions_html(c) for c in vt["conditions"]],
     })
-    return html_table(rows, raw_html_cols=("verdict",), nowrap_cols=("A − B [95% CI]",))
+    return html_table(rows, raw_html_cols=("verdict", "conditions checked"), nowrap_cols=("A − B [95% CI]",))
+
+
+def _conditions_html(text) -> str:
+    """The conditions of a sound comparison (``ok: ...; FAILED: ...``), folded under a count."""
+    items = [c for c in re.split(r"; (?=(?:ok|FAILED):)", _text(text)) if c]
+    if not items:
+        return ""
+    failed = sum(c.startswith("FAILED") for c in items)
+    head = f"{failed} of {len(items)} failed" if failed else f"all {len(items)} met"
+    lines = "".join(f"<li>{'<b>' + esc(c) + '</b>' if c.startswith('FAILED') else esc(c)}</li>" for c in items)
+    return f"<details><summary>{head}</summary><ul>{lines}</ul></details>"
 
 
 def _text(v) -> str:

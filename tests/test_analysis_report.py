@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from html.parser import HTMLParser
 from itertools import combinations
 from pathlib import Path
@@ -196,6 +197,11 @@ def test_report_links_exist_and_every_file_is_linked(report):
 
 def test_report_says_synthetic_and_shows_verdicts(report):
     page = report.read_text()
+    # each verdict's conditions fold under a count, the failed ones in bold
+    verdicts = page[page.index('id="verdicts"'):page.index('id="figures"')]
+    folded = re.findall(r"<details><summary>(all \d+ met|\d+ of \d+ failed)</summary><ul>(.*?)</ul></details>", verdicts)
+    assert folded and all(body.count("<li>") == int(head.split()[-2 if "failed" in head else 1]) for head, body in folded)
+    assert all(("<b>FAILED" in body) == ("failed" in head) for head, body in folded)
     assert "marked synthetic" in page
     from analysis.verdicts import PAPER_CLAIMS
 
