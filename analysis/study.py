@@ -278,8 +278,11 @@ def verdict_matrix(versions: list[dict]) -> str:
                 tds.append("<td></td>")
                 continue
             css = "v-" + str(r["verdict"]).replace(" ", "-")
-            detail = (f"{fmt_num(r['diff'])} [{fmt_num(r['ci_low'])}, {fmt_num(r['ci_high'])}]" if _finite(r["diff"])
-                      and _finite(r.get("ci_low")) and r["ci_low"] != r["ci_high"] else _short_reason(str(r["reason"])))
+            two_arms = isinstance(r.get("b"), str) and r.get("b") and r.get("b") != r.get("a")
+            detail = ((f"{r['a']} − {r['b']}: " if two_arms else "")   # which way the difference points
+                      + f"{fmt_num(r['diff'])} [{fmt_num(r['ci_low'])}, {fmt_num(r['ci_high'])}]"
+                      if _finite(r["diff"]) and _finite(r.get("ci_low")) and r["ci_low"] != r["ci_high"]
+                      else _short_reason(str(r["reason"])))
             own = (f"<br><small>the attack's own: {fmt_num(r['recovery_a'])}</small>"
                    if r.get("quantity") == "recovery_gold" and not isinstance(r.get("b"), str)
                    and _finite(r.get("recovery_a")) else "")
