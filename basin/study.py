@@ -701,17 +701,18 @@ def _report_map(config, name, regime, folder, vdir, bands, summary, log) -> None
     if df.empty:
         return
     table = regime_map(df)
-    figures = vdir / f"{name}-map"
-    figures.mkdir(parents=True, exist_ok=True)
-    table.to_csv(figures / "regime-map.csv", index=False, float_format="%.6g")
-    fig = plot_regime_map(table, f"{name}: {regime.optimizer} + {regime.objective}, seeds per cell: "
-                          f"{int(table['n'].max()) if len(table) else 0}", gold_distance=bands.gold_distance)
-    save_figure(fig, figures, "regime-map")
-    summary["regime_map"] += [{"regime": name, **r} for r in table.to_dict("records")]
-    summary["figures"].append({"png": f"{vdir.name}/{figures.name}/regime-map.png",
-                               "svg": f"{vdir.name}/{figures.name}/regime-map.svg",
-                               "href": f"{vdir.name}/{figures.name}/regime-map.csv",
-                               "caption": f"{name}: the quantization regime map (lr x steps)"})
+    if len(table):   # no map before the first cell has an unlearned model
+        figures = vdir / f"{name}-map"
+        figures.mkdir(parents=True, exist_ok=True)
+        table.to_csv(figures / "regime-map.csv", index=False, float_format="%.6g")
+        fig = plot_regime_map(table, f"{name}: {regime.optimizer} + {regime.objective}, seeds per cell: "
+                              f"{int(table['n'].max())}", gold_distance=bands.gold_distance)
+        save_figure(fig, figures, "regime-map")
+        summary["regime_map"] += [{"regime": name, **r} for r in table.to_dict("records")]
+        summary["figures"].append({"png": f"{vdir.name}/{figures.name}/regime-map.png",
+                                   "svg": f"{vdir.name}/{figures.name}/regime-map.svg",
+                                   "href": f"{vdir.name}/{figures.name}/regime-map.csv",
+                                   "caption": f"{name}: the quantization regime map (lr x steps)"})
     claims = grid_claims(config.regime_claims(name), regime.optimizer, regime.grid["lr"], regime.grid["steps"])
     _cell_report(df, vdir, name, claims, f"{config.name} v{config.version}: {name}", bands,
                  {"regime": name, "objective": regime.objective, "target": "grid"}, summary, log)
