@@ -330,7 +330,8 @@ def write_index(out: Path, versions: list[dict]) -> Path:
             first = [c for c in ("regime", "objective", "target", "arm", "lr", "steps") if c in cal.columns]
             parts.append("<h3>Matched forgetting (calibration)</h3><p>Each arm's learning rate was chosen on "
                          "calibration seeds and models kept apart from the evaluation seeds, to bring the "
-                         "forget metric into the target band; controls copy their arm's setting. <b>forget, "
+                         "forget metric into the target band (the mean over the calibration seeds; <b>spread</b>: "
+                         "max − min over them, empty for one seed); controls copy their arm's setting. <b>forget, "
                          "evaluation seeds</b> is the same metric on the clean unlearned models the claims are "
                          "judged on (mean, range, n); <b>from gold</b> is its distance from the gold model in "
                          "fractions of the original-gold gap (0 = at the gold model, 1 = not forgotten). Where "

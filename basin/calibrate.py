@@ -33,6 +33,10 @@ retain set; it need not grow with lr, since NPO also optimises a retain term, so
 ``grid`` of lrs can only improve the choice); with none in band the closest probe is reported
 and the setting is marked unmatched, which :func:`calibrated_fields` refuses. The search itself
 stops at its first in-band probe: it matches the forgetting, and does not explore the band.
+The chosen setting's forget level on each calibration seed is kept (``forget_per_seed``,
+``seed_spread`` = max - min); seeds that disagree by more than the band's width, or a single
+seed, are reported, since the match is on their mean and an evaluation seed lands where its own
+batch order takes it (:func:`spread_warning`).
 
 Files. ``calibrate(config)`` writes ``OUT/config.json`` (the calibration's settings),
 ``OUT/records.jsonl`` (every probe, per seed: forget / retain / utility metrics, lr, steps,
@@ -509,9 +513,11 @@ def calibrate(config: CalibrationConfig | dict, progress: bool = True, log: Call
                     for steps in config.steps]
         grid = [probes.measure(name, lr, steps, "grid") for steps in config.steps for lr in config.grid]
         chosen, matched = choose([p for s in searches for p in s.probes] + grid, target)
+        per_seed = probes.per_seed(name, chosen.lr, chosen.steps) if chosen else []
         entry = {"matched": matched, "optimizer_args": dict(config.optimizers[name].get("optimizer_args", {})),
                  "lr": chosen.lr if chosen else None, "steps": chosen.steps if chosen else None,
                  "forget": chosen.forget if chosen else None, "retain_loss": chosen.retain if chosen else None,
+                 "forget_per_seed": per_seed, "seed_spread": seed_spread(per_seed),
                  "searches": [{"steps": s.steps, "probes": len(s.probes), "reason": s.reason,
                                "lrs": [p.lr for p in s.probes]} for s in searches],
                  "probe_seconds": round(sum(p.seconds for s in searches for p in s.probes), 2),
@@ -522,9 +528,36 @@ def calibrate(config: CalibrationConfig | dict, progress: bool = True, log: Call
         log(f"{name}: {status}: lr {entry['lr']}, steps {entry['steps']}, forget {entry['forget']}, "
             f"{entry['search_probes']} search probes x {len(config.seeds)} seed(s), "
             f"{entry['probe_seconds']:.1f} s of probes ({probes.ran - ran} run now, {probes.reused - reused} reused)")
+        warning = spread_warning(per_seed, target.tolerance)
+        if warning:
+            log(f"{name}: {warning}")
     write_json_atomic(out / "manifest.json", {"kind": KIND, "wall_seconds": round(time.time() - start, 2),
                                               "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(start))})
     return result
+
+
+def seed_spread(per_seed: Sequence[float]) -> float | None:
+    """max - min of the forget metric over the calibration seeds at one setting (None: one seed)."""
+    values = [v for v in per_seed if math.isfinite(v)]
+    return max(values) - min(values) if len(values) > 1 else None
+
+
+def spread_warning(per_seed: Sequence[float], tolerance: float) -> str:
+    """Why a match on the calibration seeds may not carry over to other seeds, or "".
+
+    The match is on the mean over the calibration seeds; an evaluation seed (another batch order)
+    lands where its own run goes. Seeds that disagree by more than the band's width (2 x
+    ``tolerance``) say that a single run can land outside the band at the chosen setting; one seed
+    says nothing about that spread."""
+    spread = seed_spread(per_seed)
+    if len(per_seed) == 1:
+        return ("one calibration seed: how far other batch orders land at this setting is not measured; "
+                "calibrate on several seeds (the match is then on their mean) and check the evaluation "
+                "seeds' level before comparing arms")
+    if spread is not None and spread > 2 * tolerance:
+        return (f"the calibration seeds disagree by {spread:.4g} at this setting, more than the band's width "
+                f"(2 x {tolerance:.4g}): single runs, the evaluation seeds' among them, can land outside the band")
+    return ""
 
 
 @dataclass
@@ -542,6 +575,11 @@ class _Probes:
     log: Callable[[str], None] | None = None
     ran: int = 0
     reused: int = 0
+
+    def per_seed(self, name: str, lr: float, steps: int) -> list[float]:
+        """The forget metric of a measured setting on each calibration seed."""
+        key = (self.config.metric, "forget")
+        return [self.done[(name, float(lr), int(steps), int(seed))][0][key] for seed in self.config.seeds]
 
     def measure(self, name: str, lr: float, steps: int, phase: str) -> Probe:
         forget_key = (self.config.metric, "forget")

@@ -379,7 +379,8 @@ def settings_of(calibrations: dict, regime: TiersRegime, objective: str, target:
         entry = load_calibration(path)["optimizers"].get(arm["optimizer"]) if path.exists() else None
         if entry and entry.get("lr"):
             out[label] = {"lr": entry["lr"], "steps": entry["steps"], "matched": bool(entry["matched"]),
-                          "optimizer_args": dict(entry["optimizer_args"]), "forget": entry.get("forget")}
+                          "optimizer_args": dict(entry["optimizer_args"]), "forget": entry.get("forget"),
+                          "seed_spread": entry.get("seed_spread")}
         else:
             out[label] = {"lr": arm.get("start", UnlearnConfig.lr), "steps": config.steps[0], "matched": False,
                           "optimizer_args": dict(arm.get("optimizer_args", {})), "forget": None, "planned": True}
@@ -666,6 +667,7 @@ def _report_tiers(config, name, regime, folder, vdir, bands, summary, log) -> No
                 "regime": name, "objective": objective, "target": target, "arm": label,
                 "lr": s.get("lr"), "steps": s.get("steps"), "metric": metric,
                 "forget at calibration": s.get("forget"),
+                "spread over calibration seeds": s.get("seed_spread"),   # None: one seed (or a control)
                 "matched": "control (copies its arm)" if s.get("control") else "yes" if s.get("matched")
                 else "NO: closest probe",
                 "forget, evaluation seeds": None if level is None else

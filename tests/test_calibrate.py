@@ -142,6 +142,13 @@ class FakeProber:
         return self._scores(F0 * math.exp(-scale * lr * steps / C), 0.95 - lr * steps), 0.25
 
 
+class SeedSensitiveProber(FakeProber):
+    """Seed 1001's batch order forgets at 1.5 x the rate of seed 1000's."""
+
+    def run(self, name, lr, steps, seed):
+        return super().run(name, lr * (1.5 if seed == 1001 else 1.0), steps, seed)
+
+
 def _config(out, **kw):
     return CalibrationConfig(**{"out": str(out), "unlearn": {"benchmark": "world:forget10", "objective": "npo"},
                                 "optimizers": {"adam": {}, "signadam": {"start": 1e-3}}, "steps": (10,),
@@ -365,3 +372,26 @@ def test_a_probe_whose_loss_diverges_scores_nan(folders, monkeypatch):
     monkeypatch.setattr(train, "make_objective", lambda name, **kw: NanAtStep2())
     scores, seconds = prober.run("sgd", 1e-3, 3, 1000)
     assert all(math.isnan(v) for v in scores.values()) and seconds > 0
+
+
+def test_the_spread_over_calibration_seeds_is_kept_and_reported(tmp_path):
+    """The match is on the mean over the calibration seeds: each seed's level at the chosen setting
+    is kept, and seeds that disagree by more than the band's width (or a single seed) are reported."""
+    from basin.calibrate import spread_warning
+
+    logs = []
+    result = calibrate(_config(tmp_path / "a", tolerance=0.01), prober=SeedSensitiveProber(), log=logs.append)
+    adam = result["optimizers"]["adam"]
+    lr = adam["lr"]
+    expected = [F0 * math.exp(-k * lr * 10 / C) for k in (1.0, 1.5)]
+    assert adam["forget_per_seed"] == pytest.approx(expected)
+    assert adam["seed_spread"] == pytest.approx(expected[0] - expected[1]) and adam["seed_spread"] > 0.02
+    assert any(line.startswith("adam: the calibration seeds disagree by") for line in logs)
+    # seeds that agree: no warning; one seed: the spread is unknown, and said so
+    logs.clear()
+    same = calibrate(_config(tmp_path / "b"), prober=FakeProber(), log=logs.append)
+    assert same["optimizers"]["adam"]["seed_spread"] == 0 and not any("disagree" in line for line in logs)
+    one = calibrate(_config(tmp_path / "c", seeds=(1000,)), prober=FakeProber(), log=logs.append)
+    assert one["optimizers"]["adam"]["seed_spread"] is None
+    assert any(line.startswith("adam: one calibration seed") for line in logs)
+    assert spread_warning([0.5, 0.515], 0.01) == "" and "disagree by 0.03" in spread_warning([0.5, 0.53], 0.01)
