@@ -327,7 +327,9 @@ def write_index(out: Path, versions: list[dict]) -> Path:
         parts.append("<h3>Verdicts</h3>" + verdict_summary(rows))
         if v.get("calibration"):
             cal = pd.DataFrame(v["calibration"])
-            first = [c for c in ("regime", "objective", "target", "arm", "lr", "steps") if c in cal.columns]
+            first = [c for c in ("regime", "objective", "target", "arm", "lr", "steps", "metric", "forget at calibration",
+                                 "spread over calibration seeds", "forget, evaluation seeds",
+                                 "from gold (gap fraction)", "matched") if c in cal.columns]
             parts.append("<h3>Matched forgetting (calibration)</h3><p>Each arm's learning rate was chosen on "
                          "calibration seeds and models kept apart from the evaluation seeds, to bring the "
                          "forget metric into the target band (the mean over the calibration seeds; <b>spread</b>: "
