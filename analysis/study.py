@@ -283,9 +283,11 @@ def verdict_matrix(versions: list[dict]) -> str:
                       + f"{fmt_num(r['diff'])} [{fmt_num(r['ci_low'])}, {fmt_num(r['ci_high'])}]"
                       if _finite(r["diff"]) and _finite(r.get("ci_low")) and r["ci_low"] != r["ci_high"]
                       else _short_reason(str(r["reason"])))
+            # beside a tested claim only: where unlearning left the model near the original, the
+            # attack's own recovery divides by almost nothing and means nothing
             own = (f"<br><small>the attack's own: {fmt_num(r['recovery_a'])}</small>"
                    if r.get("quantity") == "recovery_gold" and not isinstance(r.get("b"), str)
-                   and _finite(r.get("recovery_a")) else "")
+                   and _finite(r.get("recovery_a")) and _finite(r["diff"]) else "")
             tds.append(f'<td title="{esc(r["reason"])}"><span class="verdict {css}">{esc(r["verdict"])}</span>'
                        f"<br><small>{esc(detail)}</small>{own}</td>")
         text = next(r["text"] for r in rows if r["claim"] == claim)

@@ -369,10 +369,14 @@ def test_the_first_page_shows_what_an_attack_itself_brought_back(tmp_path):
             "ci_low": 0.013, "ci_high": 0.025, "reason": "r", "text": "t", "quantity": "recovery_gold"}
     html = verdict_matrix([{"version": 1, "verdicts": [
         {**base, "claim": "adam-undone-by-quantize", "b": None, "recovery_a": 0.00015},
-        {**base, "claim": "signadam-vs-adam-quantize", "a": "signadam", "b": "adam", "recovery_a": 0.00042}]}])
+        {**base, "claim": "signadam-vs-adam-quantize", "a": "signadam", "b": "adam", "recovery_a": 0.00042},
+        {**base, "claim": "never-forgot", "b": None, "recovery_a": -51.09, "diff": float("nan"),
+         "verdict": "inconclusive", "reason": "far from the gold model"}]}])
     undone, versus = html.split("adam-undone-by-quantize</td>")[1], html.split("signadam-vs-adam-quantize</td>")[1]
     assert "the attack's own: 0.00015" in undone.split("</tr>")[0]
     assert "the attack" not in versus.split("</tr>")[0]
     # a two-arm difference names its arms, so its sign reads one way only
     assert "signadam − adam: 0.019 [0.013, 0.025]" in versus.split("</tr>")[0]
     assert "−" not in undone.split("</tr>")[0].split("<small>")[1]
+    # a claim that was not tested (the model never forgot): no ill-conditioned "own" recovery
+    assert "the attack" not in html.split("never-forgot</td>")[1].split("</tr>")[0]
