@@ -33,10 +33,10 @@ retain set; it need not grow with lr, since NPO also optimises a retain term, so
 ``grid`` of lrs can only improve the choice); with none in band the closest probe is reported
 and the setting is marked unmatched, which :func:`calibrated_fields` refuses. The search itself
 stops at its first in-band probe: it matches the forgetting, and does not explore the band.
-The chosen setting's forget level on each calibration seed is kept (``forget_per_seed``,
-``seed_spread`` = max - min); seeds that disagree by more than the band's width, or a single
-seed, are reported, since the match is on their mean and an evaluation seed lands where its own
-batch order takes it (:func:`spread_warning`).
+The chosen setting's forget level on each calibration seed is kept (``forget_per_seed``; their
+spread, max - min, is :func:`seed_spread`); seeds that disagree by more than the band's width, or
+a single seed, are reported, since the match is on their mean and an evaluation seed lands where
+its own batch order takes it (:func:`spread_warning`).
 
 Files. ``calibrate(config)`` writes ``OUT/config.json`` (the calibration's settings),
 ``OUT/records.jsonl`` (every probe, per seed: forget / retain / utility metrics, lr, steps,
@@ -517,7 +517,7 @@ def calibrate(config: CalibrationConfig | dict, progress: bool = True, log: Call
         entry = {"matched": matched, "optimizer_args": dict(config.optimizers[name].get("optimizer_args", {})),
                  "lr": chosen.lr if chosen else None, "steps": chosen.steps if chosen else None,
                  "forget": chosen.forget if chosen else None, "retain_loss": chosen.retain if chosen else None,
-                 "forget_per_seed": per_seed, "seed_spread": seed_spread(per_seed),
+                 "forget_per_seed": per_seed,
                  "searches": [{"steps": s.steps, "probes": len(s.probes), "reason": s.reason,
                                "lrs": [p.lr for p in s.probes]} for s in searches],
                  "probe_seconds": round(sum(p.seconds for s in searches for p in s.probes), 2),

@@ -58,7 +58,7 @@ from analysis.verdicts import PAPER_CLAIMS, Bands, Claim, claims_for
 from audit.attacks import ATTACKS
 from audit.metrics import METRICS
 from audit.runner import AuditConfig, audit_plane
-from basin.calibrate import CalibrationConfig, calibrate, load_calibration
+from basin.calibrate import CalibrationConfig, calibrate, load_calibration, seed_spread
 from basin.sweep import ENGINES, Job
 from unlearn.cache import check_writable, write_json_atomic, write_text_atomic
 from unlearn.build import BuildConfig, build, finetune_fit, model_dir, retain_split
@@ -380,7 +380,7 @@ def settings_of(calibrations: dict, regime: TiersRegime, objective: str, target:
         if entry and entry.get("lr"):
             out[label] = {"lr": entry["lr"], "steps": entry["steps"], "matched": bool(entry["matched"]),
                           "optimizer_args": dict(entry["optimizer_args"]), "forget": entry.get("forget"),
-                          "seed_spread": entry.get("seed_spread")}
+                          "seed_spread": seed_spread(entry.get("forget_per_seed", []))}
         else:
             out[label] = {"lr": arm.get("start", UnlearnConfig.lr), "steps": config.steps[0], "matched": False,
                           "optimizer_args": dict(arm.get("optimizer_args", {})), "forget": None, "planned": True}

@@ -377,7 +377,7 @@ def test_a_probe_whose_loss_diverges_scores_nan(folders, monkeypatch):
 def test_the_spread_over_calibration_seeds_is_kept_and_reported(tmp_path):
     """The match is on the mean over the calibration seeds: each seed's level at the chosen setting
     is kept, and seeds that disagree by more than the band's width (or a single seed) are reported."""
-    from basin.calibrate import spread_warning
+    from basin.calibrate import seed_spread, spread_warning
 
     logs = []
     result = calibrate(_config(tmp_path / "a", tolerance=0.01), prober=SeedSensitiveProber(), log=logs.append)
@@ -385,13 +385,14 @@ def test_the_spread_over_calibration_seeds_is_kept_and_reported(tmp_path):
     lr = adam["lr"]
     expected = [F0 * math.exp(-k * lr * 10 / C) for k in (1.0, 1.5)]
     assert adam["forget_per_seed"] == pytest.approx(expected)
-    assert adam["seed_spread"] == pytest.approx(expected[0] - expected[1]) and adam["seed_spread"] > 0.02
+    spread = seed_spread(adam["forget_per_seed"])
+    assert spread == pytest.approx(expected[0] - expected[1]) and spread > 0.02
     assert any(line.startswith("adam: the calibration seeds disagree by") for line in logs)
     # seeds that agree: no warning; one seed: the spread is unknown, and said so
     logs.clear()
     same = calibrate(_config(tmp_path / "b"), prober=FakeProber(), log=logs.append)
-    assert same["optimizers"]["adam"]["seed_spread"] == 0 and not any("disagree" in line for line in logs)
+    assert seed_spread(same["optimizers"]["adam"]["forget_per_seed"]) == 0 and not any("disagree" in line for line in logs)
     one = calibrate(_config(tmp_path / "c", seeds=(1000,)), prober=FakeProber(), log=logs.append)
-    assert one["optimizers"]["adam"]["seed_spread"] is None
+    assert seed_spread(one["optimizers"]["adam"]["forget_per_seed"]) is None
     assert any(line.startswith("adam: one calibration seed") for line in logs)
     assert spread_warning([0.5, 0.515], 0.01) == "" and "disagree by 0.03" in spread_warning([0.5, 0.53], 0.01)
