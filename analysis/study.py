@@ -89,13 +89,10 @@ def regime_map(df: pd.DataFrame, metric: str = "prob", settings: Sequence[str] =
     base = latest_step(model_rows(df))
     rec = recovery_per_seed(df, metrics=[metric], splits=["forget"])
     rec = rec[(rec["attack"] == "quantize") & rec["setting"].isin(list(settings))]
-    refs = base[(base["role"] != "unlearned") & (base["metric"] == metric) & (base["split"] == "forget")]
-
-    def ref(role, attack):
-        rows = refs[(refs["role"] == role) & (refs["attack"] == attack)
-                    & (refs["setting"].isin(list(settings)) if attack == "quantize" else True)]
-        return float(rows["value"].mean()) if len(rows) else math.nan
-
+    levels = {"original": reference_level(base, "original", metric),
+              "ceiling": reference_level(base, "original", metric, attack="quantize", settings=settings),
+              "gold": reference_level(base, "retain", metric),
+              "floor": reference_level(base, "retain", metric, attack="quantize", settings=settings)}
     out = []
     unl = base[base["role"] == "unlearned"]
     for (lr, steps), cell in unl.groupby(["lr", "steps"]):
@@ -114,9 +111,20 @@ def regime_map(df: pd.DataFrame, metric: str = "prob", settings: Sequence[str] =
                     "recovery_gold": float(per_seed.mean()) if n else math.nan,
                     "ci_low": float(per_seed.mean()) - half if n > 1 else math.nan,
                     "ci_high": float(per_seed.mean()) + half if n > 1 else math.nan,
-                    "original": ref("original", "none"), "ceiling": ref("original", "quantize"),
-                    "gold": ref("retain", "none"), "floor": ref("retain", "quantize")})
+                    **levels})
     return pd.DataFrame(out).sort_values(["steps", "lr"]).reset_index(drop=True) if out else pd.DataFrame()
+
+
+def reference_level(base: pd.DataFrame, role: str, metric: str, split: str = "forget", attack: str = "none",
+                    settings: Sequence[str] | None = None) -> float:
+    """A reference model's (``role`` original or retain) mean ``metric`` on ``split`` under
+    ``attack`` (``none``: clean), over ``settings`` of the attack if given; NaN where not scored.
+    ``base``: one row per model and measurement (``latest_step(model_rows(df))``)."""
+    rows = base[(base["role"] == role) & (base["metric"] == metric) & (base["split"] == split)
+                & (base["attack"] == attack)]
+    if settings is not None:
+        rows = rows[rows["setting"].isin(list(settings))]
+    return float(rows["value"].mean()) if len(rows) else math.nan
 
 
 def clean_levels(df: pd.DataFrame, metric: str, split: str = "forget") -> pd.DataFrame:
@@ -127,7 +135,7 @@ def clean_levels(df: pd.DataFrame, metric: str, split: str = "forget") -> pd.Dat
     made on other seeds carried over to the seeds the claims are judged on."""
     base = latest_step(model_rows(df))
     clean = base[(base["attack"] == "none") & (base["metric"] == metric) & (base["split"] == split)]
-    ref = {role: float(clean.loc[clean["role"] == role, "value"].mean()) for role in ("original", "retain")}
+    ref = {role: reference_level(base, role, metric, split) for role in ("original", "retain")}
     gap = ref["original"] - ref["retain"]
     unl = clean[clean["role"] == "unlearned"]
     out = []
