@@ -1,9 +1,11 @@
-"""End to end: `basin demo --quick` and the quick-start notebook, on the tiny default.
+"""End to end: `basin demo --quick` and the quick-start notebook, on the embedded default world.
 
-Both build the tiny original and retain-only models on the default world once per test session
-(about two minutes on two cores; the session's private cache is shared), so they are marked slow.
+Both run on the micro size (``--size micro``: the same pipeline as the default tiny one, at about a
+quarter of its cost) and build its original and retain-only models on the default world once per
+test session (the session's private cache is shared), so they are marked slow.
 """
 
+import json
 import os
 from pathlib import Path
 
@@ -17,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0
+    assert main(["demo", "--quick", "--size", "micro", "--out", str(out), "--quiet"]) == 0
     printed = capsys.readouterr().out
     index = out / "report" / "index.html"
     assert index.exists() and f"report: {index}" in printed
@@ -30,8 +32,13 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
     assert "hybrid" in html and "adam" in html
     runs = sorted(p.name for p in (out / "runs").iterdir())
     assert runs == sorted(f"{o}-s{s}" for o in ("adam", "signadam", "adazo", "hybrid", "sophia") for s in (0, 1))
+    config = json.loads((out / "runs" / "adam-s0" / "config.json").read_text())
+    assert config["model"] == "world:micro" and config["steps"] == 40
     # a second run resumes: every stage is reused
-    assert main(["demo", "--quick", "--out", str(out), "--quiet"]) == 0
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("manifest.json")}
+    assert main(["demo", "--quick", "--size", "micro", "--out", str(out), "--quiet"]) == 0
+    assert "world and models ready in 0 s" in capsys.readouterr().out
+    assert stamps and {p: p.stat().st_mtime_ns for p in out.rglob("manifest.json")} == stamps
 
 
 @pytest.mark.slow
@@ -40,7 +47,7 @@ def test_quickstart_notebook_runs():
     nbclient = pytest.importorskip("nbclient")
     nb = nbformat.read(ROOT / "examples" / "quickstart.ipynb", as_version=4)
     params = next(c for c in nb.cells if c.source.startswith("# Parameters"))
-    params.source = "SIZE = \"tiny\"\nSTEPS = 20\nSEED = 0"
+    params.source = "SIZE = \"micro\"\nSTEPS = 20\nSEED = 0"
     client = nbclient.NotebookClient(nb, timeout=600, kernel_name="python3",
                                      resources={"metadata": {"path": str(ROOT)}})
     client.execute(env=dict(os.environ))

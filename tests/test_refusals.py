@@ -185,6 +185,8 @@ CASES = [
     ("demo-missing-base", ["demo", "--base", "{tmp}/nowhere", "--out", "{tmp}/demo"], {}),
     ("demo-cache-is-a-file", ["demo", "--cache", "{file}", "--out", "{tmp}/demo"], {}),
     ("demo-out-is-a-file", ["demo", "--out", "{file}"], {}),
+    ("demo-misspelt-size", ["demo", "--size", "mikro", "--out", "{tmp}/demo"], {}),
+    ("demo-size-and-base", ["demo", "--size", "micro", "--base", "smollm2-135m", "--out", "{tmp}/demo"], {}),
 ]
 
 

@@ -16,6 +16,9 @@ def register(sub) -> None:
     p.add_argument("--out", default="reports/demo", help="output folder (default reports/demo)")
     p.add_argument("--quick", action="store_true", help="2 seeds and fewer settings (about half the time)")
     p.add_argument("--seeds", type=int, help="number of seeds per optimizer (default 3; --quick 2)")
+    p.add_argument("--size", default=None, help="the model trained from scratch on the world (see basin ls): "
+                   "tiny (default), micro (a quick look: about a quarter of the time; its optimizer settings "
+                   "were chosen for tiny) or small")
     p.add_argument("--base", default=None, metavar="MODEL",
                    help="run the TOFU recipe on a pretrained model instead of the tiny one trained from "
                    "scratch: fine-tune MODEL (a name such as smollm2-135m, or a folder) on a 10-person world, "
@@ -37,6 +40,10 @@ def run(args: argparse.Namespace) -> int:
         os.environ["BASIN_CACHE"] = args.cache
     place = {"out": args.out, "device": args.device, "dtype": args.dtype, "engine": args.engine,
              "calibrated": args.calibrated}
+    if args.size is not None:
+        require(not args.base, "--size picks the model trained from scratch; --base fine-tunes a pretrained one "
+                "instead: pass one of them")
+        place["size"] = args.size
     if args.base:
         config = DemoConfig.pretrained(args.base, **place)
         if args.quick:
