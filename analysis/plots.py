@@ -304,6 +304,16 @@ def _pair_names(model: str) -> tuple[str, str]:
     return "first model", "second model"
 
 
+def _landscape_rows(df: pd.DataFrame, attack: str, metric: str | None, splits) -> tuple[pd.DataFrame, str]:
+    """The latest-step records of ``attack`` on ``splits`` for ``metric`` (default: the loss, else
+    NLL, else the first metric there is), and that metric's name."""
+    data = latest_step(df[df["attack"] == attack])
+    if metric is None:
+        metric = next((m for m in ("loss", "nll") if (data["metric"] == m).any()),
+                      data["metric"].iloc[0] if len(data) else "loss")
+    return data[(data["metric"] == metric) & data["split"].isin(list(splits))], metric
+
+
 def basin_1d(df: pd.DataFrame, metric: str | None = None, splits: Sequence[str] = ("forget", "retain"),
              attack: str = "interpolate") -> Figure:
     """Linear mode connectivity: ``metric`` (default ``loss``, else ``nll``) along
@@ -312,11 +322,7 @@ def basin_1d(df: pd.DataFrame, metric: str | None = None, splits: Sequence[str] 
     between the end points dashed, and the barrier (:func:`barrier`) marked by a vertical segment
     from the chord to the curve with its value written beside it."""
     with mpl.rc_context(STYLE):
-        data = latest_step(df[df["attack"] == attack])
-        if metric is None:
-            metric = next((m for m in ("loss", "nll") if (data["metric"] == m).any()),
-                          data["metric"].iloc[0] if len(data) else "loss")
-        data = data[(data["metric"] == metric) & data["split"].isin(list(splits))]
+        data, metric = _landscape_rows(df, attack, metric, splits)
         pairs = sorted(data["model"].unique())
         ncols = min(3, max(1, len(pairs)))
         nrows = max(1, math.ceil(len(pairs) / ncols))
@@ -450,11 +456,7 @@ def basin_2d(df: pd.DataFrame, metric: str | None = None, splits: Sequence[str] 
     ``corners`` (default: the record's ``model`` split on ``|`` when it names three models, else
     theta_0, theta_1, theta_2). ``model`` picks one plane when the records hold several."""
     with mpl.rc_context(STYLE):
-        data = latest_step(df[df["attack"] == attack])
-        if metric is None:
-            metric = next((m for m in ("loss", "nll") if (data["metric"] == m).any()),
-                          data["metric"].iloc[0] if len(data) else "loss")
-        data = data[(data["metric"] == metric) & data["split"].isin(list(splits))]
+        data, metric = _landscape_rows(df, attack, metric, splits)
         data = data[data["x"].notna() & data["y"].notna()]
         planes = sorted(data["model"].unique())
         model = model if model is not None else (planes[0] if planes else None)
