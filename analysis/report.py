@@ -312,8 +312,9 @@ def _verdicts_section(verdicts, table: Callable[[pd.DataFrame, str], str]) -> st
             "per-seed differences where seeds pair the runs, else Welch's t (TOST for equivalence claims), "
             "with p Holm-corrected across this report's claims: significant on the claimed side = "
             "reproduced, on the other = not reproduced, otherwise inconclusive. An exact permutation test "
-            "is given beside (in the CSV); with 3 seeds its smallest attainable p is 0.125 paired and 0.05 "
-            f'unpaired. <a href="{link}">CSV</a></p>' + _verdicts_html(vt))
+            "is given beside (in the CSV); its smallest attainable p is 1/2^n with n paired seeds (0.125 at "
+            "3, 0.031 at 5) and 1/C(n_a + n_b, n_a) unpaired (0.05 at 3 + 3, 0.004 at 5 + 5). "
+            f'<a href="{link}">CSV</a></p>' + _verdicts_html(vt))
 
 
 def _figures_section(df: pd.DataFrame, folder: Path, formats, dpi: int, max_metrics: int, files: list[str]) -> str:
