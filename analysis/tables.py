@@ -24,6 +24,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis.names import DESCENDING_ATTACKS, KNOWLEDGE_SIGN, attack_rank, optimizer_rank
+from unlearn.errors import require
 
 GROUP_KEYS = ("objective", "optimizer", "label", "role", "attack", "setting", "x", "metric", "split")
 # what identifies an unlearning recipe across seeds: runs that differ in any config field other
@@ -226,7 +227,8 @@ def _row_rank(label: str):
 def recovery_per_seed(df: pd.DataFrame, *, unit: Sequence[str] = UNIT_KEYS,
                       metrics: Iterable[str] | None = None,
                       splits: Iterable[str] | None = ("forget", "forget_unseen"),
-                      min_gap: float = 1e-6, ill_conditioned: float = 0.1) -> pd.DataFrame:
+                      min_gap: float = 1e-6, ill_conditioned: float = 0.1,
+                      references: str = "pooled") -> pd.DataFrame:
     """Recovery of forgotten knowledge per unlearned seed, attack, setting, metric and split.
 
     For one metric m on one split (any metric where the original scores differently from the gold
@@ -241,6 +243,10 @@ def recovery_per_seed(df: pd.DataFrame, *, unit: Sequence[str] = UNIT_KEYS,
     - ``r_attack`` = m(retain-only, A at s): the *floor*, what the attack produces from a model
       that never saw the forget data (mean over its seeds)
     - ``o_clean``, ``r_clean``: the same references without attack
+
+    ``references="paired"`` takes each reference from the unlearned seed's own original and gold
+    model (reference records of the same seed: a study that fits one pair per seed) instead of
+    the mean over the references' seeds; a seed without its own pair gets NaN and a note.
 
     ``recovery`` = (u_attack - u_clean) / (o_attack - u_clean): the fraction of the gap between the
     clean unlearned model and the attacked original that the attack closes. 0 = nothing came back,
@@ -275,11 +281,13 @@ def recovery_per_seed(df: pd.DataFrame, *, unit: Sequence[str] = UNIT_KEYS,
         base = base[base["split"].isin(list(splits))]
     if base.empty:
         return pd.DataFrame(columns=_RECOVERY_COLUMNS(unit))
+    require(references in ("pooled", "paired"), f"references must be 'pooled' or 'paired', not {references!r}")
     unl = base[base["role"] == "unlearned"]
-    ref_keys = ["attack", "setting", "metric", "split"]
+    by_seed = ["seed"] if references == "paired" else []
+    ref_keys = ["attack", "setting", "metric", "split"] + by_seed
     refs = {role: _reference_means(base[base["role"] == role], ref_keys) for role in ("original", "retain")}
     clean_refs = {role: _reference_means(base[(base["role"] == role) & (base["attack"] == "none")],
-                                         ["metric", "split"]) for role in ("original", "retain")}
+                                         ["metric", "split"] + by_seed) for role in ("original", "retain")}
     clean = (unl[unl["attack"] == "none"].groupby(unit + ["metric", "split", "seed"], dropna=False)["value"]
              .mean().rename("u_clean").reset_index())
     attacked = (unl[unl["attack"] != "none"]
@@ -293,10 +301,10 @@ def recovery_per_seed(df: pd.DataFrame, *, unit: Sequence[str] = UNIT_KEYS,
     out["ref_setting"] = out["setting"].astype(str).str.replace(r"-snapback$", "", regex=True)
     for role, col in (("original", "o_attack"), ("retain", "r_attack")):
         ref = refs[role].rename(columns={"ref": col, "setting": "ref_setting"})
-        out = out.merge(ref, on=["attack", "ref_setting", "metric", "split"], how="left")
+        out = out.merge(ref, on=["attack", "ref_setting", "metric", "split"] + by_seed, how="left")
     out = out.drop(columns="ref_setting")
-    out = out.merge(clean_refs["original"].rename(columns={"ref": "o_clean"}), on=["metric", "split"], how="left")
-    out = out.merge(clean_refs["retain"].rename(columns={"ref": "r_clean"}), on=["metric", "split"], how="left")
+    for role, col in (("original", "o_clean"), ("retain", "r_clean")):
+        out = out.merge(clean_refs[role].rename(columns={"ref": col}), on=["metric", "split"] + by_seed, how="left")
     out["delta"] = out["u_attack"] - out["u_clean"]
     results = [_recovery_row(r, min_gap, ill_conditioned) for r in out.itertuples(index=False)]
     out["recovery"] = [r[0] for r in results]
@@ -314,10 +322,10 @@ def _RECOVERY_COLUMNS(unit):  # noqa: N802 - a constant that depends on the unit
 
 
 def _reference_means(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
-    """Mean of a reference model's per-seed values, per keys."""
+    """Mean of a reference model's per-seed values, per keys (``keys`` may hold ``seed`` itself)."""
     if df.empty:
         return pd.DataFrame(columns=keys + ["ref"])
-    seeds = df.groupby(keys + ["seed"], dropna=False)["value"].mean().reset_index()
+    seeds = df.groupby(list(dict.fromkeys(keys + ["seed"])), dropna=False)["value"].mean().reset_index()
     return seeds.groupby(keys, dropna=False)["value"].mean().rename("ref").reset_index()
 
 

@@ -8,6 +8,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 from scipy import stats
 
@@ -168,6 +169,33 @@ def test_recovery_on_a_hand_made_example():
     row = summary.iloc[0]
     assert row["recovery"] == pytest.approx(0.5) and row["recovery_n"] == 2
     assert row["recovery_gold"] == pytest.approx((0.25 / 0.6 + 0.5) / 2)
+
+
+def test_recovery_against_each_seeds_own_references():
+    """references="paired": each seed is measured against its own original and gold model, which is
+    the pooled computation on that seed's records alone; a seed without its own pair gets NaN."""
+    rows = _recovery_records()
+    per_seed_refs = []
+    for seed, (o_clean, r_clean, o_attack, r_attack) in enumerate(((0.9, 0.1, 0.8, 0.2), (0.95, 0.05, 0.7, 0.3))):
+        for role, clean, attacked in (("original", o_clean, o_attack), ("retain", r_clean, r_attack)):
+            per_seed_refs += [{**r, "seed": seed, "value": v} for r, v in zip(
+                [r for r in rows if r.get("role") == role], (clean, attacked))]
+    records = [r for r in rows if r.get("role") not in ("original", "retain")] + per_seed_refs
+    df = load_records(records)
+    paired = tables.recovery_per_seed(df, references="paired")
+    # gold: seed 0 (0.45 - 0.2) / (0.8 - 0.2), seed 1 (0.5 - 0.3) / (0.7 - 0.3); pooled refs 0.75 / 0.25
+    assert list(paired["recovery_gold"]) == pytest.approx([0.25 / 0.6, 0.2 / 0.4])
+    assert list(paired["recovery"]) == pytest.approx([0.35 / 0.7, 0.3 / 0.5])
+    assert list(paired["residual_gold"]) == pytest.approx([0.0 / 0.8, 0.15 / 0.9])
+    by_hand = pd.concat([tables.recovery_per_seed(df[df["seed"] == s]) for s in (0, 1)], ignore_index=True)
+    np.testing.assert_allclose(paired["recovery_gold"], by_hand["recovery_gold"])
+    pooled = tables.recovery_per_seed(df)
+    assert list(pooled["recovery_gold"]) == pytest.approx([0.2 / 0.5, 0.25 / 0.5])
+    lone = tables.recovery_per_seed(df[~((df["seed"] == 1) & (df["role"] != "unlearned"))], references="paired")
+    assert np.isfinite(lone["recovery_gold"].iloc[0]) and np.isnan(lone["recovery_gold"].iloc[1])
+    assert "no original-model record" in lone["note"].iloc[1]
+    with pytest.raises(ValueError, match="'pooled' or 'paired'"):
+        tables.recovery_per_seed(df, references="own")
 
 
 def test_recovery_does_not_depend_on_the_metric_direction():
