@@ -117,6 +117,9 @@ class Claim:
       ``"lowest"``); None: the arm must have a single recipe.
     - ``objective``: restrict to one objective (None: each arm must have one).
     - ``alpha``: 1 - confidence (0.05: 95% intervals); ``min_seeds``: fewest seeds per side.
+    - ``references``: for ``recovery`` / ``recovery_gold``, the original and gold model's levels
+      pooled over their seeds (``pooled``) or each unlearned seed's own pair (``paired``, where a
+      study fits one pair per seed).
     """
 
     name: str
@@ -140,6 +143,7 @@ class Claim:
     objective: str | None = None
     alpha: float = 0.05
     min_seeds: int = 2
+    references: str = "pooled"
 
     def __post_init__(self):
         def bad(what):
@@ -163,6 +167,8 @@ class Claim:
             bad("quantity 'barrier' and path_from go together (the path from path_from to a)")
         if not 0 < self.alpha < 1:
             bad(f"alpha must be in (0, 1), got {self.alpha!r}")
+        if self.references not in ("pooled", "paired"):
+            bad(f"references must be 'pooled' or 'paired', got {self.references!r}")
 
     def arms(self) -> tuple[str, ...]:
         """The optimizer names this claim needs runs of (references excluded)."""
@@ -518,7 +524,8 @@ def _refs(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _recovery(df: pd.DataFrame, arm: _Arm, claim: Claim, split: str, settings) -> pd.DataFrame:
-    rec = recovery_per_seed(pd.concat([arm.rows, _refs(df)]), metrics=[claim.metric], splits=[split])
+    rec = recovery_per_seed(pd.concat([arm.rows, _refs(df)]), metrics=[claim.metric], splits=[split],
+                            references=claim.references)
     return rec[(rec["attack"] == claim.attack) & rec["setting"].isin(list(settings))]
 
 

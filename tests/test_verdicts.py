@@ -8,6 +8,7 @@ everywhere, retain 0.95 for every model, so the clean original-gold gap is 0.9.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from itertools import combinations
@@ -262,6 +263,21 @@ def test_verdict_reports_recovery_gold_and_margin_beside_recovery():
                                                        zip([0.50, 0.55, 0.45], [0.05, 0.06, 0.04])]))
     assert row["margin_a"] == pytest.approx(0.6) and row["margin_b"] == pytest.approx(1.1)
     assert row["margin_clean_a"] == pytest.approx(0.3) and row["margin_clean_b"] == pytest.approx(0.5)
+
+
+def test_recovery_gold_against_each_seeds_own_gold_model():
+    """A claim with references="paired" places each seed between its own attacked original and
+    gold model; the default pools them over their seeds. Here seed 2's gold model keeps 0.35
+    under 4-bit, the others 0.05."""
+    df = frame(gold={"attacked": {Q: [0.05, 0.05, 0.35]}})
+    u = [0.50, 0.55, 0.45]                                   # adam under 4-bit, seeds 0-2
+    claim = Claim("u", "x", a="adam", b=None, attack="quantize", metric="prob", split="forget",
+                  quantity="recovery_gold", direction="greater")
+    pooled, paired = (evaluate(df, dataclasses.replace(claim, references=r)) for r in ("pooled", "paired"))
+    assert pooled.mean_a == pytest.approx(np.mean([(x - 0.15) / (0.95 - 0.15) for x in u]))
+    assert paired.mean_a == pytest.approx(np.mean([(x - g) / (0.95 - g) for x, g in zip(u, (0.05, 0.05, 0.35))]))
+    with pytest.raises(ValueError, match="references must be 'pooled' or 'paired'"):
+        dataclasses.replace(claim, references="own")
 
 
 # ---------------------------------------------------------------------------------------------
