@@ -483,17 +483,17 @@ def run_tiers(regime: TiersRegime, folder: Path, cache_dir=None, progress: bool 
     """Stages 1-6 of the module docstring; returns ``{"settings": {cell: {arm: setting}}}``."""
     plan = plan_tiers(regime, folder, cache_dir)
     build_models(regime, cache_dir, progress=progress, log=log)
+    def save_settings(cells: dict) -> dict:   # the report's calibration table, even if interrupted
+        write_json_atomic(folder / "settings.json", {f"{o}/{t}": s for (o, t), s in cells.items()})
+        return cells
+
     for (objective, target, label), config in plan.calibrations.items():
         log(f"calibration {objective} / {target} / {label}")
         calibrate(config, progress=progress, log=log)
+        save_settings({cell: cell_settings(plan, *cell) for cell in plan.cells()})  # as each arm lands
     engine = lookup(ENGINES, regime.engine, "sweep engine")
     run = lambda jobs: engine(jobs, progress=progress, **regime.engine_args) if jobs else []  # noqa: E731
-    cells = {cell: cell_settings(plan, *cell) for cell in plan.cells()}   # now calibrated
-
-    def save_settings():
-        write_json_atomic(folder / "settings.json", {f"{o}/{t}": s for (o, t), s in cells.items()})
-
-    save_settings()   # the report's calibration table, even if the sweep is interrupted
+    cells = save_settings({cell: cell_settings(plan, *cell) for cell in plan.cells()})   # now calibrated
     referenced: set = set()
     # wave 1: the arms and the controls that copy a setting (references once per model pair)
     jobs = []
@@ -538,10 +538,8 @@ def run_tiers(regime: TiersRegime, folder: Path, cache_dir=None, progress: bool 
             audit_plane(plan.models[str(seed)][0], a, b, names=("original", *(f"{x}-s{seed}" for x in regime.plane)),
                         benchmark=regime.benchmark, benchmark_args=benchmark_args(regime),
                         max_retain=regime.audit.get("max_retain", 100), out=out, progress=progress)
-    save_settings()   # now with the noise-matched controls' per-seed noise
+    save_settings(cells)   # now with the noise-matched controls' per-seed noise
     return {"settings": cells}
-
-
 
 
 # ----------------------------------------------------------------------------- quantization map
@@ -665,11 +663,12 @@ def _report_tiers(config, name, regime, folder, vdir, bands, summary, log) -> No
             level = levels.loc[label] if label in levels.index else None
             summary["calibration"].append({
                 "regime": name, "objective": objective, "target": target, "arm": label,
-                "lr": s.get("lr"), "steps": s.get("steps"), "metric": metric,
+                "lr": None if s.get("planned") else s.get("lr"),
+                "steps": None if s.get("planned") else s.get("steps"), "metric": metric,
                 "forget at calibration": s.get("forget"),
                 "spread over calibration seeds": s.get("seed_spread"),   # None: one seed (or a control)
-                "matched": "control (copies its arm)" if s.get("control") else "yes" if s.get("matched")
-                else "NO: closest probe",
+                "matched": "not calibrated yet" if s.get("planned") else "control (copies its arm)"
+                if s.get("control") else "yes" if s.get("matched") else "NO: closest probe",
                 "forget, evaluation seeds": None if level is None else
                 f"{fmt_num(level['mean'])} ({fmt_num(level['min'])} to {fmt_num(level['max'])}, n={int(level['n'])})",
                 "from gold (gap fraction)": None if level is None else round(float(level["from_gold"]), 3)})

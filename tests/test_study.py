@@ -225,6 +225,39 @@ def test_a_study_runs_resumes_and_reports(tmp_path):
     assert all((tables / f"{t}.csv.gz").exists() for t in ("records", "recovery", "recovery_per_seed", "summary"))
 
 
+def test_an_interrupted_calibration_shows_the_arms_it_calibrated(tmp_path, monkeypatch):
+    """settings.json is written as each arm's calibration lands, so a report made while the
+    others are still calibrating lists the finished arm and marks the rest "not calibrated yet"."""
+    import basin.study as study
+    from basin.calibrate import CALIBRATION_FILE, KIND
+
+    calls = []
+
+    def fake_calibrate(config, **_):   # the first arm calibrates; the process stops in the second
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(config)
+        out = Path(config.out)
+        out.mkdir(parents=True)
+        entry = {"lr": 2e-3, "steps": 4, "matched": True, "optimizer_args": {}, "forget": 1.5,
+                 "forget_per_seed": [1.5]}
+        (out / CALIBRATION_FILE).write_text(json.dumps({"kind": KIND, "optimizers": {"adam": entry}}))
+
+    monkeypatch.setattr(study, "build_models", lambda *a, **k: None)
+    monkeypatch.setattr(study, "calibrate", fake_calibrate)
+    config = StudyConfig(**{**yaml.safe_load(SMOKE), "out": str(tmp_path / "report"), "work": str(tmp_path / "work")})
+    with pytest.raises(KeyboardInterrupt):
+        study.run_study(config, progress=False, log=lambda *_: None)
+    settings = json.loads((tmp_path / "work" / "mini" / "settings.json").read_text())["npo/halfway"]
+    assert settings["adam"]["lr"] == 2e-3 and not settings["adam"].get("planned")
+    assert settings["hybrid"].get("planned") and settings["hybrid-randsign"].get("planned")
+    study.write_study(config, log=lambda *_: None)
+    rows = {c["arm"]: c for c in json.loads((tmp_path / "report" / "v1" / "summary.json").read_text())["calibration"]}
+    assert rows["adam"]["matched"] == "yes" and rows["adam"]["lr"] == 2e-3
+    assert rows["hybrid"]["matched"] == rows["hybrid-randsign"]["matched"] == "not calibrated yet"
+    assert rows["hybrid"]["lr"] is None
+
+
 def test_an_arm_is_one_comparison_unit_across_its_seeds_models(tmp_path):
     """Seeds of one arm unlearn different fitted models (different config hashes); the study's
     frame gives them one recipe per arm, so the verdicts pool them, and keeps arms apart."""
