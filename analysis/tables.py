@@ -273,6 +273,7 @@ def recovery_per_seed(df: pd.DataFrame, *, unit: Sequence[str] = UNIT_KEYS,
     u_attack, o_attack, r_attack, o_clean, r_clean, delta (= u_attack - u_clean), recovery,
     recovery_gold, residual_gold, note``.
     """
+    require(references in ("pooled", "paired"), f"references must be 'pooled' or 'paired', not {references!r}")
     unit = [k for k in unit if k in df.columns]
     base = latest_step(model_rows(df))
     if metrics is not None:
@@ -281,7 +282,6 @@ def recovery_per_seed(df: pd.DataFrame, *, unit: Sequence[str] = UNIT_KEYS,
         base = base[base["split"].isin(list(splits))]
     if base.empty:
         return pd.DataFrame(columns=_RECOVERY_COLUMNS(unit))
-    require(references in ("pooled", "paired"), f"references must be 'pooled' or 'paired', not {references!r}")
     unl = base[base["role"] == "unlearned"]
     by_seed = ["seed"] if references == "paired" else []
     ref_keys = ["attack", "setting", "metric", "split"] + by_seed

@@ -483,6 +483,7 @@ def run_tiers(regime: TiersRegime, folder: Path, cache_dir=None, progress: bool 
     """Stages 1-6 of the module docstring; returns ``{"settings": {cell: {arm: setting}}}``."""
     plan = plan_tiers(regime, folder, cache_dir)
     build_models(regime, cache_dir, progress=progress, log=log)
+
     def save_settings(cells: dict) -> dict:   # the report's calibration table, even if interrupted
         write_json_atomic(folder / "settings.json", {f"{o}/{t}": s for (o, t), s in cells.items()})
         return cells
