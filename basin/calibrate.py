@@ -56,6 +56,7 @@ import dataclasses
 import json
 import math
 import os
+import statistics
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -555,8 +556,14 @@ def spread_warning(per_seed: Sequence[float], tolerance: float) -> str:
                 "calibrate on several seeds (the match is then on their mean) and check the evaluation "
                 "seeds' level before comparing arms")
     if spread is not None and spread > 2 * tolerance:
+        values = [v for v in per_seed if math.isfinite(v)]
+        sd = statistics.stdev(values)
+        needed = math.ceil((1.96 * sd / tolerance) ** 2)
         return (f"the calibration seeds disagree by {spread:.4g} at this setting, more than the band's width "
-                f"(2 x {tolerance:.4g}): single runs, the evaluation seeds' among them, can land outside the band")
+                f"(2 x {tolerance:.4g}): single runs, the evaluation seeds' among them, can land outside the band; "
+                f"with a seed-to-seed sd of {sd:.3g}, the mean of {len(values)} seeds has a standard error of "
+                f"{sd / math.sqrt(len(values)):.3g}, and holding it within +-{tolerance:.4g} at 95% takes about "
+                f"{needed} calibration seeds (or less batch-order variance: more steps, larger batches)")
     return ""
 
 

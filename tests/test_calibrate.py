@@ -396,3 +396,6 @@ def test_the_spread_over_calibration_seeds_is_kept_and_reported(tmp_path):
     assert seed_spread(one["optimizers"]["adam"]["forget_per_seed"]) is None
     assert any(line.startswith("adam: one calibration seed") for line in logs)
     assert spread_warning([0.5, 0.515], 0.01) == "" and "disagree by 0.03" in spread_warning([0.5, 0.53], 0.01)
+    # sd of (0.5, 0.53) = 0.03 / sqrt(2) = 0.0212; (1.96 x 0.0212 / 0.01)^2 = 17.3 -> 18 seeds
+    warning = spread_warning([0.5, 0.53], 0.01)
+    assert "sd of 0.0212" in warning and "standard error of 0.015" in warning and "about 18 calibration seeds" in warning
