@@ -26,6 +26,7 @@ from scipy import stats
 from analysis.names import DESCENDING_ATTACKS, KNOWLEDGE_SIGN, attack_rank, optimizer_rank
 from unlearn.errors import require
 
+REFERENCES = ("pooled", "paired")   # recovery_per_seed's references: over their seeds, or each seed's own pair
 GROUP_KEYS = ("objective", "optimizer", "label", "role", "attack", "setting", "x", "metric", "split")
 # what identifies an unlearning recipe across seeds: runs that differ in any config field other
 # than the seed (lr, steps, optimizer or objective arguments: the ``recipe`` column of
@@ -273,7 +274,7 @@ def recovery_per_seed(df: pd.DataFrame, *, unit: Sequence[str] = UNIT_KEYS,
     u_attack, o_attack, r_attack, o_clean, r_clean, delta (= u_attack - u_clean), recovery,
     recovery_gold, residual_gold, note``.
     """
-    require(references in ("pooled", "paired"), f"references must be 'pooled' or 'paired', not {references!r}")
+    require(references in REFERENCES, f"references must be 'pooled' or 'paired', not {references!r}")
     unit = [k for k in unit if k in df.columns]
     base = latest_step(model_rows(df))
     if metrics is not None:

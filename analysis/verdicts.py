@@ -58,7 +58,7 @@ import pandas as pd
 from scipy import stats
 
 from analysis.names import DESCENDING_ATTACKS
-from analysis.tables import PATH_ATTACKS, TRAJECTORY, latest_step, model_rows, recovery_per_seed
+from analysis.tables import PATH_ATTACKS, REFERENCES, TRAJECTORY, latest_step, model_rows, recovery_per_seed
 from unlearn.records import is_control
 
 REPRODUCED = "reproduced"
@@ -167,7 +167,7 @@ class Claim:
             bad("quantity 'barrier' and path_from go together (the path from path_from to a)")
         if not 0 < self.alpha < 1:
             bad(f"alpha must be in (0, 1), got {self.alpha!r}")
-        if self.references not in ("pooled", "paired"):
+        if self.references not in REFERENCES:
             bad(f"references must be 'pooled' or 'paired', got {self.references!r}")
 
     def arms(self) -> tuple[str, ...]:
