@@ -81,7 +81,9 @@ class Bands:
     - ``forget_equivalence``: the clean forget metrics of A and B must be shown equivalent (TOST
       at the claim's alpha) within +- this fraction of the clean original-gold gap |o - r|;
     - ``gold_distance``: each arm's mean clean forget metric within this fraction of |o - r| of the
-      gold model's (either side: forgetting far below the gold model is over-forgetting);
+      level the arms were calibrated to (either side: forgetting far past it is over-forgetting);
+      that level is o + ``target`` (r - o): the gold model's for ``target`` 1, halfway for 0.5, so
+      a cell calibrated to halfway is judged against halfway, not against the gold model;
     - ``min_ceiling``: at every pooled setting, (attacked original - attacked gold) must be at
       least this fraction of the clean gap (the attack leaves knowledge to recover);
     - ``utility_margin``: the lower arm's retain utility may fall at most this fraction below
@@ -94,6 +96,18 @@ class Bands:
     min_ceiling: float = 0.5
     utility_margin: float = 0.05
     utility: tuple = (("model_utility", ""), ("prob", "retain"))
+    target: float = 1.0
+
+    def __post_init__(self):
+        if not 0 <= self.target <= 1:
+            raise ValueError(f"Bands.target = {self.target!r}: the calibration target is the fraction of the "
+                             "original-gold gap travelled, in [0, 1] (1: the gold model, 0.5: halfway)")
+
+    def target_name(self) -> str:
+        """The calibration level in words, for the condition texts."""
+        if self.target == 1:
+            return "the gold model"
+        return "halfway" if self.target == 0.5 else f"the target ({self.target:g} of the way to the gold model)"
 
 
 @dataclass(frozen=True)
@@ -611,7 +625,7 @@ def _conditions(df: pd.DataFrame, claim: Claim, arms: Sequence[_Arm], split: str
     """(every check as text, the failed ones) for a comparison under an attack."""
     fsplit = split if split.startswith("forget") else "forget"
     metric = claim.metric
-    o, r, gap = _gap(df, metric, fsplit)
+    o, _, gap = _gap(df, metric, fsplit)
     if not (np.isfinite(gap) and abs(gap) > 1e-9):
         msg = (f"no clean original and gold (retain-only) {metric!r} on {fsplit!r} to check the conditions "
                "against")
@@ -638,11 +652,13 @@ def _conditions(df: pd.DataFrame, claim: Claim, arms: Sequence[_Arm], split: str
         check(p < claim.alpha,
               f"both arms forgotten to within ±{band:.3g} ({bands.forget_equivalence:g} of the original-gold gap "
               f"{abs(gap):.3g}) of each other: clean {metric} {a.mean():.3f} vs {b.mean():.3f}, TOST p = {p:.3g}")
+    level, where = o - bands.target * gap, bands.target_name()
     for arm, s in zip(arms, series):
-        dist = abs(s.mean() - r) / abs(gap)
+        dist = abs(s.mean() - level) / abs(gap)
         check(dist <= bands.gold_distance,
-              f"{arm.who} within {bands.gold_distance:g} of the gap from the gold model: clean {metric} "
-              f"{s.mean():.3f} vs gold {r:.3f} is {dist:.2f} of the gap from the gold model")
+              f"{arm.who} within {bands.gold_distance:g} of the gap from {where}: clean {metric} "
+              f"{s.mean():.3f} vs {'gold' if bands.target == 1 else 'target'} {level:.3f} is {dist:.2f} of the gap "
+              f"from {where}")
     for setting in settings:
         oa = _ref_mean(df, "original", claim.attack, metric, fsplit, (setting,))
         ra = _ref_mean(df, "retain", claim.attack, metric, fsplit, (setting,))

@@ -44,6 +44,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,7 +59,7 @@ from analysis.verdicts import PAPER_CLAIMS, Bands, Claim, claims_for
 from audit.attacks import ATTACKS
 from audit.metrics import METRICS
 from audit.runner import AuditConfig, audit_plane
-from basin.calibrate import CalibrationConfig, calibrate, load_calibration, seed_spread
+from basin.calibrate import CalibrationConfig, calibrate, load_calibration, make_target, seed_spread
 from basin.sweep import ENGINES, Job
 from unlearn.cache import check_writable, write_json_atomic, write_text_atomic
 from unlearn.build import BuildConfig, build, finetune_fit, model_dir, retain_split
@@ -225,6 +226,8 @@ class StudyConfig:
     def __post_init__(self):
         lookup(CORRECTIONS, self.correction, "multiple-comparison correction")
         require(0 < self.alpha < 1, f"alpha must be in (0, 1), got {self.alpha!r}")
+        require("target" not in self.bands, "bands.target is set per cell from the regime's calibration "
+                "targets (gold: 1, halfway: 0.5); remove it from bands")
         Bands(**self.bands)
         for name in self.claims:
             lookup(CLAIMS, name, "claim")
@@ -678,8 +681,22 @@ def _report_tiers(config, name, regime, folder, vdir, bands, summary, log) -> No
         arms = sorted(set(df.loc[df["role"] == "unlearned", "optimizer"]))
         claims = claims_for(arms, config.regime_claims(name))
         title = f"{config.name} v{config.version}: {name}, {objective}, target {target} ({done} of {planned} runs)"
-        _cell_report(df, vdir, f"{name}-{cell}", claims, title, bands,
+        _cell_report(df, vdir, f"{name}-{cell}", claims, title, cell_bands(bands, target, df, metric),
                      {"regime": name, "objective": objective, "target": target}, summary, log)
+
+
+def cell_bands(bands: Bands, target, df: pd.DataFrame, metric: str) -> Bands:
+    """``bands`` for one (objective, target) cell: its gold-distance condition measured from the
+    level the arms were calibrated to (``Bands.target``, the fraction of the original-gold gap:
+    gold 1, halfway 0.5, gap=A A; a target given as a level of ``metric`` is converted with the
+    cell's clean original and gold models)."""
+    refs = df[(df["attack"] == "none") & (df["metric"] == metric) & (df["split"] == "forget")] if len(df) else df
+    o, r = (float(refs.loc[refs["role"] == role, "value"].mean()) if len(refs) else math.nan
+            for role in ("original", "retain"))
+    if not (math.isfinite(o) and math.isfinite(r) and o != r):
+        return bands   # no references yet: nothing is judged against the level anyway
+    t = make_target(target, o, r)
+    return dataclasses.replace(bands, target=min(1.0, max(0.0, (o - t.value) / (o - r))))
 
 
 def _wall_seconds(folders) -> float:

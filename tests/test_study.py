@@ -77,6 +77,7 @@ def _small() -> dict:
     (lambda d: d["regimes"]["miniature"]["objectives"].update(npoo={}), "unknown objective"),
     (lambda d: d.update(bands={"forget_equivalance": 0.1}), "forget_equivalance"),
     (lambda d: d.update(colour="red"), "unknown study field"),
+    (lambda d: d.update(bands={"target": 0.5}), "set per cell"),
 ])
 def test_bad_study_files_are_refused(edit, message):
     data = copy.deepcopy(_small())
@@ -367,6 +368,23 @@ def test_clean_levels_place_each_arm_between_the_gold_model_and_the_original(tmp
     assert sign["from_gold"] == pytest.approx((0.35 - gold) / (original - gold))
     adam = clean[(clean["role"] == "unlearned") & (clean["optimizer"] == "adam")]["value"]
     assert np.isclose(levels.loc["adam", "mean"], adam.mean())
+
+
+def test_each_cell_is_judged_from_its_own_calibration_target():
+    """cell_bands: a cell's gold-distance condition starts from its target: gold 1, halfway 0.5,
+    gap=A A, and a level of the metric as its fraction of the cell's clean original-gold gap."""
+    import pandas as pd
+
+    from analysis.verdicts import Bands
+    from basin.study import cell_bands
+
+    df = pd.DataFrame([{"attack": "none", "metric": "prob", "split": "forget", "role": role, "value": v}
+                       for role, v in (("original", 0.9), ("original", 0.7), ("retain", 0.2))])  # o 0.8, r 0.2
+    bands = Bands(gold_distance=0.2)
+    got = {t: cell_bands(bands, t, df, "prob").target for t in ("gold", "halfway", "gap=0.25", "0.35")}
+    assert got == pytest.approx({"gold": 1.0, "halfway": 0.5, "gap=0.25": 0.25, "0.35": 0.75})
+    assert cell_bands(bands, "halfway", df, "prob").gold_distance == 0.2      # the study's bands kept
+    assert cell_bands(bands, "halfway", df.iloc[:0], "prob") is bands          # no references yet
 
 
 def test_regime_map_cells_and_the_cells_that_never_forgot(tmp_path):

@@ -117,6 +117,23 @@ def test_condition_bands_are_explicit_parameters():
     assert "utility" in row["conditions"] and "0.05" in row["conditions"]
 
 
+def test_gold_distance_is_measured_from_the_cells_calibration_target():
+    """Arms calibrated halfway (0.50 = 0.95 - 0.5 x 0.9) are judged against halfway: far from the
+    gold model (0.5 of the gap) but on target; and arms at the gold level are too far from halfway."""
+    from analysis.verdicts import Bands
+
+    half = {"adam": {"clean": [0.50, 0.51, 0.49], "attacked": {Q: [0.80, 0.82, 0.78]}},
+            "hybrid": {"clean": [0.50, 0.50, 0.51], "attacked": {Q: [0.60, 0.62, 0.58]}}}
+    assert evaluate(frame(half), QUANT_CLAIM).verdict == "inconclusive"       # default: the gold model
+    v = evaluate(frame(half), QUANT_CLAIM, bands=Bands(target=0.5))
+    assert v.verdict == "reproduced", v.reason
+    assert "halfway" in v.conditions and "0.500" in v.conditions              # the level it was judged from
+    g = evaluate(frame(GOOD), QUANT_CLAIM, bands=Bands(target=0.5))
+    assert g.verdict == "inconclusive" and "from halfway" in g.reason          # 0.05 is 0.5 of the gap past it
+    with pytest.raises(ValueError, match="fraction of the original-gold gap"):
+        Bands(target=1.5)
+
+
 # ---------------------------------------------------------------------------------------------
 # defect 3: runs at different settings are never pooled
 
