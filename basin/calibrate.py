@@ -454,6 +454,14 @@ def _mean(values: Sequence[float]) -> float:
     return math.fsum(values) / len(values) if all(math.isfinite(v) for v in values) else math.nan
 
 
+def _probed(plain: dict) -> dict:
+    """A calibration's settings less what its probes do not depend on: the folder, and the run
+    fields every probe overrides (seed, no evaluation, no checkpoints)."""
+    unlearn = {k: v for k, v in plain.get("unlearn", {}).items()
+               if k not in ("seed", "eval_every", "eval_max_rows", "save_every")}
+    return {**{k: v for k, v in plain.items() if k != "out"}, "unlearn": unlearn}
+
+
 def calibrate(config: CalibrationConfig | dict, progress: bool = True, log: Callable[[str], None] = print,
               prober: Prober | None = None) -> dict:
     """Run (or resume, or return) a calibration; returns what ``OUT/calibration.json`` holds.
@@ -467,8 +475,7 @@ def calibrate(config: CalibrationConfig | dict, progress: bool = True, log: Call
     out = Path(config.out)
     saved = out / "config.json"
     if saved.exists():
-        previous = json.loads(saved.read_text())
-        same = {k: v for k, v in previous.items() if k != "out"} == {k: v for k, v in config.plain().items() if k != "out"}
+        same = _probed(json.loads(saved.read_text())) == _probed(config.plain())
         require(same, f"{out} holds a calibration with different settings; pass another "
                 "--out (or delete the folder to start over)")
         if (out / "manifest.json").exists() and (out / CALIBRATION_FILE).exists():

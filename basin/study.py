@@ -21,7 +21,10 @@ Regime kinds (:data:`REGIME_KINDS`):
      its closest probe and is marked unmatched (the verdicts' conditions then keep it out of any
      comparison at matched forgetting);
   3. the sweep (:mod:`basin.sweep` jobs on the regime's engine): each arm x seed is unlearned and
-     audited with every attack; same seed = same models, batch order and relearning subset;
+     audited with every attack; same seed = same models, batch order and relearning subset.
+     With ``stop_budget: B`` each run instead stops at its first evaluation at or below the
+     calibration target, within B x the calibrated steps (``UnlearnConfig.stop_at``): the
+     calibrated lr sets the pace, the stop matches each run's forgetting whatever its batch order;
   4. controls, which are not calibrated but copy an arm's setting: ``like: ARM`` takes the arm's
      lr, steps and options; ``noise_of: ARM`` (for ``adam-noise``) sets ``noise_std`` so that the
      added noise moves the weights as far per step as ARM's zeroth-order steps did in the run of
@@ -111,9 +114,22 @@ class TiersRegime:
     engine: str = "local"
     engine_args: dict = field(default_factory=dict)
     claims: list | None = None                    # the claims tested here (default: all the study's)
+    # matched forgetting per run: each evaluation run stops at its first evaluation at or below the
+    # cell's calibration target, within stop_budget x the calibrated steps (None: it takes them all)
+    stop_budget: float | None = None
 
     def __post_init__(self):
         _check_common(self)
+        if self.stop_budget is not None:
+            require(isinstance(self.stop_budget, (int, float)) and self.stop_budget >= 1,
+                    f"stop_budget must be a number >= 1 (the runs' step budget in calibrated steps), "
+                    f"got {self.stop_budget!r}")
+            require(self.calibration.get("metric", "prob") == "prob", "stop_budget stops each run at the target's "
+                    "forget answer probability, so the calibration's metric must be prob")
+            require(int(self.unlearn.get("eval_every", 0)) > 0, "stop_budget checks the target at the "
+                    "evaluations: set unlearn.eval_every (e.g. 2)")
+        require("stop_at" not in self.unlearn, "unlearn.stop_at is set per cell from the calibration target; "
+                "use stop_budget")
         require(isinstance(self.objectives, dict) and self.objectives, "objectives must map objective names to options")
         for name, args in self.objectives.items():
             lookup(OBJECTIVES, name, "objective")
@@ -383,10 +399,12 @@ def settings_of(calibrations: dict, regime: TiersRegime, objective: str, target:
         if entry and entry.get("lr"):
             out[label] = {"lr": entry["lr"], "steps": entry["steps"], "matched": bool(entry["matched"]),
                           "optimizer_args": dict(entry["optimizer_args"]), "forget": entry.get("forget"),
-                          "seed_spread": seed_spread(entry.get("forget_per_seed", []))}
+                          "seed_spread": seed_spread(entry.get("forget_per_seed", [])),
+                          "target": load_calibration(path)["target"]["value"]}
         else:
             out[label] = {"lr": arm.get("start", UnlearnConfig.lr), "steps": config.steps[0], "matched": False,
-                          "optimizer_args": dict(arm.get("optimizer_args", {})), "forget": None, "planned": True}
+                          "optimizer_args": dict(arm.get("optimizer_args", {})), "forget": None, "planned": True,
+                          "target": None}
     return out
 
 
@@ -400,6 +418,13 @@ def control_setting(regime: TiersRegime, label: str, settings: dict, noise_std: 
     if "noise_of" in control:
         args["noise_std"] = 1.0 if noise_std is None else noise_std
     return {**base, "optimizer_args": args, "control": True}
+
+
+def stop_run(setting: dict, budget: float, eval_every: int) -> dict:
+    """A run's ``stop_at`` (the cell's calibration target; None before it is calibrated) and its
+    step budget: ``budget`` x the calibrated steps, rounded up to a multiple of ``eval_every`` (so
+    the hybrid's blocks, aligned from the end of the budget, close at every check)."""
+    return {"stop_at": setting.get("target"), "steps": eval_every * math.ceil(budget * setting["steps"] / eval_every)}
 
 
 def _options(optimizer: str) -> set | None:
@@ -440,6 +465,8 @@ class TiersPlan:
         optimizer = (self.regime.arms.get(label) or self.regime.controls[label])["optimizer"]
         fields = {**_shared(self.regime, objective, original), "optimizer": optimizer, "seed": seed,
                   "lr": setting["lr"], "steps": setting["steps"], "optimizer_args": dict(setting["optimizer_args"])}
+        if self.regime.stop_budget is not None:
+            fields.update(stop_run(setting, self.regime.stop_budget, int(fields["eval_every"])))
         config = UnlearnConfig.from_dict(fields)
         audit = audit_fields(self.regime, seed, references)
         AuditConfig(**audit)

@@ -195,9 +195,15 @@ def test_pipeline_writes_probes_and_settings_and_resumes(tmp_path):
     assert calibrate(_config(out), prober=resumed, log=lambda _: None) == result
     assert len(resumed.calls) == len(prober.calls) - 7
     assert len(read_records(out / "records.jsonl")) == len(records)
-    # another calibration in the same folder is refused
+    # another calibration in the same folder is refused, also one whose probes would train otherwise
     with pytest.raises(BasinError, match="different settings"):
         calibrate(_config(out, target="gold"), prober=FakeProber(), log=lambda _: None)
+    with pytest.raises(BasinError, match="different settings"):
+        calibrate(_config(out, unlearn={"benchmark": "world:forget10", "objective": "npo", "batch_size": 4}),
+                  prober=FakeProber(), log=lambda _: None)
+    # fields every probe overrides (evaluation, checkpoints, seed) do not make it another calibration
+    same = {"benchmark": "world:forget10", "objective": "npo", "eval_every": 4, "save_every": 8}
+    assert calibrate(_config(out, unlearn=same), prober=FakeProber(), log=lambda _: None) == result
 
 
 def test_bad_input_is_refused_before_anything_is_written(tmp_path):

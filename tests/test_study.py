@@ -141,6 +141,34 @@ def test_the_plan_pairs_each_seed_with_its_own_models_and_attack_seed(tmp_path):
     assert path.run_dir.endswith("hybrid-s3") and path.audit["attacks"] == ("interpolate",)
 
 
+def test_stop_budget_stops_each_run_at_the_calibration_target(tmp_path):
+    """stop_budget: every evaluation run (arms and the controls that copy them) gets the cell's
+    calibrated target as stop_at and B x the calibrated steps, rounded up to a multiple of
+    eval_every, as its budget; bad settings are refused."""
+    data = _small()
+    data["regimes"]["miniature"]["unlearn"] = {**data["regimes"]["miniature"].get("unlearn", {}), "eval_every": 4}
+    data["regimes"]["miniature"]["stop_budget"] = 1.5
+    data["regimes"]["miniature"]["calibration"]["metric"] = "prob"
+    regime = StudyConfig(**data).regimes["miniature"]
+    plan = plan_tiers(regime, tmp_path)
+    setting = {"lr": 1e-3, "steps": 30, "optimizer_args": {}, "target": 0.37}
+    job = plan.job("npo", "gold", "adam", regime.seeds[0], setting, references=False)
+    assert job.unlearn["stop_at"] == 0.37 and job.unlearn["steps"] == 48       # 1.5 x 30 = 45 -> 48
+    randsign = control_setting(regime, "hybrid-randsign", {**{"hybrid": {**setting, "optimizer_args": {}}}})
+    assert randsign["target"] == 0.37
+    plain = plan_tiers(StudyConfig(**_small()).regimes["miniature"], tmp_path / "p")
+    assert plain.job("npo", "gold", "adam", 0, setting, references=False).unlearn["stop_at"] is None
+    for edit, message in ((dict(stop_budget=0.5), "stop_budget must be"),
+                          (dict(unlearn={"eval_every": 0}), "eval_every"),
+                          (dict(unlearn={"eval_every": 4, "stop_at": 0.3}), "set per cell"),
+                          (dict(calibration={**data["regimes"]["miniature"]["calibration"], "metric": "nll"}),
+                           "metric must be prob")):
+        bad = copy.deepcopy(data)
+        bad["regimes"]["miniature"].update(edit)
+        with pytest.raises(BasinError, match=message):
+            StudyConfig(**bad)
+
+
 def test_the_command_reads_the_file_and_overrides_its_folders(tmp_path, monkeypatch):
     import dataclasses
     config = StudyConfig.from_yaml(ROOT / "studies" / "optimizer_tiers.yaml")

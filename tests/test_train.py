@@ -94,6 +94,30 @@ def test_resume_after_interruption_is_bit_identical(trained_micro, patched_bench
     assert not (tmp_path / "resumed" / "checkpoint").exists()
 
 
+def test_stop_at_ends_the_run_at_the_first_evaluation_that_reaches_the_level(trained_micro, patched_bench, tmp_path):
+    """stop_at: the run ends at the first evaluation whose forget probability is at or below the
+    level, with the weights of a run of exactly that many steps, and says so in its manifest."""
+    whole = _run(trained_micro, steps=12, eval_every=2, save_every=0)
+    forget = {r["step"]: r["value"] for r in whole.records if r["metric"] == "prob" and r["split"] == "forget"}
+    first = next(k for k in sorted(forget) if k > 0 and forget[k] < forget[0] - 0.05)  # a step that forgot
+    level = forget[first]
+    assert all(forget[k] > level for k in forget if k < first) and first < 12, forget
+    stopped = _run(trained_micro, tmp_path / "stop", steps=12, eval_every=2, save_every=0, stop_at=level)
+    assert max(r["step"] for r in stopped.records) == first
+    assert json.loads((tmp_path / "stop" / "manifest.json").read_text())["steps_taken"] == first
+    assert weights_hash(stopped.model) == weights_hash(_run(trained_micro, steps=first, eval_every=2,
+                                                            save_every=0).model)
+    again = _run(trained_micro, tmp_path / "stop", steps=12, eval_every=2, save_every=0, stop_at=level)
+    assert weights_hash(again.model) == weights_hash(stopped.model)      # a finished run is reused
+    never = _run(trained_micro, tmp_path / "never", steps=4, eval_every=2, save_every=0, stop_at=0.0)
+    assert max(r["step"] for r in never.records) == 4                    # the budget ends it
+    assert json.loads((tmp_path / "never" / "manifest.json").read_text())["steps_taken"] == 4
+    with pytest.raises(BasinError, match="eval_every"):
+        UnlearnConfig(stop_at=0.3, eval_every=0)
+    with pytest.raises(BasinError, match="stop_at"):
+        UnlearnConfig(stop_at=1.5)
+
+
 def test_gradient_accumulation_matches_full_batch(trained_micro, patched_bench):
     # NPO without a retain term is a mean over examples, so two half-batches sum to the full batch
     npo = {"objective_args": {"gamma": 0.0}}

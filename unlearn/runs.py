@@ -75,6 +75,7 @@ def check_run_folder(out: Path, config) -> None:
     previous.setdefault("dtype", "float32")  # folders written before these fields existed
     previous.setdefault("benchmark_args", {})
     previous.setdefault("prompt_format", "plain")
+    previous.setdefault("stop_at", None)
     if current.get("prompt_format") is None:  # not given: the model's recorded format, resolved when it runs
         previous.pop("prompt_format", None)
         current.pop("prompt_format", None)
@@ -175,10 +176,13 @@ def git_hash() -> str | None:
         return None
 
 
-def finish_run(out: Path, model, tokenizer, config, start: float, device: str = "cpu") -> None:
-    """Save the unlearned model and the manifest, drop the checkpoint."""
+def finish_run(out: Path, model, tokenizer, config, start: float, device: str = "cpu",
+               steps_taken: int | None = None) -> None:
+    """Save the unlearned model and the manifest (with the steps the run took, fewer than
+    ``config.steps`` when ``stop_at`` ended it), drop the checkpoint."""
     with atomic_dir(out / "model") as tmp:
         model.save_pretrained(str(tmp), safe_serialization=True)
         tokenizer.save_pretrained(str(tmp))
-    write_json_atomic(out / "manifest.json", manifest(start, config, device))
+    taken = {} if steps_taken is None else {"steps_taken": steps_taken}
+    write_json_atomic(out / "manifest.json", {**manifest(start, config, device), **taken})
     shutil.rmtree(out / CKPT, ignore_errors=True)

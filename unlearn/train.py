@@ -9,7 +9,12 @@ It reads as config, batches, step, records:
   per-batch constants once (reference log-likelihoods, frozen activations) outside any closure;
 - **step**: the optimizer gets a forward-only closure over micro-batches. Backprop optimizers call
   ``backward`` inside ``step``; zeroth-order ones only run forwards;
-- **records**: every ``eval_every`` steps, forget / retain answer probability and exact match.
+- **records**: every ``eval_every`` steps, forget / retain answer probability and exact match;
+- **stop**: with ``stop_at``, the loop ends at the first evaluation whose forget answer probability
+  is at or below it, so every run stops at the same forgetting whatever its batch order (matched
+  forgetting per run); ``steps`` is then a budget, and the manifest's ``steps_taken`` says what was
+  used. For the hybrid, make ``eval_every`` a multiple of n_fo + n_zo and ``steps`` a multiple of
+  ``eval_every``: its blocks are aligned from the end of ``steps``, so every check follows a ZO block.
 
 Every ``save_every`` steps a checkpoint is written, and a rerun of the same command resumes from it
 with bit-identical final weights. Run folders, checkpoints and the manifest are :mod:`unlearn.runs`;
@@ -99,6 +104,9 @@ class UnlearnConfig:
     # phi, ...), a YAML file or a dict of fields (unlearn.data.format); None: the format the model
     # folder recorded (a run or a world build --base model), else plain
     prompt_format: str | dict | None = None
+    # matched forgetting per run: stop at the first evaluation (every eval_every steps) whose forget
+    # answer probability is at or below this level; steps is then a budget (None: run every step)
+    stop_at: float | None = None
 
     def __post_init__(self):
         """Types, ranges and names of every field (the options' contents: :func:`check_unlearn`)."""
@@ -125,6 +133,10 @@ class UnlearnConfig:
         for name in ("warmup_steps", "eval_every", "save_every", "seed"):
             require_number(name, getattr(self, name), 0, integer=True)
         require_number("eval_max_rows", self.eval_max_rows, 1, integer=True)
+        if self.stop_at is not None:
+            require_number("stop_at", self.stop_at, 0, 1)
+            require(self.eval_every > 0, "stop_at is checked at the evaluations, and eval_every is 0; "
+                    "set eval_every (e.g. 2) or drop stop_at")
         require(self.attn_implementation in ATTENTION, f"attn_implementation must be one of "
                 f"{', '.join(map(str, ATTENTION))}, got {self.attn_implementation!r}")
         self.device = check_device_name(self.device)
@@ -223,6 +235,15 @@ def evaluate_progress(model, tokenizer, forget_ex, retain_ex, step: int, base: d
             out.append({**base, "attack": "training", "setting": f"step={step}", "x": step,
                         "step": step, "metric": metric, "split": split, "value": float(value)})
     return out
+
+
+def reached(evaluation: list[dict], stop_at: float | None) -> bool:
+    """Whether an evaluation's forget answer probability is at or below ``stop_at`` (the run's
+    matched-forgetting stop; see :class:`UnlearnConfig`)."""
+    if stop_at is None:
+        return False
+    forget = next(r["value"] for r in evaluation if r["metric"] == "prob" and r["split"] == "forget")
+    return forget <= stop_at
 
 
 def step_diagnostics(optimizer, step: int, base: dict) -> list[dict]:
@@ -326,6 +347,8 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
                                **config.optimizer_args)
     if dp is not None:
         check_data_parallel(dp, config.grad_accum, optimizer)
+        require(config.stop_at is None, "stop_at is decided by the first process's evaluation, which the "
+                "other processes of a data-parallel launch do not see; run it in one process")
     main = dp is None or dp.main                       # only the first process writes and evaluates
     if out is not None:                                # every check passed: the first write
         runs.create_run_folder(out, config)
@@ -343,7 +366,7 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
         records += runs.log_records(out, evaluate_progress(model, tokenizer, forget_ex, eval_retain, 0, base))
 
     model.train()
-    last_good = first
+    last_good = done = first
     bar = tqdm(range(first, steps), desc=f"unlearn {config.objective}/{config.optimizer}",
                disable=not (progress and main), initial=first, total=steps)
     owned = dp.mine(config.grad_accum) if dp else range(config.grad_accum)  # this process's micro-batches
@@ -373,8 +396,11 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
         if main:
             records += runs.log_records(out, step_diagnostics(optimizer, done, base))
         if config.eval_every and (done % config.eval_every == 0 or done == steps) and main:
-            records += runs.log_records(out, evaluate_progress(model, tokenizer, forget_ex, eval_retain, done, base))
+            evaluation = evaluate_progress(model, tokenizer, forget_ex, eval_retain, done, base)
+            records += runs.log_records(out, evaluation)
             model.train()
+            if reached(evaluation, config.stop_at):
+                break
         if out is not None and config.save_every and done % config.save_every == 0 and done < steps:
             if main:
                 runs.save_checkpoint(out, model, optimizer, done, len(records))
@@ -382,7 +408,7 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
     model.eval()
     freeze_all_but(model, None)
     if out is not None and main:
-        runs.finish_run(out, model, tokenizer, config, start, device)
+        runs.finish_run(out, model, tokenizer, config, start, device, steps_taken=done)
     if dp is not None:
         dp.barrier()                                   # the run folder is complete for every process
     return UnlearnResult(model, tokenizer, records, out)

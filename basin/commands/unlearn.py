@@ -41,6 +41,9 @@ def register(sub) -> None:
     p.add_argument("--eval-every", type=int)
     p.add_argument("--eval-max-rows", type=int, help="retain rows scored at each evaluation (default 200)")
     p.add_argument("--save-every", type=int)
+    p.add_argument("--stop-at", type=float, metavar="PROB",
+                   help="stop at the first evaluation (every --eval-every steps) whose forget answer "
+                   "probability is at or below PROB; --steps is then the budget (matched forgetting per run)")
     p.add_argument("--seed", type=int)
     p.add_argument("--device", help="auto (default: cuda if available, else cpu), cpu, cuda, cuda:N, mps, "
                    "or auto-map (layers spread over every visible GPU, for a model larger than one)")
