@@ -170,6 +170,10 @@ def test_bad_config_and_cli_errors(tmp_path, capsys):
     assert main(["unlearn", "--optimizer", "adma", "--steps", "1", "--out", str(tmp_path / "y"),
                  "--model", "world:micro", "--quiet"]) == 2
     assert "did you mean 'adam'" in capsys.readouterr().err
+    assert main(["unlearn", "--stop-at", "0.3", "--eval-every", "0", "--steps", "1", "--out", str(tmp_path / "z"),
+                 "--model", "world:micro", "--quiet"]) == 2
+    assert "stop_at is checked at the evaluations" in capsys.readouterr().err
+    assert not (tmp_path / "z").exists()
 
 
 def test_cli_unlearn_with_yaml_config_writes_a_run_folder(trained_micro, tmp_path, capsys):
