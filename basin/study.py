@@ -395,12 +395,13 @@ def settings_of(calibrations: dict, regime: TiersRegime, objective: str, target:
     for label, arm in regime.arms.items():
         config = calibrations[objective, target, label]
         path = Path(config.out) / "calibration.json"
-        entry = load_calibration(path)["optimizers"].get(arm["optimizer"]) if path.exists() else None
+        cal = load_calibration(path) if path.exists() else {}
+        entry = cal.get("optimizers", {}).get(arm["optimizer"])
         if entry and entry.get("lr"):
             out[label] = {"lr": entry["lr"], "steps": entry["steps"], "matched": bool(entry["matched"]),
                           "optimizer_args": dict(entry["optimizer_args"]), "forget": entry.get("forget"),
                           "seed_spread": seed_spread(entry.get("forget_per_seed", [])),
-                          "target": load_calibration(path)["target"]["value"]}
+                          "target": cal.get("target", {}).get("value")}
         else:
             out[label] = {"lr": arm.get("start", UnlearnConfig.lr), "steps": config.steps[0], "matched": False,
                           "optimizer_args": dict(arm.get("optimizer_args", {})), "forget": None, "planned": True,
