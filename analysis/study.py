@@ -347,7 +347,9 @@ def write_index(out: Path, versions: list[dict]) -> Path:
                          "evaluation seeds</b> is the same metric on the clean unlearned models the claims are "
                          "judged on (mean, range, n); <b>from gold</b> is its distance from the gold model in "
                          "fractions of the original-gold gap (0 = at the gold model, 1 = not forgotten). Where "
-                         "it is far from 0 the calibration did not carry over to the evaluation seeds.</p>"
+                         "it is far from 0 the calibration did not carry over to the evaluation seeds. Where a "
+                         "regime stops each run at the target (<b>steps taken</b>), the calibrated lr sets the "
+                         "pace and each evaluation run stops at its first check at or below the target.</p>"
                          + html_table(cal[first + [c for c in cal.columns if c not in first]]))
         for fig in v.get("figures", []):
             parts.append(f'<figure><a href="{esc(fig["href"])}"><img src="{esc(fig["png"])}" alt="{esc(fig["caption"])}">'

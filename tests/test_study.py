@@ -169,6 +169,17 @@ def test_stop_budget_stops_each_run_at_the_calibration_target(tmp_path):
             StudyConfig(**bad)
 
 
+def test_the_report_says_where_each_arms_runs_stopped(tmp_path):
+    from basin.study import steps_taken
+
+    for name, taken in (("adam-s0", 12), ("adam-s1", 20), ("adam-s2", None), ("hybrid-1to3-s0", 8)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "manifest.json").write_text(json.dumps({} if taken is None else {"steps_taken": taken}))
+    assert steps_taken(tmp_path, "adam") == "16 (12 to 20, n=2)"
+    assert steps_taken(tmp_path, "hybrid-1:3") == "8 (8 to 8, n=1)"
+    assert steps_taken(tmp_path, "signadam") is None
+
+
 def test_the_command_reads_the_file_and_overrides_its_folders(tmp_path, monkeypatch):
     import dataclasses
     config = StudyConfig.from_yaml(ROOT / "studies" / "optimizer_tiers.yaml")
