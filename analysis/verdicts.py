@@ -84,6 +84,9 @@ class Bands:
       level the arms were calibrated to (either side: forgetting far past it is over-forgetting);
       that level is o + ``target`` (r - o): the gold model's for ``target`` 1, halfway for 0.5, so
       a cell calibrated to halfway is judged against halfway, not against the gold model;
+    - ``stopped``: every run was stopped where its clean forget answer probability reached the
+      target (``UnlearnConfig.stop_at``), so that level is set by the design, and a claim about it
+      (attack ``none``, metric ``prob``, a forget split) is inconclusive rather than trivially true;
     - ``min_ceiling``: at every pooled setting, (attacked original - attacked gold) must be at
       least this fraction of the clean gap (the attack leaves knowledge to recover);
     - ``utility_margin``: the lower arm's retain utility may fall at most this fraction below
@@ -97,6 +100,7 @@ class Bands:
     utility_margin: float = 0.05
     utility: tuple = (("model_utility", ""), ("prob", "retain"))
     target: float = 1.0
+    stopped: bool = False
 
     def __post_init__(self):
         if not 0 <= self.target <= 1:
@@ -694,6 +698,10 @@ def _only_split(rows: pd.DataFrame, metric: str) -> str:
 def _assess(df: pd.DataFrame, claim: Claim, bands: Bands) -> Verdict:
     """Everything but the multiplicity correction: a Verdict with verdict "" when tested."""
     v = Verdict(claim, INCONCLUSIVE, "")
+    if bands.stopped and claim.attack == "none" and claim.metric == "prob" and (claim.split or "").startswith("forget"):
+        v.reason = ("matched by design: every run stopped where its clean forget probability reached the target, "
+                    "so equal forgetting says nothing here (how many steps each arm took does)")
+        return v
     try:
         split = v.split = _resolve_split(df, claim)
         a = _arm(df, claim, claim.a, claim.a_lr)

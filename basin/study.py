@@ -242,8 +242,9 @@ class StudyConfig:
     def __post_init__(self):
         lookup(CORRECTIONS, self.correction, "multiple-comparison correction")
         require(0 < self.alpha < 1, f"alpha must be in (0, 1), got {self.alpha!r}")
-        require("target" not in self.bands, "bands.target is set per cell from the regime's calibration "
-                "targets (gold: 1, halfway: 0.5); remove it from bands")
+        for key in ("target", "stopped"):
+            require(key not in self.bands, f"bands.{key} is set per cell (from the regime's calibration targets "
+                    "and stop_budget); remove it from bands")
         Bands(**self.bands)
         for name in self.claims:
             lookup(CLAIMS, name, "claim")
@@ -711,15 +712,17 @@ def _report_tiers(config, name, regime, folder, vdir, bands, summary, log) -> No
         arms = sorted(set(df.loc[df["role"] == "unlearned", "optimizer"]))
         claims = claims_for(arms, config.regime_claims(name))
         title = f"{config.name} v{config.version}: {name}, {objective}, target {target} ({done} of {planned} runs)"
-        _cell_report(df, vdir, f"{name}-{cell}", claims, title, cell_bands(bands, target, df, metric),
+        _cell_report(df, vdir, f"{name}-{cell}", claims, title, cell_bands(bands, target, df, metric, stopped=regime.stop_budget is not None),
                      {"regime": name, "objective": objective, "target": target}, summary, log)
 
 
-def cell_bands(bands: Bands, target, df: pd.DataFrame, metric: str) -> Bands:
+def cell_bands(bands: Bands, target, df: pd.DataFrame, metric: str, stopped: bool = False) -> Bands:
     """``bands`` for one (objective, target) cell: its gold-distance condition measured from the
     level the arms were calibrated to (``Bands.target``, the fraction of the original-gold gap:
     gold 1, halfway 0.5, gap=A A; a target given as a level of ``metric`` is converted with the
-    cell's clean original and gold models)."""
+    cell's clean original and gold models); ``stopped``: its runs stopped at the target
+    (``Bands.stopped``)."""
+    bands = dataclasses.replace(bands, stopped=stopped)
     refs = df[(df["attack"] == "none") & (df["metric"] == metric) & (df["split"] == "forget")] if len(df) else df
     o, r = (float(refs.loc[refs["role"] == role, "value"].mean()) if len(refs) else math.nan
             for role in ("original", "retain"))

@@ -78,6 +78,7 @@ def _small() -> dict:
     (lambda d: d.update(bands={"forget_equivalance": 0.1}), "forget_equivalance"),
     (lambda d: d.update(colour="red"), "unknown study field"),
     (lambda d: d.update(bands={"target": 0.5}), "set per cell"),
+    (lambda d: d.update(bands={"stopped": True}), "set per cell"),
 ])
 def test_bad_study_files_are_refused(edit, message):
     data = copy.deepcopy(_small())
@@ -423,7 +424,8 @@ def test_each_cell_is_judged_from_its_own_calibration_target():
     got = {t: cell_bands(bands, t, df, "prob").target for t in ("gold", "halfway", "gap=0.25", "0.35")}
     assert got == pytest.approx({"gold": 1.0, "halfway": 0.5, "gap=0.25": 0.25, "0.35": 0.75})
     assert cell_bands(bands, "halfway", df, "prob").gold_distance == 0.2      # the study's bands kept
-    assert cell_bands(bands, "halfway", df.iloc[:0], "prob") is bands          # no references yet
+    assert cell_bands(bands, "halfway", df.iloc[:0], "prob") == bands          # no references yet
+    assert cell_bands(bands, "gold", df, "prob", stopped=True).stopped
 
 
 def test_regime_map_cells_and_the_cells_that_never_forgot(tmp_path):

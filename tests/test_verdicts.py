@@ -134,6 +134,18 @@ def test_gold_distance_is_measured_from_the_cells_calibration_target():
         Bands(target=1.5)
 
 
+def test_a_forget_level_set_by_stopping_each_run_is_not_a_finding():
+    """Where every run stopped at the target, "forgets as much" is true by construction: the
+    equivalence claim on the clean forget level is inconclusive, attacks are judged as before."""
+    from analysis.verdicts import PAPER_CLAIMS, Bands
+
+    keeps = next(c for c in PAPER_CLAIMS if c.name == "hybrid-keeps-adam-forgetting")
+    assert evaluate(frame(GOOD), keeps).verdict == "reproduced"              # the same records, not stopped
+    v = evaluate(frame(GOOD), keeps, bands=Bands(stopped=True))
+    assert v.verdict == "inconclusive" and "matched by design" in v.reason
+    assert evaluate(frame(GOOD), QUANT_CLAIM, bands=Bands(stopped=True)).verdict == "reproduced"
+
+
 # ---------------------------------------------------------------------------------------------
 # defect 3: runs at different settings are never pooled
 
