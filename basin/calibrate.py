@@ -570,7 +570,8 @@ def spread_warning(per_seed: Sequence[float], tolerance: float) -> str:
                 f"(2 x {tolerance:.4g}): single runs, the evaluation seeds' among them, can land outside the band; "
                 f"with a seed-to-seed sd of {sd:.3g}, the mean of {len(values)} seeds has a standard error of "
                 f"{sd / math.sqrt(len(values)):.3g}, and holding it within +-{tolerance:.4g} at 95% takes about "
-                f"{needed} calibration seeds (or less batch-order variance: more steps, larger batches)")
+                f"{needed} calibration seeds; or stop each evaluation run where it reaches the target "
+                "(basin unlearn --stop-at, a study's stop_budget)")
     return ""
 
 
