@@ -705,8 +705,10 @@ def _report_tiers(config, name, regime, folder, vdir, bands, summary, log) -> No
                 "forget, evaluation seeds": None if level is None else
                 f"{fmt_num(level['mean'])} ({fmt_num(level['min'])} to {fmt_num(level['max'])}, n={int(level['n'])})",
                 "from gold (gap fraction)": None if level is None else round(float(level["from_gold"]), 3),
-                **({"steps taken, evaluation seeds": steps_taken(folder / "runs" / cell, label)}
-                   if regime.stop_budget is not None else {})})
+                **({"steps taken, evaluation seeds": steps_taken(
+                    folder / "runs" / cell, label,
+                    stop_run(s, regime.stop_budget, int(regime.unlearn["eval_every"]))["steps"])}
+                   if regime.stop_budget is not None and not s.get("planned") else {})})
         if df.empty or not ((df["role"] == "unlearned") & ~df["attack"].isin(TRAJECTORY)).any():
             continue   # no finished run yet (perhaps calibration probes): nothing to judge
         arms = sorted(set(df.loc[df["role"] == "unlearned", "optimizer"]))
@@ -732,14 +734,14 @@ def cell_bands(bands: Bands, target, df: pd.DataFrame, metric: str, stopped: boo
     return dataclasses.replace(bands, target=min(1.0, max(0.0, (o - t.value) / (o - r))))
 
 
-def steps_taken(folder: Path, label: str) -> str | None:
+def steps_taken(folder: Path, label: str, budget: int) -> str | None:
     """Where an arm's finished evaluation runs stopped (their manifests' ``steps_taken``):
-    "mean (min to max, n=N)", or None before any has finished."""
+    "mean (min to max, n=N; budget B)", or None before any has finished."""
     taken = [json.loads(p.read_text()).get("steps_taken") for p in sorted(folder.glob(f"{_slug(label)}-s*/manifest.json"))]
     taken = [t for t in taken if t is not None]
     if not taken:
         return None
-    return f"{sum(taken) / len(taken):.3g} ({min(taken)} to {max(taken)}, n={len(taken)})"
+    return f"{sum(taken) / len(taken):.3g} ({min(taken)} to {max(taken)}, n={len(taken)}; budget {budget})"
 
 
 def _wall_seconds(folders) -> float:

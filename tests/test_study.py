@@ -176,9 +176,9 @@ def test_the_report_says_where_each_arms_runs_stopped(tmp_path):
     for name, taken in (("adam-s0", 12), ("adam-s1", 20), ("adam-s2", None), ("hybrid-1to3-s0", 8)):
         (tmp_path / name).mkdir()
         (tmp_path / name / "manifest.json").write_text(json.dumps({} if taken is None else {"steps_taken": taken}))
-    assert steps_taken(tmp_path, "adam") == "16 (12 to 20, n=2)"
-    assert steps_taken(tmp_path, "hybrid-1:3") == "8 (8 to 8, n=1)"
-    assert steps_taken(tmp_path, "signadam") is None
+    assert steps_taken(tmp_path, "adam", 40) == "16 (12 to 20, n=2; budget 40)"
+    assert steps_taken(tmp_path, "hybrid-1:3", 40) == "8 (8 to 8, n=1; budget 40)"
+    assert steps_taken(tmp_path, "signadam", 40) is None
 
 
 def test_the_command_reads_the_file_and_overrides_its_folders(tmp_path, monkeypatch):
