@@ -313,6 +313,7 @@ def verdict_matrix(versions: list[dict]) -> str:
 def _short_reason(reason: str) -> str:
     """The failed condition of an inconclusive verdict, in a few words."""
     for key, short in (("forgotten to within", "forgetting differs"), ("from the gold model", "far from the gold model"),
+                       ("of the gap from", "far from the target"), ("matched by design", "matched by design (stopped runs)"),
                        ("retain utility", "retain utility differs"), ("zero width", "no spread (every seed alike)"),
                        ("no records", "not run"), ("no usable records", "no records"), ("ceiling", "no ceiling")):
         if key in reason:

@@ -472,3 +472,16 @@ def test_the_first_page_shows_what_an_attack_itself_brought_back(tmp_path):
     assert "−" not in undone.split("</tr>")[0].split("<small>")[1]
     # a claim that was not tested (the model never forgot): no ill-conditioned "own" recovery
     assert "the attack" not in html.split("never-forgot</td>")[1].split("</tr>")[0]
+
+
+@pytest.mark.parametrize("reason, short", [
+    ("conditions for a sound comparison not met: adam within 0.15 of the gap from the gold model: clean prob 0.509 "
+     "vs gold 0.408 is 0.41 of the gap from the gold model", "far from the gold model"),
+    ("conditions for a sound comparison not met: adam within 0.15 of the gap from halfway: clean prob 0.2 vs target "
+     "0.5 is 0.33 of the gap from halfway", "far from the target"),
+    ("matched by design: every run stopped where its clean forget probability reached the target", "matched by design"),
+])
+def test_the_first_page_names_the_failed_condition_in_a_few_words(reason, short):
+    from analysis.study import _short_reason
+
+    assert _short_reason(reason).startswith(short)
