@@ -196,3 +196,6 @@ def test_cli_unlearn_with_yaml_config_writes_a_run_folder(trained_micro, tmp_pat
     # the same folder with another config is refused, not overwritten
     assert main(["unlearn", "--config", str(cfg), "--seed", "4", "--out", str(out), "--quiet"]) == 2
     assert "different config" in capsys.readouterr().err
+    # a level it cannot reach in the budget: it says so, and how to get there
+    assert main(["unlearn", "--config", str(cfg), "--stop-at", "0", "--out", str(tmp_path / "stop"), "--quiet"]) == 0
+    assert "did not reach forget prob 0: 2 of 2 steps; raise --steps or --lr" in capsys.readouterr().out

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
+import math
 import os
 from pathlib import Path
 
@@ -97,4 +99,9 @@ def run(args: argparse.Namespace) -> int:
     print(f"unlearned model: {Path(args.out) / 'model'}")
     if summary:
         print(f"last evaluation: {summary}")
+    if config.stop_at is not None:
+        taken = json.loads((Path(args.out) / "manifest.json").read_text()).get("steps_taken")
+        reached = last.get(("forget", "prob"), math.inf) <= config.stop_at
+        print(f"{'stopped at' if reached else 'did not reach'} forget prob {config.stop_at:g}: "
+              f"{taken} of {config.steps} steps" + ("" if reached else "; raise --steps or --lr"))
     return 0
