@@ -83,7 +83,8 @@ CALIBRATION_FILE = "calibration.json"
 ATTACK = "calibrate"        # the records' attack name: search probes, not an attack on a finished model
 RETAIN_LOSS = ("nll", "retain")  # (metric, split) minimised among settings that hit the target
 # UnlearnConfig fields a calibrated setting does not depend on (where and how often it is observed)
-NEUTRAL_FIELDS = ("seed", "device", "eval_every", "eval_max_rows", "save_every")
+PROBE_OVERRIDDEN = ("seed", "eval_every", "eval_max_rows", "save_every")  # every probe sets these itself
+NEUTRAL_FIELDS = PROBE_OVERRIDDEN + ("device",)
 CALIBRATED_FIELDS = ("lr", "steps", "epochs", "optimizer_args")   # what a calibration sets
 NAMED_TARGETS = {"gold": 1.0, "halfway": 0.5}
 OPTIMIZER_KEYS = {"optimizer_args": "optimizer_args", "start": "start", "lr_range": "lr_range"}
@@ -457,8 +458,7 @@ def _mean(values: Sequence[float]) -> float:
 def _probed(plain: dict) -> dict:
     """A calibration's settings less what its probes do not depend on: the folder, and the run
     fields every probe overrides (seed, no evaluation, no checkpoints)."""
-    unlearn = {k: v for k, v in plain.get("unlearn", {}).items()
-               if k not in ("seed", "eval_every", "eval_max_rows", "save_every")}
+    unlearn = {k: v for k, v in plain.get("unlearn", {}).items() if k not in PROBE_OVERRIDDEN}
     return {**{k: v for k, v in plain.items() if k != "out"}, "unlearn": unlearn}
 
 

@@ -57,7 +57,7 @@ import yaml
 from analysis.report import fmt_num, save_figure, write_report
 from analysis.tables import TRAJECTORY
 from analysis.study import (clean_levels, grid_arm, grid_claims, load_arms, plot_regime_map, read_summaries,
-                            regime_map, write_index)
+                            reference_level, regime_map, write_index)
 from analysis.verdicts import PAPER_CLAIMS, Bands, Claim, claims_for
 from audit.attacks import ATTACKS
 from audit.metrics import METRICS
@@ -714,7 +714,8 @@ def _report_tiers(config, name, regime, folder, vdir, bands, summary, log) -> No
         arms = sorted(set(df.loc[df["role"] == "unlearned", "optimizer"]))
         claims = claims_for(arms, config.regime_claims(name))
         title = f"{config.name} v{config.version}: {name}, {objective}, target {target} ({done} of {planned} runs)"
-        _cell_report(df, vdir, f"{name}-{cell}", claims, title, cell_bands(bands, target, df, metric, stopped=regime.stop_budget is not None),
+        conditions = cell_bands(bands, target, df, metric, stopped=regime.stop_budget is not None)
+        _cell_report(df, vdir, f"{name}-{cell}", claims, title, conditions,
                      {"regime": name, "objective": objective, "target": target}, summary, log)
 
 
@@ -725,9 +726,7 @@ def cell_bands(bands: Bands, target, df: pd.DataFrame, metric: str, stopped: boo
     cell's clean original and gold models); ``stopped``: its runs stopped at the target
     (``Bands.stopped``)."""
     bands = dataclasses.replace(bands, stopped=stopped)
-    refs = df[(df["attack"] == "none") & (df["metric"] == metric) & (df["split"] == "forget")] if len(df) else df
-    o, r = (float(refs.loc[refs["role"] == role, "value"].mean()) if len(refs) else math.nan
-            for role in ("original", "retain"))
+    o, r = (reference_level(df, role, metric) for role in ("original", "retain"))
     if not (math.isfinite(o) and math.isfinite(r) and o != r):
         return bands   # no references yet: nothing is judged against the level anyway
     t = make_target(target, o, r)
