@@ -81,7 +81,10 @@ class AuditConfig:
     seed: int = 0                   # attack seed (relearning subset, noise draws)
     splits: tuple | None = None     # splits to score (default: all of the benchmark's)
     clean_splits: tuple | None = None  # splits for the clean (unattacked) models (default: splits)
-    score_references: bool = True   # also attack the original / retain-only models (ceiling, floor)
+    # also score and attack the original / retain-only models (ceiling, floor): True, False, or the
+    # attacks to run on them (they are scored clean too), e.g. ("relearn",) where only that attack's
+    # setting (the relearning subset) changes with the attack seed
+    score_references: bool | tuple = True
     device: str = "auto"            # auto (cuda if available, else cpu), cpu, cuda, cuda:N, mps, auto-map
     dtype: str = "float32"          # the audited models' weights: float32, bfloat16 or float16
     # how questions and answers are laid out (a preset such as llama3-instruct, a YAML file or a
@@ -184,6 +187,11 @@ def check_audit(config: AuditConfig, model, *, original=None, retain=None, out=N
             lookup(dict.fromkeys(attack.options), key, f"{name} option")
             problem = _option_type_problem(value, params[key])
             require(problem is None, f"--arg {name}.{key}={value!r}: {problem}")
+    if not isinstance(config.score_references, bool):
+        require(isinstance(config.score_references, (list, tuple)) and all(
+            a in config.attacks for a in config.score_references),
+            f"score_references must be true, false or a list of the audit's attacks "
+            f"({', '.join(config.attacks)}), got {config.score_references!r}")
     require_number("max_retain", config.max_retain, 0, integer=True)
     require_number("max_new_tokens", config.max_new_tokens, 1, integer=True)
     require_number("seed", config.seed, 0, integer=True)
@@ -344,7 +352,9 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
     roles = [("unlearned", target)] + [(r, m) for r, m in refs.items() if config.score_references]
     plan = [(role, m, "none") for role, m in roles]
     for attack in config.attacks:
-        plan += [(role, m, attack) for role, m in roles if role in ATTACKS[attack].roles]
+        plan += [(role, m, attack) for role, m in roles if role in ATTACKS[attack].roles
+                 and (role == "unlearned" or isinstance(config.score_references, bool)
+                      or attack in config.score_references)]
 
     bar = tqdm(plan, desc=f"audit {name}", disable=not progress)
     for role, m, attack in bar:

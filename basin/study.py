@@ -24,7 +24,11 @@ Regime kinds (:data:`REGIME_KINDS`):
      audited with every attack; same seed = same models, batch order and relearning subset.
      With ``stop_budget: B`` each run instead stops at its first evaluation at or below the
      calibration target, within B x the calibrated steps (``UnlearnConfig.stop_at``): the
-     calibrated lr sets the pace, the stop matches each run's forgetting whatever its batch order;
+     calibrated lr sets the pace, the stop matches each run's forgetting whatever its batch order.
+     ``stop_split: forget_unseen`` checks the stop on the forget rows the run's relearning attack
+     will not train on (``UnlearnConfig.stop_rows``), at the target's level on those rows, so the
+     relearning claims, judged there, compare runs matched there; ``seed_references: [relearn]``
+     has every seed's audit score the original and gold models on its own relearning subset;
   4. controls, which are not calibrated but copy an arm's setting: ``like: ARM`` takes the arm's
      lr, steps and options; ``noise_of: ARM`` (for ``adam-noise``) sets ``noise_std`` so that the
      added noise moves the weights as far per step as ARM's zeroth-order steps did in the run of
@@ -60,12 +64,14 @@ from analysis.study import (clean_levels, grid_arm, grid_claims, load_arms, plot
                             reference_level, regime_map, write_index)
 from analysis.verdicts import PAPER_CLAIMS, Bands, Claim, claims_for
 from audit.attacks import ATTACKS
-from audit.metrics import METRICS
+from audit.metrics import METRICS, evaluate
 from audit.runner import AuditConfig, audit_plane
 from basin.calibrate import CalibrationConfig, calibrate, load_calibration, make_target, seed_spread
 from basin.sweep import ENGINES, Job
 from unlearn.cache import check_writable, write_json_atomic, write_text_atomic
 from unlearn.build import BuildConfig, build, finetune_fit, model_dir, retain_split
+from unlearn.data.benchmarks import load_benchmark
+from unlearn.data.format import format_spec, recorded_format
 from unlearn.data.world import WorldConfig
 from unlearn.errors import BasinError, require
 from unlearn.objectives import OBJECTIVES
@@ -86,6 +92,8 @@ ARM_KEYS = {"optimizer": "optimizer name", "optimizer_args": "its options", "sta
 CONTROL_KEYS = {"optimizer": "optimizer name", "like": "the arm whose setting it copies",
                 "noise_of": "the arm whose zeroth-order step size the noise matches",
                 "optimizer_args": "extra options"}
+STOP_SPLITS = {"forget": "every forget row",
+               "forget_unseen": "the forget rows the run's relearning attack does not train on"}
 CALIBRATION_KEYS = {"metric", "targets", "tolerance", "seeds", "max_probes", "max_retain", "factor", "method",
                     "lr_range", "grid"}
 
@@ -117,6 +125,13 @@ class TiersRegime:
     # matched forgetting per run: each evaluation run stops at its first evaluation at or below the
     # cell's calibration target, within stop_budget x the calibrated steps (None: it takes them all)
     stop_budget: float | None = None
+    # where the stop is checked: "forget" (every forget row) or "forget_unseen" (the rows the run's
+    # relearning attack does not train on, where the relearning claims are judged; the target is
+    # then the original's and gold model's level on those same rows)
+    stop_split: str = "forget"
+    # attacks whose setting changes with the attack seed (the relearning subset): every seed's
+    # audit, not only the first, also scores the original and gold models under them
+    seed_references: list = field(default_factory=list)
 
     def __post_init__(self):
         _check_common(self)
@@ -128,8 +143,17 @@ class TiersRegime:
                     "forget answer probability, so the calibration's metric must be prob")
             require(int(self.unlearn.get("eval_every", 0)) > 0, "stop_budget checks the target at the "
                     "evaluations: set unlearn.eval_every (e.g. 2)")
-        require("stop_at" not in self.unlearn, "unlearn.stop_at is set per cell from the calibration target; "
-                "use stop_budget")
+        require("stop_at" not in self.unlearn and "stop_rows" not in self.unlearn, "unlearn.stop_at and "
+                "stop_rows are set per run from the calibration target; use stop_budget and stop_split")
+        lookup(STOP_SPLITS, self.stop_split, "stop_split")
+        if self.stop_split != "forget":
+            require(self.stop_budget is not None, f"stop_split {self.stop_split} says where each run stops, and "
+                    "stop_budget is not set (runs do not stop); set stop_budget or drop stop_split")
+            require("relearn" in self.audit.get("attacks", {}), f"stop_split {self.stop_split} is the split the "
+                    "relearning attack does not train on, and audit.attacks has no relearn")
+        require(isinstance(self.seed_references, list), "seed_references must list attack names")
+        for name in self.seed_references:
+            lookup(self.audit.get("attacks", {}), name, "attack in seed_references (of audit.attacks)")
         require(isinstance(self.objectives, dict) and self.objectives, "objectives must map objective names to options")
         for name, args in self.objectives.items():
             lookup(OBJECTIVES, name, "objective")
@@ -380,8 +404,9 @@ def _slug(label: str) -> str:
     return label.replace(":", "to").replace("/", "_")
 
 
-def audit_fields(regime, seed: int, references: bool) -> dict:
-    """The AuditConfig fields of a run's audit: attack seed = the run's seed."""
+def audit_fields(regime, seed: int, references: bool | tuple) -> dict:
+    """The AuditConfig fields of a run's audit: attack seed = the run's seed; ``references``: its
+    ``score_references`` (True, False or the attacks the references get)."""
     spec = dict(regime.audit)
     attacks = spec.pop("attacks")
     return {"benchmark": regime.benchmark, "benchmark_args": benchmark_args(regime), **spec,
@@ -469,12 +494,42 @@ class TiersPlan:
                   "lr": setting["lr"], "steps": setting["steps"], "optimizer_args": dict(setting["optimizer_args"])}
         if self.regime.stop_budget is not None:
             fields.update(stop_run(setting, self.regime.stop_budget, int(fields["eval_every"])))
+            if self.regime.stop_split == "forget_unseen" and fields["stop_at"] is not None:
+                fields.update(self.unseen_stop(target, seed))
         config = UnlearnConfig.from_dict(fields)
         audit = audit_fields(self.regime, seed, references)
         AuditConfig(**audit)
         run = self.run_dir(objective, target, label, seed)
         return Job(f"{objective}-{target}/{label}-s{seed}", dataclasses.asdict(config), audit, original, gold,
                    str(run), str(self.folder / "audits" / f"{objective}-{target}" / run.name))
+
+    def unseen_stop(self, target, seed: int) -> dict:
+        """``stop_rows``, the forget rows seed's relearning attack does not train on, and ``stop_at``,
+        ``target`` on those rows: from the seed's original and gold models' levels there."""
+        original, gold = self.models[str(seed)]
+        levels = {role: self.row_probs(path) for role, path in (("original", original), ("gold", gold))}
+        n = len(levels["original"])
+        relearn = ATTACKS["relearn"]
+        trained = set(relearn.trained_rows(n, {**relearn.defaults, **(self.regime.audit["attacks"]["relearn"] or {})}, seed))
+        rows = [i for i in range(n) if i not in trained]
+        o, g = (sum(levels[role][i] for i in rows) / len(rows) for role in ("original", "gold"))
+        return {"stop_rows": rows, "stop_at": make_target(target, o, g).value}
+
+    def row_probs(self, model: str) -> list[float]:
+        """The clean answer probability of each forget row under ``model`` (as the audit scores it),
+        computed once and kept in ``forget-rows.json``."""
+        path = self.folder / "forget-rows.json"
+        cache = json.loads(path.read_text()) if path.exists() else {}
+        if model not in cache:
+            fmt = format_spec(self.regime.unlearn.get("prompt_format") or recorded_format(model))
+            bench = load_benchmark(self.regime.benchmark, **benchmark_args(self.regime))
+            _, rows = evaluate(model, None, bench, metrics=["prob"], splits=["forget"], generate=False,
+                               strict=False, prompt_format=fmt)
+            rows = rows[rows["split"] == "forget"].sort_values("row")
+            require(list(rows["row"]) == list(range(len(bench.forget))), f"{model}: not every forget row was scored")
+            cache[model] = [float(v) for v in rows["prob"]]
+            write_json_atomic(path, cache)
+        return cache[model]
 
     def path_job(self, objective, target, label, seed, setting) -> Job:
         """Interpolation from the ``paths.from`` arm's run of the same seed to ``label``'s run."""
@@ -527,7 +582,8 @@ def run_tiers(regime: TiersRegime, folder: Path, cache_dir=None, progress: bool 
     engine = lookup(ENGINES, regime.engine, "sweep engine")
     run = lambda jobs: engine(jobs, progress=progress, **regime.engine_args) if jobs else []  # noqa: E731
     cells = save_settings({cell: cell_settings(plan, *cell) for cell in plan.cells()})   # now calibrated
-    referenced: set = set()
+    referenced: set = set()   # model pairs whose references one audit scores under every attack
+    seeded: set = set()       # seeds whose references one audit scores under the seed_references
     # wave 1: the arms and the controls that copy a setting (references once per model pair)
     jobs = []
     for (objective, target), settings in cells.items():
@@ -536,7 +592,9 @@ def run_tiers(regime: TiersRegime, folder: Path, cache_dir=None, progress: bool 
                 continue
             first = plan.models[str(seed)] not in referenced
             referenced.add(plan.models[str(seed)])
-            jobs.append(plan.job(objective, target, label, seed, settings[label], references=first))
+            references = True if first else (tuple(regime.seed_references) if seed not in seeded else False)
+            seeded.add(seed)
+            jobs.append(plan.job(objective, target, label, seed, settings[label], references=references))
     log(f"sweep: {len(jobs)} runs, each audited")
     run(jobs)
     # wave 2: noise-matched controls, from the runs they match (same seed)

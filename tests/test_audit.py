@@ -84,6 +84,27 @@ def test_audit_records_roles_and_leaves_the_model_alone(trained_micro, unlearned
     assert len((tmp_path / "a" / "records.jsonl").read_text().splitlines()) == len(lines) == len(again)
 
 
+def test_references_can_be_attacked_by_some_attacks_only(trained_micro, unlearned_micro, micro_bench):
+    """score_references=("relearn",): the references are scored clean and relearned, not quantized,
+    with the same numbers as an audit that attacks them with everything."""
+    model, tok, _ = trained_micro
+    args = {"relearn": {"steps": (3,), "size": 0.5}, "quantize": {"methods": ("rtn",), "bits": (4,)}}
+
+    def run(references):
+        config = AuditConfig(benchmark=micro_bench, attacks=("relearn", "quantize"), attack_args=args,
+                             metrics=("prob",), score_references=references, seed=3)
+        return audit(unlearned_micro, tok, original=model, config=config, progress=False, name="npo-adam")
+
+    some, every = run(("relearn",)), run(True)
+    assert set(some[some.role == "original"].attack) == {"none", "relearn"}
+    assert set(some[some.role == "unlearned"].attack) == {"none", "relearn", "quantize"}
+    keys = ["role", "attack", "setting", "split", "metric"]
+    pick = every[every.attack != "quantize"].set_index(keys).value.sort_index()
+    assert some.set_index(keys).value.drop("quantize", level="attack").sort_index().equals(pick)
+    with pytest.raises(BasinError, match="score_references"):
+        run(("noise",))
+
+
 def test_audit_bad_inputs(trained_micro, micro_tokenizer, micro_bench, tmp_path):
     model, tok, _ = trained_micro
     with pytest.raises(BasinError, match="did you mean 'relearn'"):

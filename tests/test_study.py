@@ -170,6 +170,66 @@ def test_stop_budget_stops_each_run_at_the_calibration_target(tmp_path):
             StudyConfig(**bad)
 
 
+def test_stop_split_unseen_stops_each_run_on_the_rows_its_relearning_attack_leaves(tmp_path, monkeypatch):
+    """stop_split: forget_unseen: each run's stop is checked on the forget rows its relearning
+    attack (attack seed = the run's seed) does not train on, at the target's level on those rows
+    (from the original's and gold model's per-row probabilities); seed_references: every seed's
+    first audit scores the references under those attacks (the first pair's, under all)."""
+    import basin.study as study
+    from audit.attacks.relearn import relearn_subset
+    from basin.calibrate import CALIBRATION_FILE, KIND
+
+    data = yaml.safe_load(SMOKE)
+    mini = data["regimes"]["mini"]
+    mini.update(vary_models=False, stop_budget=2, stop_split="forget_unseen", seed_references=["relearn"],
+                calibration={**mini["calibration"], "metric": "prob", "targets": ["gold", "halfway"]})
+    mini.pop("calibration_model_seed")
+    mini.pop("paths")
+    mini["controls"].pop("adam-noise")
+    config = StudyConfig(**{**data, "out": str(tmp_path / "report"), "work": str(tmp_path / "work")})
+    regime = config.regimes["mini"]
+    folder = tmp_path / "work" / "mini"
+    plan = plan_tiers(regime, folder)
+    original, gold = plan.models["0"]
+    o = [0.9, 0.8, 0.95, 0.7, 0.85, 0.6, 0.9, 0.75]
+    g = [0.1, 0.3, 0.2, 0.4, 0.15, 0.25, 0.05, 0.35]
+    folder.mkdir(parents=True)
+    (folder / "forget-rows.json").write_text(json.dumps({original: o, gold: g}))
+    setting = {"lr": 1e-3, "steps": 4, "optimizer_args": {}, "target": 0.2}
+    for seed in (0, 1):
+        unseen = [i for i in range(8) if i not in relearn_subset(8, 0.5, seed)]
+        job = plan.job("npo", "gold", "adam", seed, setting, references=False)
+        assert job.unlearn["stop_rows"] == unseen and len(unseen) == 4
+        assert job.unlearn["stop_at"] == pytest.approx(sum(g[i] for i in unseen) / 4)
+        half = plan.job("npo", "halfway", "adam", seed, setting, references=False).unlearn["stop_at"]
+        assert half == pytest.approx(sum(o[i] + g[i] for i in unseen) / 8)
+    assert plan.job("npo", "gold", "adam", 0, {**setting, "target": None}, references=False).unlearn["stop_rows"] is None
+
+    def fake_calibrate(config, **_):
+        out = Path(config.out)
+        out.mkdir(parents=True, exist_ok=True)
+        name = next(iter(config.optimizers))
+        entry = {"lr": 2e-3, "steps": 4, "matched": True, "optimizer_args": {}, "forget": 0.2, "forget_per_seed": [0.2]}
+        (out / CALIBRATION_FILE).write_text(json.dumps({"kind": KIND, "optimizers": {name: entry},
+                                                        "target": {"value": 0.2}}))
+
+    jobs = []
+    monkeypatch.setattr(study, "build_models", lambda *a, **k: None)
+    monkeypatch.setattr(study, "calibrate", fake_calibrate)
+    monkeypatch.setitem(study.ENGINES, "local", lambda batch, **_: jobs.extend(batch) or [])
+    study.run_study(config, progress=False, log=lambda *_: None)
+    refs = {(j.name.split("/")[0], j.name.split("/")[1]): j.audit["score_references"] for j in jobs}
+    assert refs[("npo-gold", "adam-s0")] is True and refs[("npo-gold", "adam-s1")] == ("relearn",)
+    assert refs[("npo-gold", "hybrid-s1")] is False and refs[("npo-halfway", "adam-s1")] is False
+    for edit, message in ((dict(stop_split="retain"), "did you mean"),
+                          (dict(stop_budget=None), "stop_budget is not set"),
+                          (dict(seed_references=["noise"]), "seed_references")):
+        bad = copy.deepcopy(data)
+        bad["regimes"]["mini"].update(edit)
+        with pytest.raises(BasinError, match=message):
+            StudyConfig(**bad)
+
+
 def test_the_report_says_where_each_arms_runs_stopped(tmp_path):
     from basin.study import steps_taken
 

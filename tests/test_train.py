@@ -118,6 +118,28 @@ def test_stop_at_ends_the_run_at_the_first_evaluation_that_reaches_the_level(tra
         UnlearnConfig(stop_at=1.5)
 
 
+def test_stop_rows_checks_the_stop_on_those_forget_rows_alone(trained_micro, patched_bench, tmp_path):
+    """stop_rows: each evaluation also records the mean answer probability of those forget rows
+    (split forget_stop; by hand from answer_stats at step 0), and the stop is checked on it."""
+    model, tok, _ = trained_micro
+    rows = [0, 2, 3]
+    whole = _run(trained_micro, steps=12, eval_every=2, save_every=0, stop_at=0.0, stop_rows=[3, 0, 2, 0])
+    probs = answer_stats(model, encode_rows(tok, patched_bench.forget), tok.pad_token_id).p_norm
+    sub = {r["step"]: r["value"] for r in whole.records if r["split"] == "forget_stop"}
+    assert sub[0] == pytest.approx(float(probs[rows].mean()), abs=1e-6)
+    assert sub[0] != pytest.approx(float(probs.mean()), abs=1e-3)           # a different mean than all rows
+    first = next(k for k in sorted(sub) if k > 0 and sub[k] < sub[0] - 0.05)
+    stopped = _run(trained_micro, tmp_path / "stop", steps=12, eval_every=2, save_every=0, stop_at=sub[first],
+                   stop_rows=rows)
+    assert json.loads((tmp_path / "stop" / "manifest.json").read_text())["steps_taken"] == first
+    with pytest.raises(BasinError, match="stop_at is not set"):
+        UnlearnConfig(stop_rows=[0])
+    with pytest.raises(BasinError, match="forget row indices"):
+        UnlearnConfig(stop_at=0.3, eval_every=2, stop_rows=[])
+    with pytest.raises(BasinError, match=f"{len(patched_bench.forget)} forget rows"):
+        _run(trained_micro, steps=2, eval_every=2, stop_at=0.3, stop_rows=[len(patched_bench.forget)])
+
+
 def test_gradient_accumulation_matches_full_batch(trained_micro, patched_bench):
     # NPO without a retain term is a mean over examples, so two half-batches sum to the full batch
     npo = {"objective_args": {"gamma": 0.0}}

@@ -76,6 +76,7 @@ def check_run_folder(out: Path, config) -> None:
     previous.setdefault("benchmark_args", {})
     previous.setdefault("prompt_format", "plain")
     previous.setdefault("stop_at", None)
+    previous.setdefault("stop_rows", None)
     if current.get("prompt_format") is None:  # not given: the model's recorded format, resolved when it runs
         previous.pop("prompt_format", None)
         current.pop("prompt_format", None)

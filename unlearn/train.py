@@ -11,9 +11,9 @@ It reads as config, batches, step, records:
   ``backward`` inside ``step``; zeroth-order ones only run forwards;
 - **records**: every ``eval_every`` steps, forget / retain answer probability and exact match;
 - **stop**: with ``stop_at``, the loop ends at the first evaluation whose forget answer probability
-  is at or below it, so every run stops at the same forgetting whatever its batch order (matched
-  forgetting per run); ``steps`` is then a budget, and the manifest's ``steps_taken`` says what was
-  used. For the hybrid, make ``eval_every`` a multiple of n_fo + n_zo and ``steps`` a multiple of
+  (on the forget rows ``stop_rows`` when given) is at or below it, so every run stops at the same
+  forgetting whatever its batch order (matched forgetting per run); ``steps`` is then a budget,
+  and the manifest's ``steps_taken`` says what was used. For the hybrid, make ``eval_every`` a multiple of n_fo + n_zo and ``steps`` a multiple of
   ``eval_every``: its blocks are aligned from the end of ``steps``, so every check follows a ZO block.
 
 Every ``save_every`` steps a checkpoint is written, and a rerun of the same command resumes from it
@@ -107,6 +107,9 @@ class UnlearnConfig:
     # matched forgetting per run: stop at the first evaluation (every eval_every steps) whose forget
     # answer probability is at or below this level; steps is then a budget (None: run every step)
     stop_at: float | None = None
+    # the forget rows (indices) whose mean answer probability the stop is checked on (None: all),
+    # e.g. the rows a relearning attack will not see, when its claims are judged on those
+    stop_rows: list[int] | None = None
 
     def __post_init__(self):
         """Types, ranges and names of every field (the options' contents: :func:`check_unlearn`)."""
@@ -137,6 +140,13 @@ class UnlearnConfig:
             require_number("stop_at", self.stop_at, 0, 1)
             require(self.eval_every > 0, "stop_at is checked at the evaluations, and eval_every is 0; "
                     "set eval_every (e.g. 2) or drop stop_at")
+        if self.stop_rows is not None:
+            require(self.stop_at is not None, "stop_rows says where stop_at is checked, and stop_at is not set; "
+                    "set stop_at or drop stop_rows")
+            require(isinstance(self.stop_rows, (list, tuple)) and self.stop_rows
+                    and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in self.stop_rows),
+                    f"stop_rows must be a non-empty list of forget row indices, got {self.stop_rows!r}")
+            self.stop_rows = sorted(set(self.stop_rows))
         require(self.attn_implementation in ATTENTION, f"attn_implementation must be one of "
                 f"{', '.join(map(str, ATTENTION))}, got {self.attn_implementation!r}")
         self.device = check_device_name(self.device)
@@ -225,25 +235,34 @@ def freeze_all_but(model, names: list[str] | None) -> None:
 
 # ----------------------------------------------------------------------------- evaluation
 
-def evaluate_progress(model, tokenizer, forget_ex, retain_ex, step: int, base: dict) -> list[dict]:
-    """Forget / retain answer probability and exact match as records."""
+def evaluate_progress(model, tokenizer, forget_ex, retain_ex, step: int, base: dict,
+                      stop_rows: list[int] | None = None) -> list[dict]:
+    """Forget / retain answer probability and exact match as records; with ``stop_rows``, also the
+    forget answer probability on those rows alone (split ``forget_stop``, from the same scores)."""
     out = []
+
+    def record(metric, split, value):
+        out.append({**base, "attack": "training", "setting": f"step={step}", "x": step,
+                    "step": step, "metric": metric, "split": split, "value": float(value)})
+
     for split, examples in (("forget", forget_ex), ("retain", retain_ex)):
         stats = answer_stats(model, examples, pad_id_of(tokenizer))
         for metric, value in (("prob", stats.p_norm.mean()), ("exact_match", stats.exact.mean()),
                               ("nll", stats.mean_nll.mean())):
-            out.append({**base, "attack": "training", "setting": f"step={step}", "x": step,
-                        "step": step, "metric": metric, "split": split, "value": float(value)})
+            record(metric, split, value)
+        if split == "forget" and stop_rows is not None:
+            record("prob", "forget_stop", stats.p_norm[list(stop_rows)].mean())
     return out
 
 
 def reached(evaluation: list[dict], stop_at: float | None) -> bool:
-    """Whether an evaluation's forget answer probability is at or below ``stop_at`` (the run's
-    matched-forgetting stop; see :class:`UnlearnConfig`)."""
+    """Whether an evaluation's forget answer probability (on the ``stop_rows`` when they were given:
+    split ``forget_stop``) is at or below ``stop_at`` (the run's matched-forgetting stop; see
+    :class:`UnlearnConfig`)."""
     if stop_at is None:
         return False
-    forget = next(r["value"] for r in evaluation if r["metric"] == "prob" and r["split"] == "forget")
-    return forget <= stop_at
+    probs = {r["split"]: r["value"] for r in evaluation if r["metric"] == "prob"}
+    return probs.get("forget_stop", probs["forget"]) <= stop_at
 
 
 def step_diagnostics(optimizer, step: int, base: dict) -> list[dict]:
@@ -297,6 +316,9 @@ def check_unlearn(config: UnlearnConfig, model=None, out=None) -> Checked:
     bench = load_benchmark(config.benchmark, **config.benchmark_args)
     require(bench.forget and bench.retain, f"benchmark {config.benchmark} has an empty forget or retain set")
     build_plan(config.optimizer, config.optimizer_args, total_steps(config, len(bench.forget)))
+    if config.stop_rows is not None:
+        require(config.stop_rows[-1] < len(bench.forget), f"stop_rows names forget row {config.stop_rows[-1]}, "
+                f"and {config.benchmark} has {len(bench.forget)} forget rows (0 to {len(bench.forget) - 1})")
     if model is None or isinstance(model, (str, Path)):
         check_model_source(model if model is not None else config.model)
     return Checked(objective, bench)
@@ -363,7 +385,8 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
     elif out is not None and main:
         (out / "records.jsonl").unlink(missing_ok=True)
     if first == 0 and config.eval_every and main:
-        records += runs.log_records(out, evaluate_progress(model, tokenizer, forget_ex, eval_retain, 0, base))
+        records += runs.log_records(out, evaluate_progress(model, tokenizer, forget_ex, eval_retain, 0, base,
+                                                                      config.stop_rows))
 
     model.train()
     last_good = done = first
@@ -396,7 +419,7 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
         if main:
             records += runs.log_records(out, step_diagnostics(optimizer, done, base))
         if config.eval_every and (done % config.eval_every == 0 or done == steps) and main:
-            evaluation = evaluate_progress(model, tokenizer, forget_ex, eval_retain, done, base)
+            evaluation = evaluate_progress(model, tokenizer, forget_ex, eval_retain, done, base, config.stop_rows)
             records += runs.log_records(out, evaluation)
             model.train()
             if reached(evaluation, config.stop_at):

@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"last evaluation: {summary}")
     if config.stop_at is not None:
         taken = json.loads((Path(args.out) / "manifest.json").read_text()).get("steps_taken")
-        reached = last.get(("forget", "prob"), math.inf) <= config.stop_at
+        reached = last.get(("forget_stop", "prob"), last.get(("forget", "prob"), math.inf)) <= config.stop_at
         print(f"{'stopped at' if reached else 'did not reach'} forget prob {config.stop_at:g}: "
               f"{taken} of {config.steps} steps" + ("" if reached else "; raise --steps or --lr"))
     return 0
