@@ -161,7 +161,7 @@ def test_stop_budget_stops_each_run_at_the_calibration_target(tmp_path):
     assert plain.job("npo", "gold", "adam", 0, setting, references=False).unlearn["stop_at"] is None
     for edit, message in ((dict(stop_budget=0.5), "stop_budget must be"),
                           (dict(unlearn={"eval_every": 0}), "eval_every"),
-                          (dict(unlearn={"eval_every": 4, "stop_at": 0.3}), "set per cell"),
+                          (dict(unlearn={"eval_every": 4, "stop_at": 0.3}), "set per run"),
                           (dict(calibration={**data["regimes"]["miniature"]["calibration"], "metric": "nll"}),
                            "metric must be prob")):
         bad = copy.deepcopy(data)
