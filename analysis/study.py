@@ -340,7 +340,8 @@ def write_index(out: Path, versions: list[dict]) -> Path:
             cal = pd.DataFrame(v["calibration"])
             first = [c for c in ("regime", "objective", "target", "arm", "lr", "steps", "metric", "forget at calibration",
                                  "spread over calibration seeds", "forget, evaluation seeds",
-                                 "from gold (gap fraction)", "matched") if c in cal.columns]
+                                 "from gold (gap fraction)", "forget, evaluation seeds (forget_unseen)",
+                                 "from gold (gap fraction) (forget_unseen)", "matched") if c in cal.columns]
             parts.append("<h3>Matched forgetting (calibration)</h3><p>Each arm's learning rate was chosen on "
                          "calibration seeds and models kept apart from the evaluation seeds, to bring the "
                          "forget metric into the target band (the mean over the calibration seeds; <b>spread</b>: "
@@ -350,7 +351,10 @@ def write_index(out: Path, versions: list[dict]) -> Path:
                          "fractions of the original-gold gap (0 = at the gold model, 1 = not forgotten). Where "
                          "it is far from 0 the calibration did not carry over to the evaluation seeds. Where a "
                          "regime stops each run at the target (<b>steps taken</b>), the calibrated lr sets the "
-                         "pace and each evaluation run stops at its first check at or below the target.</p>"
+                         "pace and each evaluation run stops at its first check at or below the target; the "
+                         "<b>(forget_unseen)</b> columns, where it stops on the facts its relearning attack does "
+                         "not train on (the split the relearning claims are judged on), show where it landed "
+                         "there.</p>"
                          + html_table(cal[first + [c for c in cal.columns if c not in first]]))
         for fig in v.get("figures", []):
             parts.append(f'<figure><a href="{esc(fig["href"])}"><img src="{esc(fig["png"])}" alt="{esc(fig["caption"])}">'

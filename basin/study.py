@@ -749,9 +749,10 @@ def _report_tiers(config, name, regime, folder, vdir, bands, summary, log) -> No
             stage: round(_wall_seconds([folder / stage / cell] if stage == "plane" else (folder / stage / cell).glob("*"))
                          / 60, 1) for stage in ("calibration", "runs", "audits", "paths", "plane")}})
         metric = regime.calibration.get("metric", "prob")
-        levels = clean_levels(df, metric).set_index("arm") if not df.empty else pd.DataFrame()
+        splits = dict.fromkeys(("forget", regime.stop_split))   # where the runs stopped, when not on forget
+        levels = {split: clean_levels(df, metric, split).set_index("arm") if not df.empty else pd.DataFrame()
+                  for split in splits}
         for label, s in settings.get(f"{objective}/{target}", {}).items():
-            level = levels.loc[label] if label in levels.index else None
             summary["calibration"].append({
                 "regime": name, "objective": objective, "target": target, "arm": label,
                 "lr": None if s.get("planned") else s.get("lr"),
@@ -760,9 +761,7 @@ def _report_tiers(config, name, regime, folder, vdir, bands, summary, log) -> No
                 "spread over calibration seeds": s.get("seed_spread"),   # None: one seed (or a control)
                 "matched": "not calibrated yet" if s.get("planned") else "control (copies its arm)"
                 if s.get("control") else "yes" if s.get("matched") else "NO: closest probe",
-                "forget, evaluation seeds": None if level is None else
-                f"{fmt_num(level['mean'])} ({fmt_num(level['min'])} to {fmt_num(level['max'])}, n={int(level['n'])})",
-                "from gold (gap fraction)": None if level is None else round(float(level["from_gold"]), 3),
+                **{key: value for split in splits for key, value in _landed(levels[split], label, split).items()},
                 **({"steps taken, evaluation seeds": steps_taken(
                     folder / "runs" / cell, label,
                     stop_run(s, regime.stop_budget, int(regime.unlearn["eval_every"]))["steps"])}
@@ -775,6 +774,16 @@ def _report_tiers(config, name, regime, folder, vdir, bands, summary, log) -> No
         conditions = cell_bands(bands, target, df, metric, stopped=regime.stop_budget is not None)
         _cell_report(df, vdir, f"{name}-{cell}", claims, title, conditions,
                      {"regime": name, "objective": objective, "target": target}, summary, log)
+
+
+def _landed(levels: pd.DataFrame, label: str, split: str) -> dict:
+    """The calibration table's columns for where ``label``'s evaluation seeds landed on ``split``
+    (mean, range, n; its distance from the gold model in fractions of the gap there)."""
+    level = levels.loc[label] if label in levels.index else None
+    where = "" if split == "forget" else f" ({split})"
+    return {f"forget, evaluation seeds{where}": None if level is None else
+            f"{fmt_num(level['mean'])} ({fmt_num(level['min'])} to {fmt_num(level['max'])}, n={int(level['n'])})",
+            f"from gold (gap fraction){where}": None if level is None else round(float(level["from_gold"]), 3)}
 
 
 def cell_bands(bands: Bands, target, df: pd.DataFrame, metric: str, stopped: bool = False) -> Bands:

@@ -221,6 +221,9 @@ def test_stop_split_unseen_stops_each_run_on_the_rows_its_relearning_attack_leav
     refs = {(j.name.split("/")[0], j.name.split("/")[1]): j.audit["score_references"] for j in jobs}
     assert refs[("npo-gold", "adam-s0")] is True and refs[("npo-gold", "adam-s1")] == ("relearn",)
     assert refs[("npo-gold", "hybrid-s1")] is False and refs[("npo-halfway", "adam-s1")] is False
+    study.write_study(config, log=lambda *_: None)   # the calibration table has columns for the stop split
+    rows = json.loads((tmp_path / "report" / "v1" / "summary.json").read_text())["calibration"]
+    assert all("from gold (gap fraction) (forget_unseen)" in r and "forget, evaluation seeds" in r for r in rows)
     for edit, message in ((dict(stop_split="retain"), "did you mean"),
                           (dict(stop_budget=None), "stop_budget is not set"),
                           (dict(seed_references=["noise"]), "seed_references")):
