@@ -23,7 +23,10 @@ What a verdict compares (DESIGN section 9, "sound comparisons"):
    model, the attack's ceiling is non-empty (the attacked original still knows the forget set),
    and neither arm's retain utility is lower than the other's by more than a margin. Bands are
    fractions of the clean original-gold gap of the forget metric, so they read the same for any
-   metric. A failed condition makes the verdict inconclusive and the reason names it.
+   metric. On ``forget_unseen`` (the facts a relearning attack did not train on, a different set
+   for each attack seed) the references must also have been attacked with every arm's attack
+   seed, so that they are measured on the same facts. A failed condition makes the verdict
+   inconclusive and the reason names it.
 4. **Tests.** Where both arms are unlearned runs with the same seeds (same seed = same batch order
    and relearning subset), the per-seed difference d_i = A_i - B_i is tested (paired t:
    mean(d) +- t_{1-alpha/2, n-1} sd(d)/sqrt(n)); otherwise Welch's t (unequal variances,
@@ -663,6 +666,10 @@ def _conditions(df: pd.DataFrame, claim: Claim, arms: Sequence[_Arm], split: str
               f"{arm.who} within {bands.gold_distance:g} of the gap from {where}: clean {metric} "
               f"{s.mean():.3f} vs {'gold' if bands.target == 1 else 'target'} {level:.3f} is {dist:.2f} of the gap "
               f"from {where}")
+    if fsplit == "forget_unseen":
+        subsets = _unseen_subsets(df, arms, claim.attack)
+        if subsets is not None:
+            check(*subsets)
     for setting in settings:
         oa = _ref_mean(df, "original", claim.attack, metric, fsplit, (setting,))
         ra = _ref_mean(df, "retain", claim.attack, metric, fsplit, (setting,))
@@ -684,6 +691,29 @@ def _conditions(df: pd.DataFrame, claim: Claim, arms: Sequence[_Arm], split: str
         else:
             check(False, "no retain utility records for both arms (model_utility, or prob on retain)")
     return checks, failed
+
+
+def _unseen_subsets(df: pd.DataFrame, arms: Sequence[_Arm], attack: str) -> tuple[bool, str] | None:
+    """(ok, text) of the condition that the references were attacked on every arm's unseen facts:
+    ``forget_unseen`` under ``attack`` depends on the attack seed (the relearning subset), so the
+    original's and the gold model's records must cover every attack seed the arms' records have.
+    None where the records carry no attack seed (nothing to check)."""
+    def seeds(rows: pd.DataFrame) -> set[int]:
+        if "attack_seed" not in rows:
+            return set()
+        picked = rows.loc[(rows["split"] == "forget_unseen") & (rows["attack"] == attack), "attack_seed"]
+        return {int(x) for x in picked.dropna()}
+
+    need = set().union(*(seeds(arm.rows) for arm in arms))
+    if not need:
+        return None
+    have = {role: seeds(df[df["role"] == role]) for role in ("original", "retain")}
+    short = {role: sorted(need - got) for role, got in have.items() if need - got}
+    text = (f"the references were attacked on every arm's unseen facts (attack seeds {sorted(need)})"
+            + ("" if not short else ": " + "; ".join(f"the {'gold' if role == 'retain' else role} model lacks "
+                                                        f"{seeds_}" for role, seeds_ in short.items())
+               + ", so its unseen level is measured on other facts than the arms'"))
+    return not short, text
 
 
 def _only_split(rows: pd.DataFrame, metric: str) -> str:

@@ -146,6 +146,26 @@ def test_a_forget_level_set_by_stopping_each_run_is_not_a_finding():
     assert evaluate(frame(GOOD), QUANT_CLAIM, bands=Bands(stopped=True)).verdict == "reproduced"
 
 
+def test_unseen_facts_need_references_attacked_with_every_arms_attack_seed():
+    """forget_unseen is a different set of facts for each attack seed (the relearning subset).
+    References relearned only under attack seed 0 are measured on other facts than seeds 1-2's
+    runs: the comparison is inconclusive and names it; with every seed's references it passes."""
+    R = ("relearn", "steps=5")
+    arms = {"adam": {"clean": [0.05, 0.06, 0.04], "attacked": {R: [0.50, 0.55, 0.45]}},
+            "hybrid": {"clean": [0.05, 0.05, 0.06], "attacked": {R: [0.20, 0.22, 0.18]}}}
+    claim = Claim("r", "hybrid recovers less than adam under relearning", a="hybrid", b="adam", attack="relearn",
+                  metric="prob", split="forget_unseen", quantity="recovery_gold")
+    records = [{**r, "attack_seed": r["seed"]} for r in comparison_records(arms)]
+    assert evaluate(load_records(records), claim).verdict == "reproduced"
+    first_only = [r for r in records if not (r["role"] != "unlearned" and r["split"] == "forget_unseen"
+                                             and r["attack_seed"] != 0)]
+    v = evaluate(load_records(first_only), claim)
+    assert v.verdict == "inconclusive" and "unseen facts" in v.reason and "lacks [1, 2]" in v.reason, v.reason
+    # on the whole forget set the facts do not depend on the attack seed: no such condition
+    whole = evaluate(load_records(first_only), dataclasses.replace(claim, split="forget"))
+    assert whole.verdict == "reproduced" and "unseen facts" not in whole.conditions
+
+
 # ---------------------------------------------------------------------------------------------
 # defect 3: runs at different settings are never pooled
 
