@@ -315,7 +315,8 @@ def _short_reason(reason: str) -> str:
     for key, short in (("forgotten to within", "forgetting differs"), ("from the gold model", "far from the gold model"),
                        ("of the gap from", "far from the target"), ("matched by design", "matched by design (stopped runs)"),
                        ("retain utility", "retain utility differs"), ("zero width", "no spread (every seed alike)"),
-                       ("no records", "not run"), ("no usable records", "no records"), ("ceiling", "no ceiling")):
+                       ("no records", "not run"), ("no usable records", "no records"),
+                       ("unseen facts (attack seeds", "references on other unseen facts"), ("ceiling", "no ceiling")):
         if key in reason:
             return short
     return reason[:60]

@@ -543,6 +543,8 @@ def test_the_first_page_shows_what_an_attack_itself_brought_back(tmp_path):
     ("conditions for a sound comparison not met: adam within 0.15 of the gap from halfway: clean prob 0.2 vs target "
      "0.5 is 0.33 of the gap from halfway", "far from the target"),
     ("matched by design: every run stopped where its clean forget probability reached the target", "matched by design"),
+    ("conditions for a sound comparison not met: the references were attacked on every arm's unseen facts (attack "
+     "seeds [0, 1]): the original model lacks [1]", "references on other unseen facts"),
 ])
 def test_the_first_page_names_the_failed_condition_in_a_few_words(reason, short):
     from analysis.study import _short_reason
