@@ -510,7 +510,8 @@ class TiersPlan:
         levels = {role: self.row_probs(path) for role, path in (("original", original), ("gold", gold))}
         n = len(levels["original"])
         relearn = ATTACKS["relearn"]
-        trained = set(relearn.trained_rows(n, {**relearn.defaults, **(self.regime.audit["attacks"]["relearn"] or {})}, seed))
+        options = {**relearn.defaults, **(self.regime.audit["attacks"]["relearn"] or {})}
+        trained = set(relearn.trained_rows(n, options, seed))
         rows = [i for i in range(n) if i not in trained]
         o, g = (sum(levels[role][i] for i in rows) / len(rows) for role in ("original", "gold"))
         return {"stop_rows": rows, "stop_at": make_target(target, o, g).value}
