@@ -437,10 +437,7 @@ def _audit_one(model, tok, bench, attack, role, refs, config, retain_stats, base
                  "value": float(value)}
                 for setting, x, values in _call(attack, spec, model, context, args) if (role, attack, setting) not in done
                 for (split, metric), value in values.items()]
-    unseen = None
-    if spec.trained_rows is not None:
-        used = set(spec.trained_rows(len(bench.forget), {**spec.defaults, **args}, config.seed))
-        unseen = [i for i in range(len(bench.forget)) if i not in used]
+    unseen = spec.unseen_rows(len(bench.forget), args, config.seed)
     out = []
     if unseen is not None and (role, "none", "clean-unseen") not in done:
         # the clean model on the same unseen items: the baseline recovery is measured from

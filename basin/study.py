@@ -508,11 +508,8 @@ class TiersPlan:
         ``target`` on those rows: from the seed's original and gold models' levels there."""
         original, gold = self.models[str(seed)]
         levels = {role: self.row_probs(path) for role, path in (("original", original), ("gold", gold))}
-        n = len(levels["original"])
-        relearn = ATTACKS["relearn"]
-        options = {**relearn.defaults, **(self.regime.audit["attacks"]["relearn"] or {})}
-        trained = set(relearn.trained_rows(n, options, seed))
-        rows = [i for i in range(n) if i not in trained]
+        rows = ATTACKS["relearn"].unseen_rows(len(levels["original"]), self.regime.audit["attacks"]["relearn"] or {},
+                                              seed)
         o, g = (sum(levels[role][i] for i in rows) / len(rows) for role in ("original", "gold"))
         return {"stop_rows": rows, "stop_at": make_target(target, o, g).value}
 

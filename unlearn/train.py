@@ -13,8 +13,9 @@ It reads as config, batches, step, records:
 - **stop**: with ``stop_at``, the loop ends at the first evaluation whose forget answer probability
   (on the forget rows ``stop_rows`` when given) is at or below it, so every run stops at the same
   forgetting whatever its batch order (matched forgetting per run); ``steps`` is then a budget,
-  and the manifest's ``steps_taken`` says what was used. For the hybrid, make ``eval_every`` a multiple of n_fo + n_zo and ``steps`` a multiple of
-  ``eval_every``: its blocks are aligned from the end of ``steps``, so every check follows a ZO block.
+  and the manifest's ``steps_taken`` says what was used. For the hybrid, make ``eval_every`` a
+  multiple of n_fo + n_zo and ``steps`` a multiple of ``eval_every``: its blocks are aligned from
+  the end of ``steps``, so every check follows a ZO block.
 
 Every ``save_every`` steps a checkpoint is written, and a rerun of the same command resumes from it
 with bit-identical final weights. Run folders, checkpoints and the manifest are :mod:`unlearn.runs`;
@@ -386,7 +387,7 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
         (out / "records.jsonl").unlink(missing_ok=True)
     if first == 0 and config.eval_every and main:
         records += runs.log_records(out, evaluate_progress(model, tokenizer, forget_ex, eval_retain, 0, base,
-                                                                      config.stop_rows))
+                                                           config.stop_rows))
 
     model.train()
     last_good = done = first

@@ -87,6 +87,14 @@ class Attack:
         return [name for name, p in inspect.signature(self.run).parameters.items()
                 if p.kind is p.KEYWORD_ONLY and name not in CONTEXT]
 
+    def unseen_rows(self, n_forget: int, options: dict, seed: int) -> list[int] | None:
+        """The forget rows the attack does not train on with ``options`` (over its defaults) and
+        ``seed``: the rows scored as ``forget_unseen``; None for an attack that trains on none."""
+        if self.trained_rows is None:
+            return None
+        used = set(self.trained_rows(n_forget, {**self.defaults, **options}, seed))
+        return [i for i in range(n_forget) if i not in used]
+
     @property
     def description(self) -> str:
         """The attack function's docstring (``basin ls`` shows its first line)."""

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 from pathlib import Path
 
@@ -15,7 +14,7 @@ from basin.calibrate import calibrated_fields
 from basin.options import key_values
 from unlearn.data.format import cli_prompt_format
 from unlearn.errors import BasinError
-from unlearn.train import UnlearnConfig, unlearn
+from unlearn.train import UnlearnConfig, reached, unlearn
 
 
 def register(sub) -> None:
@@ -101,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"last evaluation: {summary}")
     if config.stop_at is not None:
         taken = json.loads((Path(args.out) / "manifest.json").read_text()).get("steps_taken")
-        reached = last.get(("forget_stop", "prob"), last.get(("forget", "prob"), math.inf)) <= config.stop_at
-        print(f"{'stopped at' if reached else 'did not reach'} forget prob {config.stop_at:g}: "
-              f"{taken} of {config.steps} steps" + ("" if reached else "; raise --steps or --lr"))
+        got = reached([{"split": s, "metric": m, "value": v} for (s, m), v in last.items()], config.stop_at)
+        print(f"{'stopped at' if got else 'did not reach'} forget prob {config.stop_at:g}: "
+              f"{taken} of {config.steps} steps" + ("" if got else "; raise --steps or --lr"))
     return 0
