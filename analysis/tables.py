@@ -258,7 +258,9 @@ def recovery_per_seed(df: pd.DataFrame, *, unit: Sequence[str] = UNIT_KEYS,
     model sits between the attacked gold model (0) and the attacked original (1). Values at or below
     0 mean "no more knowledge than a model that never saw the forget data under the same attack".
     ``residual_gold`` = (u_clean - r_clean) / (o_clean - r_clean) is the same position before the
-    attack, so ``recovery_gold - residual_gold`` is what the attack added on the gold scale.
+    attack, and ``added_gold`` = ``recovery_gold - residual_gold`` is what the attack itself moved
+    the model toward the original on that scale: a model that unlearning left at 0.1 of the gap and
+    that the attack leaves at 0.1 has ``recovery_gold`` 0.1 but ``added_gold`` 0 (nothing came back).
 
     Guards: a ratio is NaN when the reference it needs is missing or its denominator is within
     ``min_gap`` of 0 (the attacked original is no different from the clean unlearned model, or
@@ -272,7 +274,7 @@ def recovery_per_seed(df: pd.DataFrame, *, unit: Sequence[str] = UNIT_KEYS,
 
     Returns one row per (unit..., attack, setting, x, metric, split, seed) with ``u_clean,
     u_attack, o_attack, r_attack, o_clean, r_clean, delta (= u_attack - u_clean), recovery,
-    recovery_gold, residual_gold, note``.
+    recovery_gold, residual_gold, added_gold, note``.
     """
     require(references in REFERENCES, f"references must be 'pooled' or 'paired', not {references!r}")
     unit = [k for k in unit if k in df.columns]
@@ -311,6 +313,7 @@ def recovery_per_seed(df: pd.DataFrame, *, unit: Sequence[str] = UNIT_KEYS,
     out["recovery"] = [r[0] for r in results]
     out["recovery_gold"] = [r[1] for r in results]
     out["residual_gold"] = [r[2] for r in results]
+    out["added_gold"] = out["recovery_gold"] - out["residual_gold"]
     out["note"] = [r[3] for r in results]
     return out[_RECOVERY_COLUMNS(unit)].sort_values(unit + ["attack", "x", "setting", "metric", "split", "seed"],
                                                     na_position="last").reset_index(drop=True)
@@ -319,7 +322,7 @@ def recovery_per_seed(df: pd.DataFrame, *, unit: Sequence[str] = UNIT_KEYS,
 def _RECOVERY_COLUMNS(unit):  # noqa: N802 - a constant that depends on the unit keys
     return list(unit) + ["attack", "setting", "x", "metric", "split", "seed", "u_clean", "u_attack",
                          "o_attack", "r_attack", "o_clean", "r_clean", "delta", "recovery",
-                         "recovery_gold", "residual_gold", "note"]
+                         "recovery_gold", "residual_gold", "added_gold", "note"]
 
 
 def _reference_means(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:

@@ -25,8 +25,13 @@ What a verdict compares (DESIGN section 9, "sound comparisons"):
    fractions of the clean original-gold gap of the forget metric, so they read the same for any
    metric. On ``forget_unseen`` (the facts a relearning attack did not train on, a different set
    for each attack seed) the references must also have been attacked with every arm's attack
-   seed, so that they are measured on the same facts. A failed condition makes the verdict
-   inconclusive and the reason names it.
+   seed, so that they are measured on the same facts. A loss barrier between two unlearned models
+   (a basin claim) is judged under the same forgetting, gold-distance and utility conditions for
+   the path's two ends, in answer probability (:data:`FORGET_METRIC`): a barrier between a model
+   that forgot and one that did not, or one that was destroyed, says nothing about basins. A
+   claim that an attack undoes one arm's unlearning tests ``added_gold``, what the attack itself
+   moved (see :class:`Claim`). A failed condition makes the verdict inconclusive and the reason
+   names it.
 4. **Tests.** Where both arms are unlearned runs with the same seeds (same seed = same batch order
    and relearning subset), the per-seed difference d_i = A_i - B_i is tested (paired t:
    mean(d) +- t_{1-alpha/2, n-1} sd(d)/sqrt(n)); otherwise Welch's t (unequal variances,
@@ -67,11 +72,12 @@ from unlearn.records import is_control
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
 INCONCLUSIVE = "inconclusive"
-QUANTITIES = ("value", "delta", "recovery", "recovery_gold", "barrier")
+QUANTITIES = ("value", "delta", "recovery", "recovery_gold", "added_gold", "barrier")
 KINDS = ("difference", "equivalence")
 BAND_OF = ("absolute", "gap", "b")
 REFERENCE_ROLES = {"original": "original", "retain": "retain", "retain-only": "retain"}
 LR_PICKS = ("highest", "lowest")
+FORGET_METRIC = "prob"    # where a claim's own metric is not a forget metric (a barrier), forgetting is judged in it
 CONNECTED_BARRIER = 0.1  # nats of retain NLL: a path whose barrier stays below this is "connected"
 ZERO_SPREAD = 1e-12      # a standard error below this (relative to the values) is zero: rounding, not spread
 EXACT_LIMIT = 1 << 16     # the most relabelings an exact permutation test enumerates
@@ -126,9 +132,11 @@ class Claim:
     - ``attack``: ``none`` for the clean models, else the attack's name.
     - ``metric``, ``split``: which records (``split`` None: the metric's only split).
     - ``quantity``: ``value`` (the metric after the attack), ``delta`` (after minus clean, same
-      seed), ``recovery`` / ``recovery_gold`` (:func:`analysis.tables.recovery_per_seed`) or
-      ``barrier`` (the loss barrier the audit recorded, metric ``barrier``, for the interpolation
-      path between ``path_from`` and A).
+      seed), ``recovery`` / ``recovery_gold`` / ``added_gold`` (:func:`analysis.tables.recovery_per_seed`)
+      or ``barrier`` (the loss barrier the audit recorded, metric ``barrier``, for the interpolation
+      path between ``path_from`` and A). A claim that an attack brings one arm's knowledge back
+      (``b`` None, ``direction`` greater) is refused on ``recovery_gold``, which also counts what
+      unlearning left before the attack; it tests ``added_gold`` (or ``delta``, ``recovery``).
     - ``kind``: ``difference`` (``direction``: A ``less`` or ``greater`` than B) or
       ``equivalence`` (|A - B| < ``band``; ``band_of``: ``absolute``, ``gap`` = a fraction of the
       clean original-gold gap of the metric, ``b`` = a fraction of |mean B|).
@@ -188,6 +196,12 @@ class Claim:
             bad("quantity 'barrier' and path_from go together (the path from path_from to a)")
         if not 0 < self.alpha < 1:
             bad(f"alpha must be in (0, 1), got {self.alpha!r}")
+        if self.b is None and self.quantity == "recovery_gold" and self.direction == "greater" \
+                and self.attack != "none":
+            bad("recovery_gold > than counts the knowledge unlearning left before the attack as brought back "
+                "by it (a model stopped short of the gold level passes with no attack effect at all); test "
+                "what the attack itself changed: quantity 'added_gold' (recovery_gold - residual_gold), "
+                "'delta' or 'recovery'")
         if self.references not in REFERENCES:
             bad(f"references must be 'pooled' or 'paired', got {self.references!r}")
 
@@ -255,15 +269,20 @@ _QUANT4 = dict(attack="quantize", metric="prob", split="forget", x=4, quantity="
 # its N-bit compression is qadam. Robustness claims compare recovery_gold (the attacked model's
 # position between the attacked gold model, 0, and the attacked original, 1), whose denominator
 # does not depend on how deep an arm forgot; recovery and the latent margin are reported beside.
+# Two arms matched in forgetting start from the same position, so their recovery_gold difference is
+# the attacks' difference; one arm alone ("undone by") is judged on added_gold, the position the
+# attack added to where unlearning left it.
 PAPER_CLAIMS: list[Claim] = [
     Claim("adam-undone-by-quantize",
-          "Adam's unlearning is undone by 4-bit quantization: the quantized model knows more of the "
-          "forget set than the quantized gold model (recovery_gold > 0).",
-          a="adam", b=None, direction="greater", **_QUANT4),
+          "Adam's unlearning is undone by 4-bit quantization: quantizing moves the model back toward the "
+          "original, measured between the gold model (0) and the original (1), each under the same attack "
+          "(added_gold = recovery_gold - residual_gold > 0).",
+          a="adam", b=None, direction="greater", **{**_QUANT4, "quantity": "added_gold"}),
     Claim("adam-undone-by-relearn",
-          "Adam's unlearning is undone by relearning: after relearning, held-out forget items are known "
-          "better than by the relearned gold model (recovery_gold > 0).",
-          a="adam", b=None, direction="greater", **_RELEARN),
+          "Adam's unlearning is undone by relearning: relearning moves held-out forget items back toward "
+          "the original, measured between the relearned gold model (0) and the relearned original (1) "
+          "(added_gold = recovery_gold - residual_gold > 0).",
+          a="adam", b=None, direction="greater", **{**_RELEARN, "quantity": "added_gold"}),
     Claim("zo-vs-adam-relearn",
           "Zeroth-order unlearning (AdaZO) recovers less forgotten knowledge than Adam under relearning.",
           a="adazo", b="adam", **_RELEARN),
@@ -464,10 +483,14 @@ def _arm(df: pd.DataFrame, claim: Claim, who: str, pick, exclude: str | None = N
     # audit could not be traced back to it would otherwise add a second recipe)
     rows = df[(df["role"] == "unlearned") & (df["optimizer"].str.lower() == who.lower())
               & ~df["attack"].isin(TRAJECTORY)]
+    if claim.quantity == "barrier":   # a barrier claim reads its paths from df; the arm is the end's own records
+        rows = rows[~rows["attack"].isin(PATH_ATTACKS)]
     if claim.objective is not None:
         rows = rows[rows["objective"] == claim.objective]
     if rows.empty:
-        raise _Inconclusive(f"no records of {who}" + (f" with objective {claim.objective}" if claim.objective else ""))
+        raise _Inconclusive(f"no records of {who}" + (f" with objective {claim.objective}" if claim.objective else "")
+                            + (" (a barrier between two unlearned models is judged only where both ends forgot "
+                               "alike: their clean records are needed)" if claim.quantity == "barrier" else ""))
     objectives = sorted(set(rows["objective"]))
     if len(objectives) > 1:
         raise _Inconclusive(f"{who} has runs with several objectives ({', '.join(objectives)}); set the "
@@ -566,6 +589,15 @@ def _metric_seeds(rows: pd.DataFrame, attack: str, metric: str, split: str, sett
     return _per_seed_mean(sub, "value")
 
 
+def _path_arms(df: pd.DataFrame, claim: Claim, a: _Arm) -> list[_Arm] | None:
+    """The two unlearned arms at the ends of a barrier claim's path (A and ``path_from``), whose
+    forgetting and retain utility must match for the barrier to compare basins rather than a model
+    that forgot with one that did not (or one destroyed); None when ``path_from`` is a reference model."""
+    if claim.path_from in REFERENCE_ROLES:
+        return None
+    return [a, _arm(df, claim, claim.path_from, None)]
+
+
 def _path_ends(model: str) -> tuple[str, str] | None:
     for sep in ("<->", "->", "→", "|"):
         if sep in model:
@@ -628,10 +660,12 @@ def _gap(df: pd.DataFrame, metric: str, split: str) -> tuple[float, float, float
 
 
 def _conditions(df: pd.DataFrame, claim: Claim, arms: Sequence[_Arm], split: str, settings,
-                bands: Bands, paired: bool) -> tuple[list[str], list[str]]:
-    """(every check as text, the failed ones) for a comparison under an attack."""
+                bands: Bands, paired: bool, metric: str | None = None) -> tuple[list[str], list[str]]:
+    """(every check as text, the failed ones) for a comparison under an attack, or between the two
+    ends of a path (no settings: no ceiling); forgetting is judged in ``metric`` (default: the
+    claim's)."""
     fsplit = split if split.startswith("forget") else "forget"
-    metric = claim.metric
+    metric = metric or claim.metric
     o, _, gap = _gap(df, metric, fsplit)
     if not (np.isfinite(gap) and abs(gap) > 1e-9):
         msg = (f"no clean original and gold (retain-only) {metric!r} on {fsplit!r} to check the conditions "
@@ -740,6 +774,7 @@ def _assess(df: pd.DataFrame, claim: Claim, bands: Bands) -> Verdict:
             same = claim.b.lower() == claim.a.lower()
             arms.append(_arm(df, claim, claim.b, claim.b_lr, exclude=a.recipe if same else None))
         v.recipe_a, v.recipe_b = a.recipe, arms[1].recipe if len(arms) == 2 else ""
+        ends = _path_arms(df, claim, a) if claim.quantity == "barrier" else None
         v.settings = _settings(claim, split, arms)
         va = _values(df, claim, a, split, v.settings)
         vb = _values(df, claim, arms[1], split, v.settings) if len(arms) == 2 else None
@@ -761,8 +796,9 @@ def _assess(df: pd.DataFrame, claim: Claim, bands: Bands) -> Verdict:
         return v
     unlearned_pair = len(arms) == 2 and not any(arm.reference for arm in arms)
     v.paired = unlearned_pair and set(va.index) == set(vb.index)
-    if claim.attack not in ("none",) + PATH_ATTACKS and not a.reference:
-        checks, failed = _conditions(df, claim, arms, split, v.settings, bands, v.paired)
+    if (claim.attack not in ("none",) + PATH_ATTACKS and not a.reference) or ends:
+        checks, failed = (_conditions(df, claim, ends, "forget", (), bands, True, metric=FORGET_METRIC) if ends
+                          else _conditions(df, claim, arms, split, v.settings, bands, v.paired))
         v.conditions = "; ".join(checks)
         if failed:
             v.reason = "conditions for a sound comparison not met: " + "; ".join(failed) + f" ({what})"
@@ -824,7 +860,7 @@ def _what(claim: Claim, split: str, settings) -> str:
 
 
 def _needs(claim: Claim) -> str:
-    if claim.quantity in ("recovery", "recovery_gold", "delta"):
+    if claim.quantity in ("recovery", "recovery_gold", "added_gold", "delta"):
         return (" (needs the clean unlearned model, and the original and retain-only models under the same "
                 "attack)")
     if claim.quantity == "barrier":

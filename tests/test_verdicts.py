@@ -321,7 +321,7 @@ def test_recovery_gold_against_each_seeds_own_gold_model():
     df = frame(gold={"attacked": {Q: [0.05, 0.05, 0.35]}})
     u = [0.50, 0.55, 0.45]                                   # adam under 4-bit, seeds 0-2
     claim = Claim("u", "x", a="adam", b=None, attack="quantize", metric="prob", split="forget",
-                  quantity="recovery_gold", direction="greater")
+                  quantity="recovery_gold", direction="less")
     pooled, paired = (evaluate(df, dataclasses.replace(claim, references=r)) for r in ("pooled", "paired"))
     assert pooled.mean_a == pytest.approx(np.mean([(x - 0.15) / (0.95 - 0.15) for x in u]))
     assert paired.mean_a == pytest.approx(np.mean([(x - g) / (0.95 - g) for x, g in zip(u, (0.05, 0.05, 0.35))]))
@@ -356,9 +356,33 @@ def test_absolute_claim_adam_undone_by_quantization():
                                                              ("quantize", "nf4"): [0.40, 0.45, 0.35]}}}
     v = evaluate(frame(arms), claim)
     assert v.verdict == "reproduced" and v.settings == ("nf4", "rtn-4bit-g128") and v.test == "one-sample t"
-    per_seed = [((r - 0.05) / 0.9 + (n - 0.05) / 0.9) / 2 for r, n in zip([0.50, 0.55, 0.45], [0.40, 0.45, 0.35])]
-    assert v.mean_a == pytest.approx(np.mean(per_seed))
+    # added_gold: the attacked position (u - 0.05) / 0.9 minus the clean one (c - 0.05) / 0.9
+    per_seed = [((r - c) / 0.9 + (n - c) / 0.9) / 2
+                for r, n, c in zip([0.50, 0.55, 0.45], [0.40, 0.45, 0.35], [0.05, 0.06, 0.04])]
+    assert claim.quantity == "added_gold" and v.mean_a == pytest.approx(np.mean(per_seed))
     assert v.p_value == pytest.approx(stats.ttest_1samp(per_seed, 0.0).pvalue, rel=1e-9)
+
+
+def test_a_residual_left_by_unlearning_is_not_an_attack_undoing_it():
+    """Unlearning stopped 0.1 of the gap above the gold model and 4-bit moves nothing: the quantized
+    model still knows more than the quantized gold model (recovery_gold 0.1, CI above 0), but the
+    attack brought nothing back. The "undone" claim tests added_gold and finds no change; the
+    recovery_gold form of the claim is refused with the fix."""
+    from analysis.verdicts import PAPER_CLAIMS
+
+    claim = next(c for c in PAPER_CLAIMS if c.name == "adam-undone-by-quantize")
+    clean = [0.14, 0.15, 0.13]                     # (0.14 - 0.05) / 0.9 = 0.1 of the gap: within 0.15
+    noise = [0.001, -0.002, 0.0005]
+    arms = {"adam": {"clean": clean, "attacked": {("quantize", "nf4"): list(np.add(clean, noise))}}}
+    v = evaluate(frame(arms), claim)
+    assert v.mean_a == pytest.approx(np.mean(noise) / 0.9)
+    assert v.beside["recovery_gold_a"] == pytest.approx((np.mean(clean) + np.mean(noise) - 0.05) / 0.9)
+    assert v.verdict == "inconclusive" and v.ci_low < 0 < v.ci_high and "contains 0" in v.reason
+    with pytest.raises(ValueError, match="added_gold"):
+        dataclasses.replace(claim, quantity="recovery_gold")
+    # the attack's own change, when there is one, is what the claim finds
+    moved = {"adam": {"clean": clean, "attacked": {("quantize", "nf4"): [0.44, 0.50, 0.40]}}}
+    assert evaluate(frame(moved), claim).verdict == "reproduced"
 
 
 def test_equivalence_claim_uses_tost():
@@ -400,12 +424,34 @@ def test_basin_claims_read_the_barrier_between_two_unlearned_models():
                 "role": "unlearned", "optimizer": "adazo"}
         rows.append({**path, "model": f"adam-s{seed}->adazo-s{seed}", "value": barrier})
         rows.append({**path, "model": "original->adazo", "value": 0.01})  # not the path the claim reads
-    v = evaluate(load_records(rows), claim)
+    ends = comparison_records({"adam": {"clean": [0.05, 0.06, 0.04]}, "adazo": {"clean": [0.05, 0.05, 0.06]}})
+    v = evaluate(load_records(rows + ends), claim)
     assert v.values_a == pytest.approx([0.5, 0.6, 0.7]) and v.test == "one-sample t"
     assert v.p_value == pytest.approx(stats.ttest_1samp([0.5, 0.6, 0.7], 0.1).pvalue, rel=1e-9)
-    assert v.verdict == "reproduced"
-    missing = evaluate(load_records([r for r in rows if r["model"].startswith("original")]), claim)
+    assert v.verdict == "reproduced" and "ok: both arms forgotten to within" in v.conditions
+    missing = evaluate(load_records([r for r in rows if r["model"].startswith("original")] + ends), claim)
     assert missing.verdict == "inconclusive" and "interpolation records between adam and adazo" in missing.reason
+
+
+def test_a_barrier_to_a_model_that_did_not_forget_alike_says_nothing_about_basins():
+    """A high barrier between Adam's selective model and a destroyed one (or one that never
+    forgot) is the damage, not a second basin: the path's two ends must meet the conditions of any
+    comparison (forgetting matched, near the target, retain utility within the margin)."""
+    from analysis.verdicts import PAPER_CLAIMS
+
+    claim = next(c for c in PAPER_CLAIMS if c.name == "zo-basin-not-connected")
+    rows = [{"attack": "interpolate", "setting": "path", "metric": "barrier", "split": "retain", "seed": seed,
+             "role": "unlearned", "optimizer": "adazo", "model": f"adam-s{seed}->adazo-s{seed}", "value": barrier}
+            for seed, barrier in enumerate((2.1, 2.2, 2.3))]
+    adam = {"clean": [0.05, 0.06, 0.04]}
+    destroyed = evaluate(load_records(rows + comparison_records(
+        {"adam": adam, "adazo": {"clean": [0.01, 0.01, 0.02], "retain": [0.02, 0.03, 0.01]}})), claim)
+    assert destroyed.verdict == "inconclusive" and "retain utility" in destroyed.reason
+    never = evaluate(load_records(rows + comparison_records({"adam": adam, "adazo": {"clean": [0.9, 0.92, 0.91]}})),
+                     claim)
+    assert never.verdict == "inconclusive" and "forgotten to within" in never.reason
+    alone = evaluate(load_records(rows), claim)      # no clean records of the ends: nothing to judge them by
+    assert alone.verdict == "inconclusive" and "no records of adazo" in alone.reason and "clean records" in alone.reason
 
 
 def test_training_evaluations_do_not_add_a_recipe():
