@@ -457,15 +457,16 @@ def save_frame(df: pd.DataFrame, path: str | os.PathLike) -> Path:
 
 
 def load_frame(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a frame written by :func:`save_frame` (Parquet or CSV) and normalise its columns."""
+    """Read a frame written by :func:`save_frame` (Parquet or CSV) or a report's
+    ``tables/records.csv.gz`` and normalise its columns."""
     path = Path(path)
     if not path.exists():
         raise BasinError(f"{path} does not exist")
     if path.suffix == ".parquet":
         df = pd.read_parquet(path)
-    elif path.suffix == ".csv":
-        df = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False,
+    elif path.suffix == ".csv" or path.name.endswith(".csv.gz"):
+        df = pd.read_csv(path, dtype={c: str for c in TEXT_COLUMNS}, keep_default_na=False, low_memory=False,
                          na_values={c: ["", "nan", "NaN"] for c in NUMERIC_COLUMNS})
     else:
-        raise BasinError(f"{path}: load a .parquet or .csv file")
+        raise BasinError(f"{path}: load a .parquet, .csv or .csv.gz file")
     return normalise_frame(df)

@@ -43,7 +43,9 @@ Regime kinds (:data:`REGIME_KINDS`):
 Files: ``WORK/<regime>/`` (``work``, default ``runs/study``) holds ``calibration/``, ``runs/``, ``audits/``, ``paths/``, ``plane/``
 (checkpoints are in ``runs/*/model``; none of it need be kept), and the report
 (:func:`write_study`) goes to ``out`` with the records it was built from (``--report-only``
-rewrites it from whatever has run).
+rewrites it from whatever has run; a cell none of whose runs is under ``work``, as on a fresh
+checkout, is rebuilt from the records its committed report holds, so every committed version is
+judged again by today's claim table and conditions).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from analysis.load import load_frame
 from analysis.report import fmt_num, save_figure, write_report
 from analysis.tables import TRAJECTORY
 from analysis.study import (clean_levels, grid_arm, grid_claims, load_arms, plot_regime_map, read_summaries,
@@ -710,25 +713,46 @@ def write_study(config: StudyConfig, source=None, log=print) -> Path:
     vdir.mkdir(parents=True, exist_ok=True)
     if source is not None:
         write_text_atomic(vdir / "study.yaml", Path(source).read_text())
+    previous = json.loads((vdir / "summary.json").read_text()) if (vdir / "summary.json").exists() else {}
     summary = {"name": config.name, "version": config.version, "question": config.question, "verdicts": [],
                "calibration": [], "figures": [], "cells": [], "regime_map": [], "progress": {}, "compute": []}
     bands = Bands(**config.bands)
     for name, regime in config.regimes.items():
         folder = Path(config.work) / name
         if isinstance(regime, TiersRegime):
-            _report_tiers(config, name, regime, folder, vdir, bands, summary, log)
+            _report_tiers(config, name, regime, folder, vdir, bands, summary, previous, log)
         else:
-            _report_map(config, name, regime, folder, vdir, bands, summary, log)
+            _report_map(config, name, regime, folder, vdir, bands, summary, previous, log)
     summary["status"] = "; ".join(f"{k}: {v}" for k, v in summary["progress"].items())
     write_json_atomic(vdir / "summary.json", summary)
     return write_index(out, read_summaries(out))
 
 
-def _report_tiers(config, name, regime, folder, vdir, bands, summary, log) -> None:
+def _committed_records(df: pd.DataFrame, report: Path, previous: dict, summary: dict, progress_key: str,
+                       log, **cell) -> pd.DataFrame | None:
+    """Where none of a cell's runs is on this machine (a fresh checkout) but its report was
+    committed, the records that report was built from (``report/tables/records.csv.gz``), so that
+    the report is rebuilt from them (with today's claim table and conditions); the summary keeps
+    the progress, compute and calibration entries ``previous`` had for the cell. None otherwise."""
+    records = report / "tables" / "records.csv.gz"
+    if not df.empty or not records.exists():
+        return None
+    log(f"no runs of {progress_key} under the work folder: the report is rebuilt from {records}")
+    was = previous.get("progress", {}).get(progress_key, "runs not on this machine")
+    summary["progress"][progress_key] = was.split("; ")[0] + "; report rebuilt from the committed records"
+    summary["compute"] += [c for c in previous.get("compute", [])
+                           if c.get("regime") == cell.get("regime") and c.get("cell") == cell.get("cell")]
+    summary["calibration"] += [c for c in previous.get("calibration", [])
+                               if all(c.get(k) == cell[k] for k in ("regime", "objective", "target") if k in cell)]
+    return load_frame(records)
+
+
+def _report_tiers(config, name, regime, folder, vdir, bands, summary, previous, log) -> None:
     shared = sorted(str(p) for p in (folder / "audits").glob("*/*"))
     settings_file = folder / "settings.json"
     settings = json.loads(settings_file.read_text()) if settings_file.exists() else {}
     planned = len(regime.arm_labels()) * len(regime.seeds)
+    metric = regime.calibration.get("metric", "prob")
     for objective, target in itertools.product(regime.objectives, regime.calibration["targets"]):
         cell = f"{objective}-{target}"
         groups = []
@@ -741,12 +765,17 @@ def _report_tiers(config, name, regime, folder, vdir, bands, summary, log) -> No
             groups.append((runs + audits + paths + calibration, {"arm": label}))
         groups.append(([str(folder / "plane" / cell)], {}))
         df = load_arms(groups, shared)
+        committed = _committed_records(df, vdir / f"{name}-{cell}", previous, summary, f"{name} / {cell}", log,
+                                       regime=name, cell=cell, objective=objective, target=target)
+        if committed is not None:
+            _judge_tiers(config, name, regime, committed, vdir, cell, objective, target, bands, metric,
+                         summary["progress"][f"{name} / {cell}"].split(";")[0], summary, log)
+            continue
         done = sum((p / "manifest.json").exists() for p in (folder / "audits" / cell).glob("*-s*"))
         summary["progress"][f"{name} / {cell}"] = f"{done} of {planned} runs audited"
         summary["compute"].append({"regime": name, "cell": cell, **{
             stage: round(_wall_seconds([folder / stage / cell] if stage == "plane" else (folder / stage / cell).glob("*"))
                          / 60, 1) for stage in ("calibration", "runs", "audits", "paths", "plane")}})
-        metric = regime.calibration.get("metric", "prob")
         splits = dict.fromkeys(("forget", regime.stop_split))   # where the runs stopped, when not on forget
         levels = {split: clean_levels(df, metric, split).set_index("arm") if not df.empty else pd.DataFrame()
                   for split in splits}
@@ -764,14 +793,20 @@ def _report_tiers(config, name, regime, folder, vdir, bands, summary, log) -> No
                     folder / "runs" / cell, label,
                     stop_run(s, regime.stop_budget, int(regime.unlearn["eval_every"]))["steps"])}
                    if regime.stop_budget is not None and not s.get("planned") else {})})
-        if df.empty or not ((df["role"] == "unlearned") & ~df["attack"].isin(TRAJECTORY)).any():
-            continue   # no finished run yet (perhaps calibration probes): nothing to judge
-        arms = sorted(set(df.loc[df["role"] == "unlearned", "optimizer"]))
-        claims = claims_for(arms, config.regime_claims(name))
-        title = f"{config.name} v{config.version}: {name}, {objective}, target {target} ({done} of {planned} runs)"
-        conditions = cell_bands(bands, target, df, metric, stopped=regime.stop_budget is not None)
-        _cell_report(df, vdir, f"{name}-{cell}", claims, title, conditions,
-                     {"regime": name, "objective": objective, "target": target}, summary, log)
+        _judge_tiers(config, name, regime, df, vdir, cell, objective, target, bands, metric,
+                     f"{done} of {planned} runs", summary, log)
+
+
+def _judge_tiers(config, name, regime, df, vdir, cell, objective, target, bands, metric, runs, summary, log) -> None:
+    """One tiers cell's report and verdicts from its records ``df``."""
+    if df.empty or not ((df["role"] == "unlearned") & ~df["attack"].isin(TRAJECTORY)).any():
+        return   # no finished run yet (perhaps calibration probes): nothing to judge
+    arms = sorted(set(df.loc[df["role"] == "unlearned", "optimizer"]))
+    claims = claims_for(arms, config.regime_claims(name))
+    title = f"{config.name} v{config.version}: {name}, {objective}, target {target} ({runs.replace(' audited', '')})"
+    conditions = cell_bands(bands, target, df, metric, stopped=regime.stop_budget is not None)
+    _cell_report(df, vdir, f"{name}-{cell}", claims, title, conditions,
+                 {"regime": name, "objective": objective, "target": target}, summary, log)
 
 
 def _landed(levels: pd.DataFrame, label: str, split: str) -> dict:
@@ -818,14 +853,18 @@ def _wall_seconds(folders) -> float:
     return total
 
 
-def _report_map(config, name, regime, folder, vdir, bands, summary, log) -> None:
+def _report_map(config, name, regime, folder, vdir, bands, summary, previous, log) -> None:
     groups = []
     for job in map_jobs(regime, folder):
         steps = job.unlearn["steps"]
         groups.append(([job.run_dir, job.audit_dir], {"steps": steps, "arm": grid_arm(regime.optimizer, steps)}))
     df = load_arms(groups)
-    done = sum((Path(j.audit_dir) / "manifest.json").exists() for j in map_jobs(regime, folder))
-    summary["progress"][name] = f"{done} of {len(groups)} runs audited"
+    committed = _committed_records(df, vdir / name, previous, summary, name, log, regime=name)
+    if committed is not None:
+        df = committed
+    else:
+        done = sum((Path(j.audit_dir) / "manifest.json").exists() for j in map_jobs(regime, folder))
+        summary["progress"][name] = f"{done} of {len(groups)} runs audited"
     if df.empty:
         return
     table = regime_map(df)

@@ -327,6 +327,17 @@ def test_a_study_runs_resumes_and_reports(tmp_path):
     assert (tmp_path / "report" / "v1" / "study.yaml").read_text() == SMOKE
     tables = tmp_path / "report" / "v1" / "mini-npo-halfway" / "tables"
     assert all((tables / f"{t}.csv.gz").exists() for t in ("records", "recovery", "recovery_per_seed", "summary"))
+    # a fresh checkout has the committed report but no runs: the report is rebuilt from its records,
+    # with the same verdicts, and the calibration and compute the first report measured
+    (tmp_path / "work").rename(tmp_path / "gone")
+    logged = []
+    write_study(config, source=spec, log=logged.append)
+    again = json.loads((tmp_path / "report" / "v1" / "summary.json").read_text())
+    assert any("rebuilt from" in m and "records.csv.gz" in m for m in logged)
+    key = ("claim", "verdict", "diff", "ci_low", "ci_high", "p_value", "n_a")
+    assert [tuple(v[k] for k in key) for v in again["verdicts"]] == [tuple(v[k] for k in key) for v in summary["verdicts"]]
+    assert again["calibration"] == summary["calibration"] and again["compute"] == summary["compute"]
+    assert again["progress"]["mini / npo-halfway"] == "8 of 8 runs audited; report rebuilt from the committed records"
 
 
 def test_an_interrupted_calibration_shows_the_arms_it_calibrated(tmp_path, monkeypatch):
