@@ -305,10 +305,10 @@ def verdict_matrix(versions: list[dict]) -> str:
             "Inconclusive without an interval means a condition of a sound comparison failed. "
             "recovery_gold places the attacked model between the attacked gold model (0) and the attacked "
             "original (1), so it counts what unlearning left as well as what the attack brought back; a "
-            "claim that an attack undoes one arm's unlearning tests added_gold, recovery_gold minus the "
-            "same position before the attack. Reports that tested such a claim on recovery_gold (before "
-            "that rule) show \"the attack's own\" beside it: the recovery the attack itself caused, "
-            "(attacked - clean) / (attacked original - clean), per seed.</p>"
+            "claim that an attack undoes one arm's unlearning tests brought_back instead: the attack's own "
+            "rise in the unlearned model less what it gives the gold model, in fractions of the clean gap. "
+            "Reports that tested such a claim on recovery_gold (before that rule) show \"the attack's "
+            "own\" beside it: (attacked - clean) / (attacked original - clean), per seed.</p>"
             f'<div class="scroll"><table class="data"><tr><th>claim</th>{head}</tr>{"".join(body)}</table></div>')
 
 

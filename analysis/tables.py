@@ -258,9 +258,16 @@ def recovery_per_seed(df: pd.DataFrame, *, unit: Sequence[str] = UNIT_KEYS,
     model sits between the attacked gold model (0) and the attacked original (1). Values at or below
     0 mean "no more knowledge than a model that never saw the forget data under the same attack".
     ``residual_gold`` = (u_clean - r_clean) / (o_clean - r_clean) is the same position before the
-    attack, and ``added_gold`` = ``recovery_gold - residual_gold`` is what the attack itself moved
-    the model toward the original on that scale: a model that unlearning left at 0.1 of the gap and
-    that the attack leaves at 0.1 has ``recovery_gold`` 0.1 but ``added_gold`` 0 (nothing came back).
+    attack; so a model that unlearning left 0.1 of the gap above the gold model, and that the attack
+    leaves alone, has ``recovery_gold`` 0.1 although nothing came back.
+
+    ``brought_back`` = (u_attack - u_clean) / g - max(0, (r_attack - r_clean) / g), with the clean gap
+    g = o_clean - r_clean: what the attack itself added to the unlearned model, less what the same
+    attack gives the gold model where it gives it anything (relearning teaches a model that never
+    saw the forget facts something about them too). A gold model that the attack damages is not
+    credited to the unlearned one, and the attacked original, whose loss under the attack would
+    rescale a position between the attacked references, does not enter. 0 = the attack brought
+    nothing back; 1 = it brought back the whole gap.
 
     Guards: a ratio is NaN when the reference it needs is missing or its denominator is within
     ``min_gap`` of 0 (the attacked original is no different from the clean unlearned model, or
@@ -274,7 +281,7 @@ def recovery_per_seed(df: pd.DataFrame, *, unit: Sequence[str] = UNIT_KEYS,
 
     Returns one row per (unit..., attack, setting, x, metric, split, seed) with ``u_clean,
     u_attack, o_attack, r_attack, o_clean, r_clean, delta (= u_attack - u_clean), recovery,
-    recovery_gold, residual_gold, added_gold, note``.
+    recovery_gold, residual_gold, brought_back, note``.
     """
     require(references in REFERENCES, f"references must be 'pooled' or 'paired', not {references!r}")
     unit = [k for k in unit if k in df.columns]
@@ -313,7 +320,9 @@ def recovery_per_seed(df: pd.DataFrame, *, unit: Sequence[str] = UNIT_KEYS,
     out["recovery"] = [r[0] for r in results]
     out["recovery_gold"] = [r[1] for r in results]
     out["residual_gold"] = [r[2] for r in results]
-    out["added_gold"] = out["recovery_gold"] - out["residual_gold"]
+    gap = out["o_clean"] - out["r_clean"]
+    gold_gain = ((out["r_attack"] - out["r_clean"]) / gap).clip(lower=0)       # NaN stays NaN
+    out["brought_back"] = (out["delta"] / gap - gold_gain).where(gap.abs() > min_gap)
     out["note"] = [r[3] for r in results]
     return out[_RECOVERY_COLUMNS(unit)].sort_values(unit + ["attack", "x", "setting", "metric", "split", "seed"],
                                                     na_position="last").reset_index(drop=True)
@@ -322,7 +331,7 @@ def recovery_per_seed(df: pd.DataFrame, *, unit: Sequence[str] = UNIT_KEYS,
 def _RECOVERY_COLUMNS(unit):  # noqa: N802 - a constant that depends on the unit keys
     return list(unit) + ["attack", "setting", "x", "metric", "split", "seed", "u_clean", "u_attack",
                          "o_attack", "r_attack", "o_clean", "r_clean", "delta", "recovery",
-                         "recovery_gold", "residual_gold", "added_gold", "note"]
+                         "recovery_gold", "residual_gold", "brought_back", "note"]
 
 
 def _reference_means(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:

@@ -29,8 +29,8 @@ What a verdict compares (DESIGN section 9, "sound comparisons"):
    (a basin claim) is judged under the same forgetting, gold-distance and utility conditions for
    the path's two ends, in answer probability (:data:`FORGET_METRIC`): a barrier between a model
    that forgot and one that did not, or one that was destroyed, says nothing about basins. A
-   claim that an attack undoes one arm's unlearning tests ``added_gold``, what the attack itself
-   moved (see :class:`Claim`). A failed condition makes the verdict inconclusive and the reason
+   claim that an attack undoes one arm's unlearning tests ``brought_back``, what the attack itself
+   added beyond what it gives the gold model (see :class:`Claim`). A failed condition makes the verdict inconclusive and the reason
    names it.
 4. **Tests.** Where both arms are unlearned runs with the same seeds (same seed = same batch order
    and relearning subset), the per-seed difference d_i = A_i - B_i is tested (paired t:
@@ -72,7 +72,7 @@ from unlearn.records import is_control
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
 INCONCLUSIVE = "inconclusive"
-QUANTITIES = ("value", "delta", "recovery", "recovery_gold", "added_gold", "barrier")
+QUANTITIES = ("value", "delta", "recovery", "recovery_gold", "brought_back", "barrier")
 KINDS = ("difference", "equivalence")
 BAND_OF = ("absolute", "gap", "b")
 REFERENCE_ROLES = {"original": "original", "retain": "retain", "retain-only": "retain"}
@@ -132,11 +132,11 @@ class Claim:
     - ``attack``: ``none`` for the clean models, else the attack's name.
     - ``metric``, ``split``: which records (``split`` None: the metric's only split).
     - ``quantity``: ``value`` (the metric after the attack), ``delta`` (after minus clean, same
-      seed), ``recovery`` / ``recovery_gold`` / ``added_gold`` (:func:`analysis.tables.recovery_per_seed`)
+      seed), ``recovery`` / ``recovery_gold`` / ``brought_back`` (:func:`analysis.tables.recovery_per_seed`)
       or ``barrier`` (the loss barrier the audit recorded, metric ``barrier``, for the interpolation
       path between ``path_from`` and A). A claim that an attack brings one arm's knowledge back
       (``b`` None, ``direction`` greater) is refused on ``recovery_gold``, which also counts what
-      unlearning left before the attack; it tests ``added_gold`` (or ``delta``, ``recovery``).
+      unlearning left before the attack; it tests ``brought_back`` (or ``delta``, ``recovery``).
     - ``kind``: ``difference`` (``direction``: A ``less`` or ``greater`` than B) or
       ``equivalence`` (|A - B| < ``band``; ``band_of``: ``absolute``, ``gap`` = a fraction of the
       clean original-gold gap of the metric, ``b`` = a fraction of |mean B|).
@@ -200,7 +200,7 @@ class Claim:
                 and self.attack != "none":
             bad("recovery_gold > than counts the knowledge unlearning left before the attack as brought back "
                 "by it (a model stopped short of the gold level passes with no attack effect at all); test "
-                "what the attack itself changed: quantity 'added_gold' (recovery_gold - residual_gold), "
+                "what the attack itself changed: quantity 'brought_back' (its rise beyond the gold model's), "
                 "'delta' or 'recovery'")
         if self.references not in REFERENCES:
             bad(f"references must be 'pooled' or 'paired', got {self.references!r}")
@@ -270,19 +270,19 @@ _QUANT4 = dict(attack="quantize", metric="prob", split="forget", x=4, quantity="
 # position between the attacked gold model, 0, and the attacked original, 1), whose denominator
 # does not depend on how deep an arm forgot; recovery and the latent margin are reported beside.
 # Two arms matched in forgetting start from the same position, so their recovery_gold difference is
-# the attacks' difference; one arm alone ("undone by") is judged on added_gold, the position the
-# attack added to where unlearning left it.
+# the attacks' difference; one arm alone ("undone by") is judged on brought_back, the attack's own
+# rise beyond what it gives the gold model (analysis.tables.recovery_per_seed).
 PAPER_CLAIMS: list[Claim] = [
     Claim("adam-undone-by-quantize",
-          "Adam's unlearning is undone by 4-bit quantization: quantizing moves the model back toward the "
-          "original, measured between the gold model (0) and the original (1), each under the same attack "
-          "(added_gold = recovery_gold - residual_gold > 0).",
-          a="adam", b=None, direction="greater", **{**_QUANT4, "quantity": "added_gold"}),
+          "Adam's unlearning is undone by 4-bit quantization: quantizing raises the unlearned model's "
+          "knowledge of the forget set by more than it raises the gold model's (brought_back > 0, in "
+          "fractions of the clean original-gold gap).",
+          a="adam", b=None, direction="greater", **{**_QUANT4, "quantity": "brought_back"}),
     Claim("adam-undone-by-relearn",
-          "Adam's unlearning is undone by relearning: relearning moves held-out forget items back toward "
-          "the original, measured between the relearned gold model (0) and the relearned original (1) "
-          "(added_gold = recovery_gold - residual_gold > 0).",
-          a="adam", b=None, direction="greater", **{**_RELEARN, "quantity": "added_gold"}),
+          "Adam's unlearning is undone by relearning: relearning raises the unlearned model's knowledge "
+          "of held-out forget items by more than it raises the gold model's (brought_back > 0, in "
+          "fractions of the clean original-gold gap).",
+          a="adam", b=None, direction="greater", **{**_RELEARN, "quantity": "brought_back"}),
     Claim("zo-vs-adam-relearn",
           "Zeroth-order unlearning (AdaZO) recovers less forgotten knowledge than Adam under relearning.",
           a="adazo", b="adam", **_RELEARN),
@@ -860,7 +860,7 @@ def _what(claim: Claim, split: str, settings) -> str:
 
 
 def _needs(claim: Claim) -> str:
-    if claim.quantity in ("recovery", "recovery_gold", "added_gold", "delta"):
+    if claim.quantity in ("recovery", "recovery_gold", "brought_back", "delta"):
         return (" (needs the clean unlearned model, and the original and retain-only models under the same "
                 "attack)")
     if claim.quantity == "barrier":

@@ -164,8 +164,8 @@ def test_recovery_on_a_hand_made_example():
     assert list(per["recovery"]) == pytest.approx([0.5, 0.5])
     assert list(per["recovery_gold"]) == pytest.approx([0.25 / 0.6, 0.5])
     assert list(per["residual_gold"]) == pytest.approx([0.0, 0.125])  # (u_clean - 0.1) / 0.8
-    # what the attack added on the gold scale: seed 1 started 0.125 of the way to the original
-    assert list(per["added_gold"]) == pytest.approx([0.25 / 0.6, 0.5 - 0.125])
+    # brought back: the rise (0.35, 0.3) over the clean gap 0.8, less the gold model's rise 0.1 / 0.8
+    assert list(per["brought_back"]) == pytest.approx([0.35 / 0.8 - 0.125, 0.3 / 0.8 - 0.125])
     assert list(per["delta"]) == pytest.approx([0.35, 0.3])
     summary = tables.recovery_table(load_records(_recovery_records()))
     row = summary.iloc[0]

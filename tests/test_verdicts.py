@@ -356,18 +356,20 @@ def test_absolute_claim_adam_undone_by_quantization():
                                                              ("quantize", "nf4"): [0.40, 0.45, 0.35]}}}
     v = evaluate(frame(arms), claim)
     assert v.verdict == "reproduced" and v.settings == ("nf4", "rtn-4bit-g128") and v.test == "one-sample t"
-    # added_gold: the attacked position (u - 0.05) / 0.9 minus the clean one (c - 0.05) / 0.9
+    # brought back: the rise u - c over the clean gap 0.9 (the gold model gains nothing under 4-bit)
     per_seed = [((r - c) / 0.9 + (n - c) / 0.9) / 2
                 for r, n, c in zip([0.50, 0.55, 0.45], [0.40, 0.45, 0.35], [0.05, 0.06, 0.04])]
-    assert claim.quantity == "added_gold" and v.mean_a == pytest.approx(np.mean(per_seed))
+    assert claim.quantity == "brought_back" and v.mean_a == pytest.approx(np.mean(per_seed))
     assert v.p_value == pytest.approx(stats.ttest_1samp(per_seed, 0.0).pvalue, rel=1e-9)
 
 
 def test_a_residual_left_by_unlearning_is_not_an_attack_undoing_it():
     """Unlearning stopped 0.1 of the gap above the gold model and 4-bit moves nothing: the quantized
     model still knows more than the quantized gold model (recovery_gold 0.1, CI above 0), but the
-    attack brought nothing back. The "undone" claim tests added_gold and finds no change; the
-    recovery_gold form of the claim is refused with the fix."""
+    attack brought nothing back. The "undone" claim tests brought_back and finds no change; the
+    recovery_gold form of the claim is refused with the fix. Nor do the references' own changes
+    under the attack count: a gold model and an original that 4-bit damages (which moves the
+    unlearned model's position between them) or a gold model that relearning teaches."""
     from analysis.verdicts import PAPER_CLAIMS
 
     claim = next(c for c in PAPER_CLAIMS if c.name == "adam-undone-by-quantize")
@@ -378,11 +380,23 @@ def test_a_residual_left_by_unlearning_is_not_an_attack_undoing_it():
     assert v.mean_a == pytest.approx(np.mean(noise) / 0.9)
     assert v.beside["recovery_gold_a"] == pytest.approx((np.mean(clean) + np.mean(noise) - 0.05) / 0.9)
     assert v.verdict == "inconclusive" and v.ci_low < 0 < v.ci_high and "contains 0" in v.reason
-    with pytest.raises(ValueError, match="added_gold"):
+    with pytest.raises(ValueError, match="brought_back"):
         dataclasses.replace(claim, quantity="recovery_gold")
     # the attack's own change, when there is one, is what the claim finds
     moved = {"adam": {"clean": clean, "attacked": {("quantize", "nf4"): [0.44, 0.50, 0.40]}}}
     assert evaluate(frame(moved), claim).verdict == "reproduced"
+    # 4-bit damages both references: the unlearned model now sits (0.141 - 0.02) / 0.78 of the way
+    # from the quantized gold model to the quantized original instead of 0.1, yet it gained nothing
+    hurt = evaluate(frame(arms, original={"attacked": {("quantize", "nf4"): 0.80}},
+                          gold={"attacked": {("quantize", "nf4"): 0.02}}), claim)
+    assert hurt.beside["recovery_gold_a"] - 0.1 > 0.05
+    assert hurt.mean_a == pytest.approx(np.mean(noise) / 0.9) and hurt.verdict == "inconclusive"
+    # relearning teaches the gold model 0.1 of the unseen facts; adam gains the same and no more
+    relearn = next(c for c in PAPER_CLAIMS if c.name == "adam-undone-by-relearn")
+    r = ("relearn", "steps=30")
+    taught = {"adam": {"clean": clean, "attacked": {r: list(np.add(clean, 0.1) + noise)}}}
+    same = evaluate(frame(taught, gold={"attacked": {r: 0.15}}), relearn)
+    assert same.mean_a == pytest.approx(np.mean(noise) / 0.9) and same.verdict == "inconclusive"
 
 
 def test_equivalence_claim_uses_tost():
