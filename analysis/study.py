@@ -379,10 +379,18 @@ def write_index(out: Path, versions: list[dict]) -> Path:
 
 
 def read_summaries(out: Path) -> list[dict]:
-    """Every ``out/v*/summary.json`` (one per study version written there)."""
+    """Every ``out/v*/summary.json`` (one per study version written there), in version order
+    (v2 before v11)."""
     found = []
-    for path in sorted(out.glob("v*/summary.json")):
+    for path in out.glob("v*/summary.json"):
         data = json.loads(path.read_text())
         data["folder"] = path.parent.name
         found.append(data)
-    return found
+    return sorted(found, key=lambda d: (_version_number(d), d["folder"]))
+
+
+def _version_number(summary: dict) -> float:
+    try:
+        return float(summary.get("version", summary["folder"][1:]))
+    except (TypeError, ValueError):
+        return math.inf

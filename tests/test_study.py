@@ -561,3 +561,12 @@ def test_the_first_page_names_the_failed_condition_in_a_few_words(reason, short)
     from analysis.study import _short_reason
 
     assert _short_reason(reason).startswith(short)
+
+
+def test_versions_are_read_in_version_order_not_name_order(tmp_path):
+    from analysis.study import read_summaries
+
+    for version in (11, 2, 9):
+        (tmp_path / f"v{version}").mkdir()
+        (tmp_path / f"v{version}" / "summary.json").write_text(json.dumps({"version": version, "verdicts": []}))
+    assert [s["version"] for s in read_summaries(tmp_path)] == [2, 9, 11]
