@@ -30,8 +30,8 @@ What a verdict compares (DESIGN section 9, "sound comparisons"):
    the path's two ends, in answer probability (:data:`FORGET_METRIC`): a barrier between a model
    that forgot and one that did not, or one that was destroyed, says nothing about basins. A
    claim that an attack undoes one arm's unlearning tests ``brought_back``, what the attack itself
-   added beyond what it gives the gold model (see :class:`Claim`). A failed condition makes the verdict inconclusive and the reason
-   names it.
+   added beyond what it gives the gold model (see :class:`Claim`). A failed condition makes the
+   verdict inconclusive and the reason names it.
 4. **Tests.** Where both arms are unlearned runs with the same seeds (same seed = same batch order
    and relearning subset), the per-seed difference d_i = A_i - B_i is tested (paired t:
    mean(d) +- t_{1-alpha/2, n-1} sd(d)/sqrt(n)); otherwise Welch's t (unequal variances,
@@ -685,7 +685,7 @@ def _conditions(df: pd.DataFrame, claim: Claim, arms: Sequence[_Arm], split: str
     if len(arms) == 2:
         band = bands.forget_equivalence * abs(gap)
         a, b = series
-        if paired:
+        if paired and set(a.index) == set(b.index):
             t = one_sample((a - b.reindex(a.index)).to_numpy())
         else:
             t = welch(a, b)
