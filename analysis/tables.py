@@ -320,10 +320,8 @@ def recovery_per_seed(df: pd.DataFrame, *, unit: Sequence[str] = UNIT_KEYS,
     out["recovery"] = [r[0] for r in results]
     out["recovery_gold"] = [r[1] for r in results]
     out["residual_gold"] = [r[2] for r in results]
-    gap = out["o_clean"] - out["r_clean"]
-    gold_gain = ((out["r_attack"] - out["r_clean"]) / gap).clip(lower=0)       # NaN stays NaN
-    out["brought_back"] = (out["delta"] / gap - gold_gain).where(gap.abs() > min_gap)
-    out["note"] = [r[3] for r in results]
+    out["brought_back"] = [r[3] for r in results]
+    out["note"] = [r[4] for r in results]
     return out[_RECOVERY_COLUMNS(unit)].sort_values(unit + ["attack", "x", "setting", "metric", "split", "seed"],
                                                     na_position="last").reset_index(drop=True)
 
@@ -349,7 +347,7 @@ def safe_ratio(num: float, den: float, min_gap: float) -> float:
     return float(num / den)
 
 
-def _recovery_row(r, min_gap: float, ill_conditioned: float) -> tuple[float, float, float, str]:
+def _recovery_row(r, min_gap: float, ill_conditioned: float) -> tuple[float, float, float, float, str]:
     notes = []
     if not np.isfinite(r.u_clean):
         notes.append("no clean (attack none) record for this unlearned seed")
@@ -368,11 +366,13 @@ def _recovery_row(r, min_gap: float, ill_conditioned: float) -> tuple[float, flo
                      "knowledge itself, recovery_gold undefined")
     residual = safe_ratio(r.u_clean - r.r_clean, r.o_clean - r.r_clean, min_gap)
     clean_gap = r.o_clean - r.r_clean
+    gold_gain = float(np.maximum(0.0, safe_ratio(r.r_attack - r.r_clean, clean_gap, min_gap)))  # NaN stays NaN
+    brought = safe_ratio(r.u_attack - r.u_clean, clean_gap, min_gap) - gold_gain
     if (np.isfinite(gap) and np.isfinite(clean_gap) and abs(gap) > min_gap
             and abs(gap) < ill_conditioned * abs(clean_gap)):
         notes.append(f"the attack alone erased most of the original's knowledge (ceiling-floor gap "
                      f"{gap:.3g} vs {clean_gap:.3g} clean): ratios are noisy")
-    return rec, gold, residual, "; ".join(notes)
+    return rec, gold, residual, brought, "; ".join(notes)
 
 
 def recovery_table(df: pd.DataFrame, *, unit: Sequence[str] = UNIT_KEYS, **kwargs) -> pd.DataFrame:
