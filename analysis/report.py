@@ -111,6 +111,8 @@ table.data th, table.data td { border: 1px solid #ccc; padding: 3px 6px; text-al
        vertical-align: top; }
 table.data th { background: #f3f3f3; }
 .scroll { overflow-x: auto; max-width: 100%; }
+table.sticky tr > :first-child { position: sticky; left: 0; z-index: 1; background: #fff; }
+table.sticky tr > th:first-child { background: #f3f3f3; }
 figure { margin: 16px 0 28px; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 0.9em; color: #444; margin-top: 4px; }
 .verdict { font-weight: bold; padding: 1px 6px; border-radius: 3px; white-space: nowrap; }

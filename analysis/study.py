@@ -309,7 +309,7 @@ def verdict_matrix(versions: list[dict]) -> str:
             "rise in the unlearned model less what it gives the gold model, in fractions of the clean gap. "
             "Reports that tested such a claim on recovery_gold (before that rule) show \"the attack's "
             "own\" beside it: (attacked - clean) / (attacked original - clean), per seed.</p>"
-            f'<div class="scroll"><table class="data"><tr><th>claim</th>{head}</tr>{"".join(body)}</table></div>')
+            f'<div class="scroll"><table class="data sticky"><tr><th>claim</th>{head}</tr>{"".join(body)}</table></div>')
 
 
 def _short_reason(reason: str) -> str:
