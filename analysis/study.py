@@ -268,7 +268,8 @@ def verdict_summary(rows: pd.DataFrame) -> str:
 
 def verdict_matrix(versions: list[dict]) -> str:
     """HTML: the answer first, one row per claim and one column per judged cell (version, regime,
-    objective, target): the verdict and A - B (or the failed condition, shortened)."""
+    objective, target), columns in the order of ``versions``: the verdict and A - B (or the failed
+    condition, shortened)."""
     rows = [{**r, "where": f"v{v['version']}: {r['regime']} / {r['objective']} / {r['target']}"}
             for v in versions for r in v.get("verdicts", [])]
     if not rows:
@@ -327,9 +328,11 @@ def _short_reason(reason: str) -> str:
 def write_index(out: Path, versions: list[dict]) -> Path:
     """``out/index.html`` over every study version written under ``out`` (each ``version`` dict:
     its ``summary.json`` plus ``folder``): per version, the question, the verdict table, the
-    calibration table, the figures and links; newest version first."""
-    parts = [verdict_matrix(versions)]
-    for v in sorted(versions, key=lambda v: int(v["version"])):
+    calibration table, the figures and links; newest version first, in the answer's columns too
+    (the latest evidence is the first a reader sees, not the last column of a wide table)."""
+    newest = sorted(versions, key=_version_number, reverse=True)
+    parts = [verdict_matrix(newest)]
+    for v in newest:
         folder = v["folder"]
         rows = pd.DataFrame(v["verdicts"]) if v["verdicts"] else pd.DataFrame(columns=VERDICT_COLUMNS + ("text",))
         counts = rows["verdict"].value_counts().to_dict() if len(rows) else {}

@@ -548,6 +548,24 @@ def test_the_first_page_shows_what_an_attack_itself_brought_back(tmp_path):
     assert "the attack" not in html.split("never-forgot</td>")[1].split("</tr>")[0]
 
 
+def test_the_study_index_puts_the_newest_version_first(tmp_path):
+    """The first page's answer table and the version sections run newest first, by number (v11
+    before v2), so the latest evidence is not the last column of a wide table."""
+    from analysis.study import write_index
+
+    def version(n):
+        return {"version": n, "folder": f"v{n}", "name": "tiers", "question": "q", "status": "",
+                "verdicts": [{"regime": "mini", "objective": "npo", "target": "gold", "claim": "c",
+                              "verdict": "inconclusive", "diff": float("nan"), "ci_low": float("nan"),
+                              "ci_high": float("nan"), "reason": "retain utility", "text": "t", "n_a": 5,
+                              "n_b": 5, "test": "", "p_value": float("nan"), "p_holm": float("nan")}]}
+
+    html = write_index(tmp_path, [version(2), version(11), version(9)]).read_text()
+    head = html.split("<th>claim</th>")[1].split("</tr>")[0]
+    assert [head.index(f"v{n}: mini") for n in (11, 9, 2)] == sorted(head.index(f"v{n}: mini") for n in (11, 9, 2))
+    assert [html.index(f'id="v{n}"') for n in (11, 9, 2)] == sorted(html.index(f'id="v{n}"') for n in (11, 9, 2))
+
+
 @pytest.mark.parametrize("reason, short", [
     ("conditions for a sound comparison not met: adam within 0.15 of the gap from the gold model: clean prob 0.509 "
      "vs gold 0.408 is 0.41 of the gap from the gold model", "far from the gold model"),
