@@ -75,6 +75,10 @@ def test_cli_build_on_a_pretrained_base(trained_micro, tmp_path, capsys):
     for folder in folders:
         fit_info = json.loads((folder / "basin_fit.json").read_text())
         assert fit_info["base"] == str(base) and fit_info["steps"] == 3
+        # what decides the bits besides the settings: the build records it (threads, CPU kernels)
+        env = fit_info["environment"]
+        assert env["threads"] == torch.get_num_threads() and env["device"] == "cpu"
+        assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and env["torch"] == torch.__version__
         weights = load_file(folder / "model.safetensors")
         assert all(w.dtype == torch.bfloat16 for w in weights.values())
         assert (folder / "tokenizer.json").read_text() == (base / "tokenizer.json").read_text()

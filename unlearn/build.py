@@ -33,6 +33,7 @@ from unlearn.errors import BasinError, require
 from unlearn.models import SIZES, build_model, check_device_name, load_checkpoint, resolve_device
 from unlearn.pretrain import FitConfig, fit
 from unlearn.registry import lookup
+from unlearn.runs import environment
 from unlearn.scoring import answer_stats
 from unlearn.sources import check_model_source, parse_world_model
 from unlearn.tokenizer import DEFAULT_VOCAB_SIZE, load_tokenizer, train_tokenizer, world_training_texts
@@ -182,7 +183,8 @@ def ensure_model(config: BuildConfig, split: str, cache_dir=None, progress: bool
         write_json_atomic(tmp / FIT_FILE, {"split": split, "size": config.size, "base": config.base,
                                            "world": asdict(config.world), "fit": config.fit.as_dict(),
                                            "vocab_size": config.vocab_size,
-                                           "prompt_format": config.prompt_format, **result})
+                                           "prompt_format": config.prompt_format, **result,
+                                           "environment": environment(resolve_device(config.device))})
     return target, False
 
 

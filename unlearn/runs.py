@@ -153,9 +153,13 @@ def load_checkpoint(out: Path, model, optimizer) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------- the end of a run
 
-def manifest(start: float, config, device: str = "cpu") -> dict:
-    """Versions, platform, device, dtype, threads, git commit and wall time of a run."""
-    import transformers  # deferred: transformers is slow to import and only the manifest needs it here
+def environment(device: str = "cpu") -> dict:
+    """What decides a computation's bits besides its inputs: versions, platform, the CPU kernels
+    torch dispatches to (``cpu_capability``, e.g. AVX2 or AVX512), the thread count, the device
+    and the git commit. Two runs agree bit for bit only where these agree: a matrix product sums in
+    a different order on another thread count or instruction set, and training amplifies the
+    difference (measured on the tiny model: one thread and two give different weights)."""
+    import transformers  # deferred: transformers is slow to import and only the record needs it here
 
     gpu = {}
     if device != "cpu" and torch.cuda.is_available():
@@ -163,8 +167,14 @@ def manifest(start: float, config, device: str = "cpu") -> dict:
                "cuda": torch.version.cuda}
     return {"basin": __version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "python": platform.python_version(), "platform": platform.platform(),
-            "device": device, "dtype": config.dtype,
-            "prompt_format": prompt_format(config.prompt_format).as_dict(), **gpu, "threads": torch.get_num_threads(), "git": git_hash(),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "device": device, **gpu, "git": git_hash()}
+
+
+def manifest(start: float, config, device: str = "cpu") -> dict:
+    """A run's :func:`environment`, dtype, prompt format and wall time."""
+    return {**environment(device), "dtype": config.dtype,
+            "prompt_format": prompt_format(config.prompt_format).as_dict(),
             "wall_seconds": round(time.time() - start, 2),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(start))}
 
