@@ -298,7 +298,7 @@ def verdict_matrix(versions: list[dict]) -> str:
                    if r.get("quantity") == "recovery_gold" and not isinstance(r.get("b"), str)
                    and _finite(r.get("recovery_a")) and _finite(r["diff"]) else "")
             tds.append(f'<td title="{esc(r["reason"])}"><span class="verdict {css}">{esc(r["verdict"])}</span>'
-                       f"<br><small>{esc(detail)}</small>{own}</td>")
+                       f"<br><small>{esc(detail)}</small>{_holm_note(r)}{own}</td>")
         text = next(r["text"] for r in rows if r["claim"] == claim)
         body.append(f'<tr><td title="{esc(text)}">{esc(claim)}</td>{"".join(tds)}</tr>')
     return ("<h2>The answer so far</h2><p>Every claim in every cell judged so far: the verdict and A − B "
@@ -311,6 +311,18 @@ def verdict_matrix(versions: list[dict]) -> str:
             "Reports that tested such a claim on recovery_gold (before that rule) show \"the attack's "
             "own\" beside it: (attacked - clean) / (attacked original - clean), per seed.</p>"
             f'<div class="scroll"><table class="data sticky"><tr><th>claim</th>{head}</tr>{"".join(body)}</table></div>')
+
+
+def _holm_note(r: dict) -> str:
+    """Beside an inconclusive verdict whose own test passed (p below alpha: a difference whose
+    interval excludes 0, or an equivalence shown) but not after the multiple-comparison
+    correction: both p values, so the reader sees why an interval that looks decisive is not a
+    verdict."""
+    p, p_holm, alpha = r.get("p_value"), r.get("p_holm"), r.get("alpha", 0.05)
+    if r.get("verdict") != "inconclusive" or not (_finite(p) and _finite(p_holm) and _finite(alpha)):
+        return ""
+    return (f"<br><small>p {fmt_num(p)}; not after Holm's correction ({fmt_num(p_holm)})</small>"
+            if p < alpha <= p_holm else "")
 
 
 def _short_reason(reason: str) -> str:

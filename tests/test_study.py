@@ -548,6 +548,24 @@ def test_the_first_page_shows_what_an_attack_itself_brought_back(tmp_path):
     assert "the attack" not in html.split("never-forgot</td>")[1].split("</tr>")[0]
 
 
+def test_the_first_page_says_when_only_the_correction_kept_a_verdict_inconclusive():
+    """An interval that excludes 0 beside "inconclusive" reads like a mistake unless the cell says
+    that the test passed before Holm's correction and not after (version 17: p 0.020, Holm 0.255)."""
+    from analysis.study import verdict_matrix
+
+    base = {"regime": "miniature", "objective": "rmu", "target": "halfway", "text": "t", "a": "hybrid",
+            "b": "adam", "verdict": "inconclusive", "reason": "r", "alpha": 0.05}
+    cells = {"corrected-away": {"diff": -0.052, "ci_low": -0.091, "ci_high": -0.014, "p_value": 0.0196,
+                                "p_holm": 0.2546},
+             "contains-zero": {"diff": -0.006, "ci_low": -0.017, "ci_high": 0.004, "p_value": 0.16, "p_holm": 1.0},
+             "passed": {"diff": -0.055, "ci_low": -0.078, "ci_high": -0.032, "p_value": 0.003, "p_holm": 0.027,
+                        "verdict": "reproduced"}}
+    html = verdict_matrix([{"version": 17, "verdicts": [{**base, "claim": c, **v} for c, v in cells.items()]}])
+    row = {c: html.split(f"{c}</td>")[1].split("</tr>")[0] for c in cells}
+    assert "p 0.020; not after Holm's correction (0.255)" in row["corrected-away"]
+    assert "Holm" not in row["contains-zero"] and "Holm" not in row["passed"]
+
+
 def test_the_study_index_puts_the_newest_version_first(tmp_path):
     """The first page's answer table and the version sections run newest first, by number (v11
     before v2), so the latest evidence is not the last column of a wide table."""
