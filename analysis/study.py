@@ -321,7 +321,7 @@ def _holm_note(r: dict) -> str:
     p, p_holm, alpha = r.get("p_value"), r.get("p_holm"), r.get("alpha", 0.05)
     if r.get("verdict") != "inconclusive" or not (_finite(p) and _finite(p_holm) and _finite(alpha)):
         return ""
-    return (f"<br><small>p {fmt_num(p)}; not after Holm's correction ({fmt_num(p_holm)})</small>"
+    return (f"<br><small>p {p:.3g}; not after Holm's correction ({p_holm:.3g})</small>"
             if p < alpha <= p_holm else "")
 
 

@@ -562,7 +562,7 @@ def test_the_first_page_says_when_only_the_correction_kept_a_verdict_inconclusiv
                         "verdict": "reproduced"}}
     html = verdict_matrix([{"version": 17, "verdicts": [{**base, "claim": c, **v} for c, v in cells.items()]}])
     row = {c: html.split(f"{c}</td>")[1].split("</tr>")[0] for c in cells}
-    assert "p 0.020; not after Holm's correction (0.255)" in row["corrected-away"]
+    assert "p 0.0196; not after Holm's correction (0.255)" in row["corrected-away"]
     assert "Holm" not in row["contains-zero"] and "Holm" not in row["passed"]
 
 
