@@ -331,19 +331,26 @@ def _figures_section(df: pd.DataFrame, folder: Path, formats, dpi: int, max_metr
     return "\n".join(out) or "<p>No figure: the records hold no attack curves.</p>"
 
 
+def _only(metrics: Sequence[str] | None) -> str:
+    """What a derived table leaves out when it covers ``metrics`` only (a link's suffix)."""
+    return "" if metrics is None else f" of {', '.join(metrics)}; other metrics: the records"
+
+
 def _recovery_section(df: pd.DataFrame, table: Callable[[pd.DataFrame, str], str], big: str,
-                      inline: bool = True) -> str:
+                      inline: bool = True, metrics: Sequence[str] | None = None) -> str:
     """Recovery pivots per forget metric and split (``inline=False``: the first metric's only; the
-    others are in the CSV)."""
+    others are in the CSV); the per-seed table covers ``metrics`` (None: every forget metric)."""
     rec = recovery_table(df, splits=None)
     rec = rec[rec["metric"].isin(FORGET_METRICS) & rec["split"].str.startswith("forget")] if not rec.empty else rec
     link = table(rec, "recovery" + big)
-    link_seed = table(recovery_per_seed(df, metrics=FORGET_METRICS), "recovery_per_seed" + big)  # as ``rec``
+    per_seed = [m for m in FORGET_METRICS if metrics is None or m in metrics]   # as ``rec``
+    link_seed = table(recovery_per_seed(df, metrics=per_seed), "recovery_per_seed" + big)
     body = ["<p><b>recovery</b> = (attacked − clean) / (attacked original − clean), per seed, then mean "
             "[95% CI]: 0 = nothing came back, 1 = as much as the original keeps under the same attack. "
             "<b>vs gold</b> = (attacked − attacked retain-only) / (attacked original − attacked "
             "retain-only): at or below 0 = no more than a model that never saw the forget data. "
-            f'<a href="{link}">All numbers (CSV)</a> · <a href="{link_seed}">per seed (CSV)</a></p>']
+            f'<a href="{link}">All numbers (CSV)</a> · '
+            f'<a href="{link_seed}">per seed (CSV{esc(_only(metrics))})</a></p>']
     if rec.empty:
         return "\n".join(body + ["<p>No attack on an unlearned model with a clean counterpart in the records.</p>"])
     pairs = _metric_splits(rec)
@@ -376,10 +383,10 @@ def _cards_section(df: pd.DataFrame) -> str:
 
 
 def _tables_section(df: pd.DataFrame, table: Callable[[pd.DataFrame, str], str], big: str,
-                    inline: bool = True) -> str:
-    link = table(summarize(df), "summary" + big)
+                    inline: bool = True, metrics: Sequence[str] | None = None) -> str:
+    link = table(summarize(df if metrics is None else df[df["metric"].isin(metrics)]), "summary" + big)
     blocks = [f'<p>Mean ± 95% CI half-width over seeds per model, attack and setting. '
-              f'<a href="{link}">All numbers with n, sd and CI bounds (CSV)</a></p>']
+              f'<a href="{link}">All numbers with n, sd and CI bounds (CSV{esc(_only(metrics))})</a></p>']
     single, listed = model_rows(df), []
     for (metric, split) in _metric_splits(single):
         pivoted = pivot(single, metric, split)
@@ -406,7 +413,8 @@ def _tables_section(df: pd.DataFrame, table: Callable[[pd.DataFrame, str], str],
 def build_report(df: pd.DataFrame, folder: Path, *, claims: Iterable[Claim] | None = None,
                  title: str = "basin report", formats: Sequence[str] = ("png", "svg"), dpi: int = 110,
                  sources: Sequence[str] = (), bands: Bands = Bands(), compress_records: bool = False,
-                 max_metrics: int = MAX_METRICS_PER_ATTACK, inline_tables: bool = True) -> dict:
+                 max_metrics: int = MAX_METRICS_PER_ATTACK, inline_tables: bool = True,
+                 table_metrics: Sequence[str] | None = None) -> dict:
     """Write the report's files into ``folder`` (which must exist); returns its metadata.
     :func:`write_report` calls this on a temporary folder and renames it into place."""
     (folder / "figures").mkdir()
@@ -420,11 +428,12 @@ def build_report(df: pd.DataFrame, folder: Path, *, claims: Iterable[Claim] | No
     overview = _overview(df) + [f'<a href="{table(df, "records" + big, 9)}">the records this report was built '
                                 "from (CSV)</a>"]
     verdicts = evaluate_claims(df, list(PAPER_CLAIMS if claims is None else claims), bands)
+    recovery = _recovery_section(df, table, big, inline_tables, table_metrics)
     sections = [("verdicts", "Verdicts on the paper's claims", _verdicts_section(verdicts, table)),
                 ("figures", "Figures", _figures_section(df, folder, formats, dpi, max_metrics, files)),
-                ("recovery", "Recovery of forgotten knowledge", _recovery_section(df, table, big, inline_tables)),
+                ("recovery", "Recovery of forgotten knowledge", recovery),
                 ("cards", "Audit cards", _cards_section(df)),
-                ("tables", "Tables", _tables_section(df, table, big, inline_tables))]
+                ("tables", "Tables", _tables_section(df, table, big, inline_tables, table_metrics))]
     sections = [s for s in sections if s[2]]
     nav = [(anchor, heading) for anchor, heading, _ in sections]
     parts = [f'<h2 id="{anchor}">{esc(heading)}</h2>\n{body}' for anchor, heading, body in sections]
@@ -476,7 +485,8 @@ def _check_target(out: Path) -> None:
 def write_report(data, out_dir: str | os.PathLike, *, claims: Iterable[Claim] | None = None,
                  title: str = "basin report", formats: Sequence[str] = ("png", "svg"),
                  dpi: int = 110, bands: Bands = Bands(), compress_records: bool = False,
-                 max_metrics: int = MAX_METRICS_PER_ATTACK, inline_tables: bool = True) -> Path:
+                 max_metrics: int = MAX_METRICS_PER_ATTACK, inline_tables: bool = True,
+                 table_metrics: Sequence[str] | None = None) -> Path:
     """Build the report for ``data`` (a record frame, or sources for
     :func:`analysis.load.load_records`) into ``out_dir`` atomically; returns ``out_dir/index.html``.
 
@@ -484,7 +494,10 @@ def write_report(data, out_dir: str | os.PathLike, *, claims: Iterable[Claim] | 
     ``bands``; ``compress_records`` writes the long tables (records, recovery, per-seed recovery,
     summary) gzipped (``tables/records.csv.gz``, ...); ``inline_tables=False`` lists the per-metric
     tables as links to their CSV files instead of printing them on the page, and prints the
-    recovery of the first forget metric only. The report is written into a
+    recovery of the first forget metric only; ``table_metrics`` limits the two tables derived per
+    seed and group (per-seed recovery, summary) to those metrics (the records keep every metric, so
+    ``analysis.tables.recovery_per_seed`` / ``summarize`` on them give the rest; a committed report
+    stays small). The report is written into a
     temporary sibling folder, then renamed over ``out_dir`` (an older report there is moved aside
     and deleted only after the new one is in place).
     """
@@ -502,7 +515,8 @@ def write_report(data, out_dir: str | os.PathLike, *, claims: Iterable[Claim] | 
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".tmp-{out.name}-"))
     try:
         build_report(df, tmp, claims=claims, title=title, formats=formats, dpi=dpi, sources=sources, bands=bands,
-                     compress_records=compress_records, max_metrics=max_metrics, inline_tables=inline_tables)
+                     compress_records=compress_records, max_metrics=max_metrics, inline_tables=inline_tables,
+                     table_metrics=table_metrics)
         os.chmod(tmp, 0o755)
         _swap_into_place(tmp, out)
     except BaseException:

@@ -895,10 +895,12 @@ CELL_FIGURES = (("tiers", "forgetting and utility per arm, clean and under each 
 
 def _cell_report(df, vdir, cell, claims, title, bands, keys, summary, log) -> None:
     # a committed report: long tables gzipped, robustness curves of the answer probability only
-    # (the other metrics are in the tables), the per-metric tables as CSV links, PNGs at 90 dpi
+    # (the other metrics are in the tables), the per-metric tables as CSV links, the per-seed and
+    # summary tables of the claims' metrics only (the records hold every metric), PNGs at 90 dpi
     # beside the SVGs
     index = write_report(df, vdir / cell, claims=claims, title=title, bands=bands, compress_records=True,
-                         max_metrics=1, dpi=90, inline_tables=False)
+                         max_metrics=1, dpi=90, inline_tables=False,
+                         table_metrics=sorted({c.metric for c in claims}) or None)
     log(f"report: {index}")
     verdicts = pd.read_csv(vdir / cell / "tables" / "verdicts.csv")
     summary["verdicts"] += [{**r, "claim_objective": r.get("objective"), **keys} for r in verdicts.to_dict("records")]

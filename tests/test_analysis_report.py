@@ -296,3 +296,21 @@ def test_saved_figures_are_small_and_reproducible(tmp_path):
     assert svg == (tmp_path / "b" / "fig.svg").read_text()
     with Image.open(tmp_path / "a" / "fig.png") as image:
         assert image.mode == "P"
+
+
+def test_table_metrics_limit_the_derived_tables_not_the_records(tmp_path, frame):
+    small = frame[frame["label"].isin(["adam", "original", "retain-only"])]
+    two = pd.concat([small, small[small["metric"] == "prob"].assign(metric="margin")])
+    full = write_report(two, tmp_path / "full", formats=("png",), inline_tables=False).parent
+    lean = write_report(two, tmp_path / "lean", formats=("png",), inline_tables=False, table_metrics=["prob"]).parent
+    tables = {name: {d: pd.read_csv(d / "tables" / f"{name}.csv") for d in (full, lean)}
+              for name in ("recovery_per_seed", "summary", "records")}
+    assert all({"prob", "margin"} <= set(tables[name][full]["metric"]) for name in ("recovery_per_seed", "summary"))
+    # the lean report's derived tables are the full report's rows of the chosen metric, number for number
+    for name in ("recovery_per_seed", "summary"):
+        want = tables[name][full][tables[name][full]["metric"] == "prob"].reset_index(drop=True)
+        pd.testing.assert_frame_equal(tables[name][lean], want)
+    # the records keep every metric, and the page says where the others are
+    pd.testing.assert_frame_equal(tables["records"][lean], tables["records"][full])
+    page = (lean / "index.html").read_text()
+    assert page.count("of prob; other metrics: the records") == 2

@@ -9,6 +9,7 @@ import json
 import math
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -327,6 +328,10 @@ def test_a_study_runs_resumes_and_reports(tmp_path):
     assert (tmp_path / "report" / "v1" / "study.yaml").read_text() == SMOKE
     tables = tmp_path / "report" / "v1" / "mini-npo-halfway" / "tables"
     assert all((tables / f"{t}.csv.gz").exists() for t in ("records", "recovery", "recovery_per_seed", "summary"))
+    # the derived per-seed and summary tables hold the claims' metrics; the records hold every metric
+    claimed = {v["metric"] for v in summary["verdicts"]}
+    assert set(pd.read_csv(tables / "summary.csv.gz")["metric"]) == claimed
+    assert set(pd.read_csv(tables / "records.csv.gz")["metric"]) > claimed
     # a fresh checkout has the committed report but no runs: the report is rebuilt from its records,
     # with the same verdicts, and the calibration and compute the first report measured
     (tmp_path / "work").rename(tmp_path / "gone")
