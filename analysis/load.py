@@ -469,4 +469,7 @@ def load_frame(path: str | os.PathLike) -> pd.DataFrame:
                          na_values={c: ["", "nan", "NaN"] for c in NUMERIC_COLUMNS})
     else:
         raise BasinError(f"{path}: load a .parquet, .csv or .csv.gz file")
-    return normalise_frame(df)
+    df = normalise_frame(df)
+    if "tier" in df.columns:   # as loading the records did: a study arm (``qadam-2bit``) keeps its tier
+        learn_tiers(zip(df["optimizer"], df["tier"]))
+    return df

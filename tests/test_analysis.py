@@ -15,6 +15,7 @@ from scipy import stats
 from analysis import tables, verdicts
 from analysis.card import audit_card
 from analysis.load import load_frame, load_records, parse_plane, parse_setting_x, save_frame
+from analysis.names import optimizer_tier
 from analysis.synthetic import synthetic_records, write_synthetic_runs
 from analysis.verdicts import Claim, evaluate, welch
 
@@ -102,6 +103,16 @@ def test_frames_round_trip(tmp_path, suffix):
     np.testing.assert_allclose(back["value"], df["value"])
     np.testing.assert_allclose(back["x"], df["x"], equal_nan=True)
     assert back["seed"].dtype == np.int64
+
+
+def test_a_saved_frame_keeps_the_tier_of_each_arm(tmp_path):
+    # an arm whose label names no optimizer sorts in its recorded tier, as the records it came from did
+    df = load_records(synthetic_records(("adam",), (0,), basins=False))
+    df = df.assign(optimizer=df["optimizer"].replace("adam", "adam-arm-x7"), tier="compressed")
+    path = save_frame(df, tmp_path / "records.csv")
+    assert optimizer_tier("adam-arm-x7") == "other"
+    load_frame(path)
+    assert optimizer_tier("adam-arm-x7") == "compressed"
 
 
 # ---------------------------------------------------------------------------------------------
