@@ -337,7 +337,6 @@ def _records_from_dicts(records: Iterable, where: str = "record") -> list[dict]:
 
 
 def _frame_from_records(records: list[dict]) -> pd.DataFrame:
-    learn_tiers((r.get("optimizer"), r.get("tier")) for r in records)
     df = pd.DataFrame.from_records(records) if records else pd.DataFrame(columns=list(COLUMNS))
     return normalise_frame(df)
 
@@ -346,7 +345,8 @@ def normalise_frame(df: pd.DataFrame) -> pd.DataFrame:
     """Give a frame every column of :data:`COLUMNS` with its dtype, derived ``x``/``y``/``label``.
 
     Missing optional text columns become ``""`` (``role`` becomes ``unlearned``); missing numeric
-    ones NaN. ``x`` is kept where given and parsed from ``setting`` elsewhere.
+    ones NaN. ``x`` is kept where given and parsed from ``setting`` elsewhere. A ``tier`` column is
+    taken in (:func:`analysis.names.learn_tiers`), so tables sort each optimizer in its recorded tier.
     """
     df = df.copy()
     for col in REQUIRED:
@@ -375,6 +375,8 @@ def normalise_frame(df: pd.DataFrame) -> pd.DataFrame:
         df.loc[plane, "x"] = df.loc[plane, "x"].where(df.loc[plane, "x"].notna(), [p[0] for p in xy])
         df.loc[plane, "y"] = df.loc[plane, "y"].where(df.loc[plane, "y"].notna(), [p[1] for p in xy])
     df["label"] = [series_label(r, o, m) for r, o, m in zip(df["role"], df["optimizer"], df["model"])]
+    if "tier" in df.columns:   # the tier each optimizer's records carry (a study arm such as ``qadam-2bit``)
+        learn_tiers(zip(df["optimizer"], df["tier"]))
     extra = [c for c in df.columns if c not in COLUMNS]
     return df[list(COLUMNS) + extra].reset_index(drop=True)
 
@@ -469,7 +471,4 @@ def load_frame(path: str | os.PathLike) -> pd.DataFrame:
                          na_values={c: ["", "nan", "NaN"] for c in NUMERIC_COLUMNS})
     else:
         raise BasinError(f"{path}: load a .parquet, .csv or .csv.gz file")
-    df = normalise_frame(df)
-    if "tier" in df.columns:   # as loading the records did: a study arm (``qadam-2bit``) keeps its tier
-        learn_tiers(zip(df["optimizer"], df["tier"]))
-    return df
+    return normalise_frame(df)
