@@ -27,10 +27,11 @@ import matplotlib as mpl
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 
 from analysis.load import load_records
 from analysis.names import learn_tiers, optimizer_tier
-from analysis.report import CSS, esc, fmt_num, html_table
+from analysis.report import CSS, esc, fmt_num, html_table, save_figure
 from analysis.tables import latest_step, model_rows, recovery_per_seed
 from analysis.verdicts import Claim
 from unlearn.cache import write_text_atomic
@@ -235,6 +236,78 @@ def plot_regime_map(table: pd.DataFrame, title: str = "", gold_distance: float =
 
 # ----------------------------------------------------------------------------- the landing page
 
+GAP_QUANTITIES = ("recovery_gold", "brought_back")   # both in fractions of the clean original-gold gap
+VERDICT_COLOURS = {"reproduced": "#2a8a2a", "not reproduced": "#b22222", "inconclusive": "#8c8c8c"}
+FOREST_ATTACKS = {"relearn": "relearning", "quantize": "4-bit quantization"}
+
+
+def forest_rows(versions: list[dict], attack: str) -> pd.DataFrame:
+    """The rows of :func:`plot_claim_forest`: every claim judged under ``attack`` on a quantity in
+    fractions of the gap (:data:`GAP_QUANTITIES`) with a finite interval, one row per (claim, cell),
+    in the order of ``versions``; ``where`` names the cell (version, regime, objective, target)."""
+    rows = [{**r, "where": f"v{v['version']}: {r['regime']} / {r['objective']} / {r['target']}"}
+            for v in versions for r in v.get("verdicts", [])
+            if r.get("attack") == attack and r.get("quantity") in GAP_QUANTITIES
+            and all(_finite(r.get(k)) for k in ("diff", "ci_low", "ci_high"))]
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["claim", "where", "verdict", "diff", "ci_low", "ci_high"])
+
+
+def plot_claim_forest(rows: pd.DataFrame, title: str = "") -> Figure:
+    """A forest plot of claims across cells: per claim (a bold line), one line per cell where it was
+    judged, A − B (or one arm's quantity less the claim's threshold) with its 95% CI, coloured by the
+    verdict; 0 is where the claim's direction flips. Every quantity shown is in fractions of the
+    clean original-gold gap, so the lines share one axis. The verdict also needs the conditions of
+    a sound comparison and Holm's correction, so a grey interval may exclude 0."""
+    claims = list(dict.fromkeys(rows["claim"]))
+    labels, y = [], 0
+    positions = {}
+    for claim in claims:
+        labels.append((y, claim, True))
+        y += 1
+        for i in rows.index[rows["claim"] == claim]:
+            positions[i] = y
+            labels.append((y, rows.at[i, "where"], False))
+            y += 1
+    with mpl.rc_context({"font.size": 8}):
+        fig = Figure(figsize=(8.5, 1.0 + 0.15 * max(y, 1)), layout="constrained")
+        ax = fig.subplots()
+        ax.axvline(0.0, color="black", linewidth=0.8)
+        for i, pos in positions.items():
+            colour = VERDICT_COLOURS.get(str(rows.at[i, "verdict"]), "#8c8c8c")
+            ax.plot([rows.at[i, "ci_low"], rows.at[i, "ci_high"]], [pos, pos], color=colour, linewidth=1.6)
+            ax.plot(rows.at[i, "diff"], pos, "o", color=colour, markersize=3.5)
+        ax.set_yticks([p for p, _, _ in labels], [text for _, text, _ in labels])
+        for tick, (_, _, header) in zip(ax.get_yticklabels(), labels):
+            tick.set_fontweight("bold" if header else "normal")
+        ax.set_ylim(y - 0.5, -0.7)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_xlabel("A − B, or one arm less the claim's threshold (fraction of the clean original-gold gap)")
+        handles = [Line2D([], [], color=c, marker="o", markersize=3.5, label=v)
+                   for v, c in VERDICT_COLOURS.items()]
+        fig.legend(handles=handles, loc="outside upper right", ncols=len(handles), fontsize=7, frameon=False)
+        if title:
+            fig.suptitle(title, x=0.02, ha="left")
+    return fig
+
+
+def write_forests(out: Path, versions: list[dict], dpi: int = 90) -> list[dict]:
+    """``out/figures/claims-<attack>.{png,svg}`` per attack of :data:`FOREST_ATTACKS` with a judged
+    claim; returns their entries for the first page (png, svg, caption)."""
+    folder = out / "figures"
+    entries = []
+    for attack, words in FOREST_ATTACKS.items():
+        rows = forest_rows(versions, attack)
+        if rows.empty:
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        caption = (f"Every claim judged under {words}, in every cell: the difference and its 95% CI, "
+                   "newest version first, coloured by the verdict")
+        fig = plot_claim_forest(rows, f"Claims under {words}")
+        png, svg = save_figure(fig, folder, f"claims-{attack}", dpi=dpi)
+        entries.append({"png": f"figures/{png}", "svg": f"figures/{svg}", "href": f"figures/{svg}", "caption": caption})
+    return entries
+
+
 VERDICT_COLUMNS = ("regime", "objective", "target", "claim", "verdict", "diff", "ci_low", "ci_high", "p_value",
                    "p_holm", "test", "n_a", "n_b", "mean_a", "mean_b", "reason")
 
@@ -301,7 +374,7 @@ def verdict_matrix(versions: list[dict]) -> str:
                        f"<br><small>{esc(detail)}</small>{_holm_note(r)}{own}</td>")
         text = next(r["text"] for r in rows if r["claim"] == claim)
         body.append(f'<tr><td title="{esc(text)}">{esc(claim)}</td>{"".join(tds)}</tr>')
-    return ("<h2>The answer so far</h2><p>Every claim in every cell judged so far: the verdict and A − B "
+    return ("<p>Every claim in every cell judged so far: the verdict and A − B "
             "[95% CI] (the quantity, test and n are in the tables below; hover for the full reason). "
             "Inconclusive without an interval means a condition of a sound comparison failed. "
             "recovery_gold places the attacked model between the attacked gold model (0) and the attacked "
@@ -343,7 +416,9 @@ def write_index(out: Path, versions: list[dict]) -> Path:
     calibration table, the figures and links; newest version first, in the answer's columns too
     (the latest evidence is the first a reader sees, not the last column of a wide table)."""
     newest = sorted(versions, key=_version_number, reverse=True)
-    parts = [verdict_matrix(newest)]
+    parts = ["<h2>The answer so far</h2>"]
+    parts += [_figure_html(fig) for fig in write_forests(out, newest)]
+    parts.append(verdict_matrix(newest))
     for v in newest:
         folder = v["folder"]
         rows = pd.DataFrame(v["verdicts"]) if v["verdicts"] else pd.DataFrame(columns=VERDICT_COLUMNS + ("text",))
@@ -374,9 +449,7 @@ def write_index(out: Path, versions: list[dict]) -> Path:
                          "not train on (the split the relearning claims are judged on), show where it landed "
                          "there.</p>"
                          + html_table(cal[first + [c for c in cal.columns if c not in first]]))
-        for fig in v.get("figures", []):
-            parts.append(f'<figure><a href="{esc(fig["href"])}"><img src="{esc(fig["png"])}" alt="{esc(fig["caption"])}">'
-                         f'</a><figcaption>{esc(fig["caption"])} (<a href="{esc(fig["svg"])}">SVG</a>)</figcaption></figure>')
+        parts += [_figure_html(fig) for fig in v.get("figures", [])]
         if any(any(isinstance(x, float) and x > 0 for x in c.values()) for c in v.get("compute", [])):
             parts.append("<h3>Compute</h3><p>Minutes of wall time each stage's manifests recorded (one "
                          "process each; two ran side by side on 2 CPU cores).</p>" + html_table(pd.DataFrame(v["compute"])))
@@ -391,6 +464,11 @@ def write_index(out: Path, versions: list[dict]) -> Path:
     path = out / "index.html"
     write_text_atomic(path, page)
     return path
+
+
+def _figure_html(fig: dict) -> str:
+    return (f'<figure><a href="{esc(fig["href"])}"><img src="{esc(fig["png"])}" alt="{esc(fig["caption"])}">'
+            f'</a><figcaption>{esc(fig["caption"])} (<a href="{esc(fig["svg"])}">SVG</a>)</figcaption></figure>')
 
 
 def read_summaries(out: Path) -> list[dict]:

@@ -611,3 +611,46 @@ def test_versions_are_read_in_version_order_not_name_order(tmp_path):
         (tmp_path / f"v{version}").mkdir()
         (tmp_path / f"v{version}" / "summary.json").write_text(json.dumps({"version": version, "verdicts": []}))
     assert [s["version"] for s in read_summaries(tmp_path)] == [2, 9, 11]
+
+
+def _verdict(claim, attack, quantity, diff, low, high, verdict="inconclusive", regime="mini"):
+    return {"regime": regime, "objective": "npo", "target": "gold", "claim": claim, "attack": attack,
+            "quantity": quantity, "verdict": verdict, "diff": diff, "ci_low": low, "ci_high": high,
+            "reason": "r", "text": "t", "n_a": 5, "n_b": 5, "test": "Welch t", "p_value": 0.01, "p_holm": 0.02}
+
+
+def test_the_first_page_draws_every_gap_claim_as_a_forest_plot(tmp_path):
+    """The first page opens with one forest plot per attack: a line per (claim, cell) judged on a
+    quantity in fractions of the gap with a finite interval (barriers, raw values and failed
+    conditions left out), grouped by claim, newest version first, at the verdict's numbers."""
+    from analysis.study import forest_rows, plot_claim_forest, write_index
+
+    nan = float("nan")
+    versions = [
+        {"version": 2, "folder": "v2", "name": "tiers", "question": "q", "status": "", "verdicts": [
+            _verdict("signadam-vs-adam-relearn", "relearn", "recovery_gold", -0.05, -0.08, -0.02, "reproduced"),
+            _verdict("hybrid-vs-adam-relearn", "relearn", "recovery_gold", nan, nan, nan),        # a condition failed
+            _verdict("signadam-basin-connected", "interpolate", "barrier", 0.1, 0.0, 0.2),        # not in gap units
+            _verdict("adam-undone-by-quantize", "quantize", "brought_back", 0.01, -0.01, 0.03)]},
+        {"version": 11, "folder": "v11", "name": "tiers", "question": "q", "status": "", "verdicts": [
+            _verdict("signadam-vs-adam-relearn", "relearn", "recovery_gold", -0.03, -0.04, -0.01, "reproduced"),
+            _verdict("adam-undone-by-relearn", "relearn", "brought_back", 0.4, 0.3, 0.5, "reproduced")]}]
+    newest = versions[::-1]
+    rows = forest_rows(newest, "relearn")
+    assert list(zip(rows["claim"], rows["where"])) == [
+        ("signadam-vs-adam-relearn", "v11: mini / npo / gold"), ("adam-undone-by-relearn", "v11: mini / npo / gold"),
+        ("signadam-vs-adam-relearn", "v2: mini / npo / gold")]
+    assert forest_rows(newest, "interpolate").empty and len(forest_rows(newest, "quantize")) == 1
+
+    ax = plot_claim_forest(rows).axes[0]
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels == ["signadam-vs-adam-relearn", "v11: mini / npo / gold", "v2: mini / npo / gold",
+                      "adam-undone-by-relearn", "v11: mini / npo / gold"]
+    drawn = [(tuple(line.get_xdata()), line.get_ydata()[0]) for line in ax.lines if len(line.get_xdata()) == 2
+             and line.get_ydata()[0] == line.get_ydata()[1]]
+    assert drawn == [((-0.04, -0.01), 1), ((-0.08, -0.02), 2), ((0.3, 0.5), 4)]
+
+    html = write_index(tmp_path, versions).read_text()
+    assert (tmp_path / "figures" / "claims-relearn.png").exists() and (tmp_path / "figures" / "claims-relearn.svg").exists()
+    assert not (tmp_path / "figures" / "claims-interpolate.png").exists()
+    assert html.index("The answer so far") < html.index("figures/claims-relearn.png") < html.index("<th>claim</th>")
