@@ -10,8 +10,11 @@
   unlearning changed, whether the quantized original keeps the facts (the ceiling), and how much
   4-bit quantization brings back (Zhang et al. 2025, arXiv 2410.16454: knowledge returns when
   unlearning changed few codes).
-- :func:`write_index`: ``OUT/index.html``, the first page a reader sees: every claim's verdict in
-  every cell, with its numbers, the test and n, then the figures, linking each cell's full report.
+- :func:`plot_claim_forest`: every claim judged under one attack, in every cell, as a forest plot
+  (the difference and its 95% CI, coloured by the verdict), the first page's opening figures.
+- :func:`write_index`: ``OUT/index.html``, the first page a reader sees: the forest plots, every
+  claim's verdict in every cell, with its numbers, the test and n, then the figures, linking each
+  cell's full report.
 """
 
 from __future__ import annotations
@@ -297,7 +300,9 @@ def write_forests(out: Path, versions: list[dict], dpi: int = 90) -> list[dict]:
     entries = []
     for attack, words in FOREST_ATTACKS.items():
         rows = forest_rows(versions, attack)
-        if rows.empty:
+        if rows.empty:   # nothing judged under it: no figure, and none left from an earlier page
+            for ext in ("png", "svg"):
+                (folder / f"claims-{attack}.{ext}").unlink(missing_ok=True)
             continue
         folder.mkdir(parents=True, exist_ok=True)
         caption = (f"Every claim judged under {words}, in every cell: the difference and its 95% CI, "

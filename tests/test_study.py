@@ -654,3 +654,8 @@ def test_the_first_page_draws_every_gap_claim_as_a_forest_plot(tmp_path):
     assert (tmp_path / "figures" / "claims-relearn.png").exists() and (tmp_path / "figures" / "claims-relearn.svg").exists()
     assert not (tmp_path / "figures" / "claims-interpolate.png").exists()
     assert html.index("The answer so far") < html.index("figures/claims-relearn.png") < html.index("<th>claim</th>")
+    # rebuilt without any 4-bit claim: its figure goes too, rather than staying beside a page that no longer shows it
+    assert (tmp_path / "figures" / "claims-quantize.png").exists()
+    versions[0]["verdicts"] = versions[0]["verdicts"][:1]
+    html = write_index(tmp_path, versions).read_text()
+    assert not (tmp_path / "figures" / "claims-quantize.png").exists() and "claims-quantize" not in html
