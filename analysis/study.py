@@ -244,13 +244,18 @@ VERDICT_COLOURS = {"reproduced": "#2a8a2a", "not reproduced": "#b22222", "inconc
 FOREST_ATTACKS = {"relearn": "relearning", "quantize": "4-bit quantization"}
 
 
+def judged(versions: list[dict]) -> list[dict]:
+    """Every verdict of every version, in order, with ``where``: the cell it was judged in
+    (``v11: miniature / rmu / gold``), as the first page's table and forest plots name it."""
+    return [{**r, "where": f"v{v['version']}: {r['regime']} / {r['objective']} / {r['target']}"}
+            for v in versions for r in v.get("verdicts", [])]
+
+
 def forest_rows(versions: list[dict], attack: str) -> pd.DataFrame:
     """The rows of :func:`plot_claim_forest`: every claim judged under ``attack`` on a quantity in
     fractions of the gap (:data:`GAP_QUANTITIES`) with a finite interval, one row per (claim, cell),
     in the order of ``versions``; ``where`` names the cell (version, regime, objective, target)."""
-    rows = [{**r, "where": f"v{v['version']}: {r['regime']} / {r['objective']} / {r['target']}"}
-            for v in versions for r in v.get("verdicts", [])
-            if r.get("attack") == attack and r.get("quantity") in GAP_QUANTITIES
+    rows = [r for r in judged(versions) if r.get("attack") == attack and r.get("quantity") in GAP_QUANTITIES
             and all(_finite(r.get(k)) for k in ("diff", "ci_low", "ci_high"))]
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=["claim", "where", "verdict", "diff", "ci_low", "ci_high"])
 
@@ -348,8 +353,7 @@ def verdict_matrix(versions: list[dict]) -> str:
     """HTML: the answer first, one row per claim and one column per judged cell (version, regime,
     objective, target), columns in the order of ``versions``: the verdict and A - B (or the failed
     condition, shortened)."""
-    rows = [{**r, "where": f"v{v['version']}: {r['regime']} / {r['objective']} / {r['target']}"}
-            for v in versions for r in v.get("verdicts", [])]
+    rows = judged(versions)
     if not rows:
         return "<p>No claim has been tested yet.</p>"
     cells = list(dict.fromkeys(r["where"] for r in rows))
