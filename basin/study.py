@@ -30,7 +30,8 @@ Regime kinds (:data:`REGIME_KINDS`):
      relearning claims, judged there, compare runs matched there; ``seed_references: [relearn]``
      has every seed's audit score the original and gold models on its own relearning subset;
   4. controls, which are not calibrated but copy an arm's setting: ``like: ARM`` takes the arm's
-     lr, steps and options; ``noise_of: ARM`` (for ``adam-noise``) sets ``noise_std`` so that the
+     lr, steps and options; ``lr_factor: k`` runs it at k x that lr (with ``stop_budget`` each run
+     still stops at the target, so a higher lr is compared at matched forgetting); ``noise_of: ARM`` (for ``adam-noise``) sets ``noise_std`` so that the
      added noise moves the weights as far per step as ARM's zeroth-order steps did in the run of
      the same seed: noise_std = rms_ZO x lr_ZO / lr (:func:`matched_noise_std`);
   5. paths: interpolation from the ``paths.from`` arm to each ``paths.to`` arm, same seed;
@@ -94,7 +95,8 @@ GIVEN = ("original", "gold")   # model: {original, gold}: third-party models, no
 ARM_KEYS = {"optimizer": "optimizer name", "optimizer_args": "its options", "start": "the calibration's first lr"}
 CONTROL_KEYS = {"optimizer": "optimizer name", "like": "the arm whose setting it copies",
                 "noise_of": "the arm whose zeroth-order step size the noise matches",
-                "optimizer_args": "extra options"}
+                "optimizer_args": "extra options",
+                "lr_factor": "k: the control runs at k x its like arm's lr"}
 STOP_SPLITS = {"forget": "every forget row",
                "forget_unseen": "the forget rows the run's relearning attack does not train on"}
 CALIBRATION_KEYS = {"metric", "targets", "tolerance", "seeds", "max_probes", "max_retain", "factor", "method",
@@ -174,6 +176,10 @@ class TiersRegime:
                 if key in control:
                     lookup(self.arms, control[key], f"{key} of control {label!r}")
             require("like" in control, f"control {label!r} needs like: ARM (the arm whose setting it copies)")
+            factor = control.get("lr_factor", 1.0)
+            require(isinstance(factor, (int, float)) and not isinstance(factor, bool) and factor > 0,
+                    f"lr_factor of control {label!r} must be a positive number (the multiple of its like arm's lr),"
+                    f" got {factor!r}")
         for key in self.calibration:
             lookup({k: k for k in CALIBRATION_KEYS}, key, "calibration field")
         require(self.calibration.get("targets"), "calibration.targets must list at least one target (gold, halfway, ...)")
@@ -439,7 +445,8 @@ def settings_of(calibrations: dict, regime: TiersRegime, objective: str, target:
 
 
 def control_setting(regime: TiersRegime, label: str, settings: dict, noise_std: float | None = None) -> dict:
-    """A control's setting: its ``like`` arm's lr and steps, the options its optimizer accepts."""
+    """A control's setting: its ``like`` arm's lr (times ``lr_factor``) and steps, the options its
+    optimizer accepts."""
     control = regime.controls[label]
     base = settings[control["like"]]
     accepted = _options(control["optimizer"])
@@ -447,7 +454,7 @@ def control_setting(regime: TiersRegime, label: str, settings: dict, noise_std: 
     args.update(control.get("optimizer_args", {}))
     if "noise_of" in control:
         args["noise_std"] = 1.0 if noise_std is None else noise_std
-    return {**base, "optimizer_args": args, "control": True}
+    return {**base, "lr": base["lr"] * control.get("lr_factor", 1.0), "optimizer_args": args, "control": True}
 
 
 def stop_run(setting: dict, budget: float, eval_every: int) -> dict:

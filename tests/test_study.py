@@ -80,6 +80,8 @@ def _small() -> dict:
     (lambda d: d.update(colour="red"), "unknown study field"),
     (lambda d: d.update(bands={"target": 0.5}), "set per cell"),
     (lambda d: d.update(bands={"stopped": True}), "set per cell"),
+    (lambda d: d["regimes"]["miniature"]["controls"]["adam-noise"].update(lr_factor=0), "lr_factor of control"),
+    (lambda d: d["regimes"]["miniature"]["controls"]["adam-noise"].update(lr_factor="3"), "lr_factor of control"),
 ])
 def test_bad_study_files_are_refused(edit, message):
     data = copy.deepcopy(_small())
@@ -107,6 +109,11 @@ def test_a_control_copies_its_arm_and_keeps_only_the_options_its_optimizer_takes
     assert randsign["optimizer_args"] == {"n_fo": 10, "n_zo": 10, "zo_lr_scale": 0.1}
     noise = control_setting(regime, "adam-noise", settings, noise_std=0.25)
     assert noise["lr"] == 1e-3 and noise["optimizer_args"] == {"noise_std": 0.25}
+    # lr_factor: the arm's setting at k x its lr, nothing else changed (the arm's own is untouched)
+    regime.controls["adam-fast"] = {"optimizer": "adam", "like": "adam", "lr_factor": 3}
+    fast = control_setting(regime, "adam-fast", settings)
+    assert fast["lr"] == pytest.approx(3e-3) and fast["steps"] == 60 and fast["optimizer_args"] == {}
+    assert settings["adam"]["lr"] == 1e-3
 
 
 def test_matched_noise_std_equates_the_step_norms(tmp_path):
