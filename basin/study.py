@@ -71,7 +71,7 @@ from audit.attacks import ATTACKS
 from audit.metrics import METRICS, evaluate
 from audit.runner import AuditConfig, audit_plane
 from basin.calibrate import CalibrationConfig, calibrate, load_calibration, make_target, seed_spread
-from basin.sweep import ENGINES, Job
+from basin.sweep import Job, engine_of
 from unlearn.cache import check_writable, write_json_atomic, write_text_atomic
 from unlearn.build import BuildConfig, build, finetune_fit, model_dir, retain_split
 from unlearn.data.benchmarks import load_benchmark
@@ -246,7 +246,7 @@ def _check_common(regime) -> None:
             "benchmark_args must be a mapping of the benchmark's options")
     require(isinstance(regime.seeds, list) and regime.seeds and all(isinstance(s, int) for s in regime.seeds),
             "seeds must be a list of integers")
-    lookup(ENGINES, regime.engine, "sweep engine")
+    engine_of(regime.engine, regime.engine_args)
     attacks = regime.audit.get("attacks", {})
     require(isinstance(attacks, dict) and attacks, "audit.attacks must map attack names to their options")
     for name in attacks:
@@ -587,7 +587,7 @@ def run_tiers(regime: TiersRegime, folder: Path, cache_dir=None, progress: bool 
         log(f"calibration {objective} / {target} / {label}")
         calibrate(config, progress=progress, log=log)
         save_settings({cell: cell_settings(plan, *cell) for cell in plan.cells()})  # as each arm lands
-    engine = lookup(ENGINES, regime.engine, "sweep engine")
+    engine = engine_of(regime.engine, regime.engine_args)
     run = lambda jobs: engine(jobs, progress=progress, **regime.engine_args) if jobs else []  # noqa: E731
     cells = save_settings({cell: cell_settings(plan, *cell) for cell in plan.cells()})   # now calibrated
     referenced: set = set()   # model pairs whose references one audit scores under every attack
@@ -665,11 +665,20 @@ def run_map(regime: MapRegime, folder: Path, cache_dir=None, progress: bool = Tr
     jobs = map_jobs(regime, folder, cache_dir)
     build_models(regime, cache_dir, progress=progress, log=log)
     log(f"quantization map: {len(jobs)} runs, each audited")
-    lookup(ENGINES, regime.engine, "sweep engine")(jobs, progress=progress, **regime.engine_args)
+    engine_of(regime.engine, regime.engine_args)(jobs, progress=progress, **regime.engine_args)
     return {"jobs": len(jobs)}
 
 
 # ----------------------------------------------------------------------------- the study
+
+def override_engine(config: StudyConfig, engine: str) -> None:
+    """Run every regime on ``engine`` (``basin study --engine``); a regime's ``engine_args`` stay
+    only where its engine already was ``engine`` (``num_cpus`` is Ray's, the local engine takes none)."""
+    engine_of(engine, {})
+    for regime in config.regimes.values():
+        if regime.engine != engine:
+            regime.engine, regime.engine_args = engine, {}
+
 
 def check_study(config: StudyConfig, regimes=None, cache_dir=None) -> list[str]:
     """The regimes to run (all by default), every calibration and job planned and checked."""

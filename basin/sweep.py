@@ -69,7 +69,6 @@ class SweepConfig:
 
     def __post_init__(self):
         """Types and names of every field (what they hold is checked job by job: :func:`check_sweep`)."""
-        engine = lookup(ENGINES, self.engine, "sweep engine")
         require(isinstance(self.out, str) and self.out, f"out must be a folder name, got {self.out!r}")
         for name in ("unlearn", "recipes", "engine_args"):
             require(isinstance(getattr(self, name), dict), f"{name} must be a mapping, got {getattr(self, name)!r}")
@@ -85,11 +84,7 @@ class SweepConfig:
         for name, recipe in self.recipes.items():
             lookup(OPTIMIZERS, name, "optimizer in recipes")
             require(isinstance(recipe, dict), f"recipes[{name!r}] must map UnlearnConfig fields to values")
-        accepted = inspect.signature(engine).parameters
-        if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
-            options = {k: k for k in accepted if k not in ("jobs", "progress")}
-            for key in self.engine_args:
-                lookup(options, key, f"option of the {self.engine} engine")
+        engine_of(self.engine, self.engine_args)
 
     @classmethod
     def from_yaml(cls, path) -> "SweepConfig":
@@ -231,6 +226,19 @@ def run_ray(jobs: list[Job], progress: bool = True, address: str | None = None, 
 ENGINES = {"local": run_local, "ray": run_ray}
 
 
+def engine_of(name: str, args: dict):
+    """The engine ``name`` (did-you-mean on a typo), its options ``args`` checked against what it
+    takes (``local`` takes none, ``ray`` passes unknown ones on to ``ray.init``)."""
+    engine = lookup(ENGINES, name, "sweep engine")
+    require(isinstance(args, dict), f"engine_args must be a mapping, got {args!r}")
+    accepted = inspect.signature(engine).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        options = {k: k for k in accepted if k not in ("jobs", "progress")}
+        for key in args:
+            lookup(options, key, f"option of the {name} engine")
+    return engine
+
+
 def _prepare_models(jobs: list[Job]) -> None:
     """Build the embedded world's models once, here, before workers need them (two workers would
     otherwise train the same cached model side by side)."""
@@ -245,8 +253,7 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> list[dict]:
     check_sweep(config, jobs)
     _prepare_models(jobs)
     Path(config.out).mkdir(parents=True, exist_ok=True)
-    engine = lookup(ENGINES, config.engine, "sweep engine")
-    return engine(jobs, progress=progress, **config.engine_args)
+    return engine_of(config.engine, config.engine_args)(jobs, progress=progress, **config.engine_args)
 
 
 def sweep_sources(config: SweepConfig) -> list[Path]:

@@ -176,6 +176,9 @@ CASES = [
     ("study-misspelt-claim", ["study", "{tmp}/s.yaml"], {"s.yaml": STUDY.replace("hybrid-vs-adam-relearn", "hybrid-vs-adam-relern")}),
     ("study-work-is-a-file", ["study", "{tmp}/s.yaml", "--work", "{file}"], {"s.yaml": STUDY}),
     ("study-out-is-a-file", ["study", "{tmp}/s.yaml", "--out", "{file}"], {"s.yaml": STUDY}),
+    ("study-local-engine-option", ["study", "{tmp}/s.yaml"],
+     {"s.yaml": STUDY.replace("    audit:", "    engine_args: {num_cpus: 1}\n    audit:")}),
+    ("study-misspelt-engine", ["study", "{tmp}/s.yaml", "--engine", "rya"], {"s.yaml": STUDY}),
     # basin demo
     ("demo-zero-seeds", ["demo", "--seeds", "0", "--out", "{tmp}/demo"], {}),
     ("demo-float16", ["demo", "--dtype", "float16", "--out", "{tmp}/demo"], {}),

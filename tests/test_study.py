@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from analysis.verdicts import PAPER_CLAIMS
-from basin.study import (StudyConfig, TiersRegime, check_study, control_setting, matched_noise_std,
+from basin.study import (StudyConfig, TiersRegime, check_study, control_setting, matched_noise_std, override_engine,
                          model_seeds, plan_tiers)
 from unlearn.errors import BasinError
 
@@ -96,6 +96,24 @@ def _dump(data) -> str:
     yaml.safe_dump(data, f)
     f.close()
     return f.name
+
+
+def test_engine_override_keeps_a_regimes_engine_options_only_for_its_own_engine():
+    # a file written for Ray (num_cpus per job) runs with --engine local: Ray's options are dropped,
+    # where before the local engine failed on num_cpus after the calibration had run
+    data = copy.deepcopy(_small())
+    data["regimes"]["miniature"].update(engine="ray", engine_args={"num_cpus": 1})
+    config = StudyConfig(**data)
+    override_engine(config, "ray")
+    assert config.regimes["miniature"].engine_args == {"num_cpus": 1}
+    override_engine(config, "local")
+    regime = config.regimes["miniature"]
+    assert (regime.engine, regime.engine_args) == ("local", {})
+    with pytest.raises(BasinError, match="unknown sweep engine 'rya'"):
+        override_engine(config, "rya")
+    data["regimes"]["miniature"].update(engine="local")
+    with pytest.raises(BasinError, match="num_cpus.*option of the local engine|option of the local engine"):
+        StudyConfig(**data)
 
 
 def test_a_control_copies_its_arm_and_keeps_only_the_options_its_optimizer_takes(tmp_path):
@@ -184,6 +202,7 @@ def test_stop_split_unseen_stops_each_run_on_the_rows_its_relearning_attack_leav
     (from the original's and gold model's per-row probabilities); seed_references: every seed's
     first audit scores the references under those attacks (the first pair's, under all)."""
     import basin.study as study
+    import basin.sweep as sweep
     from audit.attacks.relearn import relearn_subset
     from basin.calibrate import CALIBRATION_FILE, KIND
 
@@ -224,7 +243,7 @@ def test_stop_split_unseen_stops_each_run_on_the_rows_its_relearning_attack_leav
     jobs = []
     monkeypatch.setattr(study, "build_models", lambda *a, **k: None)
     monkeypatch.setattr(study, "calibrate", fake_calibrate)
-    monkeypatch.setitem(study.ENGINES, "local", lambda batch, **_: jobs.extend(batch) or [])
+    monkeypatch.setitem(sweep.ENGINES, "local", lambda batch, **_: jobs.extend(batch) or [])
     study.run_study(config, progress=False, log=lambda *_: None)
     refs = {(j.name.split("/")[0], j.name.split("/")[1]): j.audit["score_references"] for j in jobs}
     assert refs[("npo-gold", "adam-s0")] is True and refs[("npo-gold", "adam-s1")] == ("relearn",)

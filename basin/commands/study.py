@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from basin.study import StudyConfig, check_study, run_study, write_study
+from basin.study import StudyConfig, check_study, override_engine, run_study, write_study
 
 
 def register(sub) -> None:
@@ -16,7 +16,8 @@ def register(sub) -> None:
     p.add_argument("--regime", action="append", help="run only this regime (repeat for several; default: all)")
     p.add_argument("--objective", action="append",
                    help="tiers regimes: run only this objective (two processes can split a regime this way)")
-    p.add_argument("--engine", help="override every regime's sweep engine: local or ray")
+    p.add_argument("--engine", help="override every regime's sweep engine: local or ray (a regime's "
+                   "engine_args are kept only where its engine is the one given)")
     p.add_argument("--out", help="report folder (overrides the file's out)")
     p.add_argument("--work", help="folder for runs, calibrations and audits (overrides the file's work)")
     p.add_argument("--report-only", action="store_true", help="write the report from what has run; run nothing")
@@ -29,8 +30,7 @@ def run(args: argparse.Namespace) -> int:
     config = StudyConfig.from_yaml(args.file)
     config = dataclasses.replace(config, **{k: getattr(args, k) for k in ("out", "work") if getattr(args, k)})
     if args.engine:
-        for regime in config.regimes.values():
-            regime.engine = args.engine
+        override_engine(config, args.engine)
     check_study(config, regimes=args.regime)   # everything is refused before anything runs or is written
     if not args.report_only:
         run_study(config, regimes=args.regime, objectives=args.objective, progress=not args.quiet)
