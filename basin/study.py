@@ -71,7 +71,7 @@ from audit.attacks import ATTACKS
 from audit.metrics import METRICS, evaluate
 from audit.runner import AuditConfig, audit_plane
 from basin.calibrate import CalibrationConfig, calibrate, load_calibration, make_target, seed_spread
-from basin.sweep import Job, engine_of
+from basin.sweep import Job, engine_of, switch_engine
 from unlearn.cache import check_writable, write_json_atomic, write_text_atomic
 from unlearn.build import BuildConfig, build, finetune_fit, model_dir, retain_split
 from unlearn.data.benchmarks import load_benchmark
@@ -674,10 +674,8 @@ def run_map(regime: MapRegime, folder: Path, cache_dir=None, progress: bool = Tr
 def override_engine(config: StudyConfig, engine: str) -> None:
     """Run every regime on ``engine`` (``basin study --engine``); a regime's ``engine_args`` stay
     only where its engine already was ``engine`` (``num_cpus`` is Ray's, the local engine takes none)."""
-    engine_of(engine, {})
     for regime in config.regimes.values():
-        if regime.engine != engine:
-            regime.engine, regime.engine_args = engine, {}
+        regime.engine, regime.engine_args = switch_engine(regime.engine, regime.engine_args, engine)
 
 
 def check_study(config: StudyConfig, regimes=None, cache_dir=None) -> list[str]:

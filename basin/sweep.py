@@ -239,6 +239,13 @@ def engine_of(name: str, args: dict):
     return engine
 
 
+def switch_engine(engine: str, args: dict, new: str) -> tuple[str, dict]:
+    """``--engine NEW`` over a file's ``engine`` and ``engine_args``: the options stay only where the
+    engine does (``num_cpus`` is Ray's; the local engine takes none)."""
+    engine_of(new, {})
+    return new, (dict(args) if new == engine else {})
+
+
 def _prepare_models(jobs: list[Job]) -> None:
     """Build the embedded world's models once, here, before workers need them (two workers would
     otherwise train the same cached model side by side)."""

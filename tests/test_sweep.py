@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from analysis.load import load_records
-from basin.sweep import SweepConfig, job_name, plan_jobs, run_sweep, sweep_sources
+from basin.sweep import SweepConfig, job_name, plan_jobs, run_sweep, sweep_sources, switch_engine
 from conftest import MICRO_WORLD
 from basin.cli import main
 from unlearn.errors import BasinError
@@ -56,6 +56,16 @@ def test_plan_names_recipes_and_errors(start_model, tmp_path):
     with pytest.raises(BasinError, match="did you mean 'adam'"):
         plan_jobs(_spec(start_model, tmp_path, grid={"optimizer": ["adma"]}))
     assert not (tmp_path / "runs").exists()
+
+
+def test_an_engine_given_on_the_command_line_keeps_the_files_options_only_for_that_engine():
+    # a spec written for Ray (num_cpus per job) run with --engine local: Ray's options are dropped
+    # (the local engine takes none and would refuse them); with --engine ray they stay
+    assert switch_engine("ray", {"num_cpus": 1}, "local") == ("local", {})
+    assert switch_engine("ray", {"num_cpus": 1}, "ray") == ("ray", {"num_cpus": 1})
+    assert switch_engine("local", {}, "ray") == ("ray", {})
+    with pytest.raises(BasinError, match="unknown sweep engine 'rya'"):
+        switch_engine("ray", {}, "rya")
 
 
 def test_local_and_ray_engines_give_the_same_runs(start_model, tmp_path):

@@ -8,7 +8,7 @@ import dataclasses
 
 from analysis.load import load_records
 from analysis.report import write_report
-from basin.sweep import SweepConfig, run_sweep, sweep_sources
+from basin.sweep import SweepConfig, run_sweep, sweep_sources, switch_engine
 
 
 def register(sub) -> None:
@@ -17,7 +17,8 @@ def register(sub) -> None:
                        description=__doc__)
     p.add_argument("spec", help="YAML file with SweepConfig fields (out, unlearn, grid, recipes, audit, "
                    "original, retain, engine, engine_args); see docs/real_world.md")
-    p.add_argument("--engine", help="local (default: one job after another) or ray (one task per job)")
+    p.add_argument("--engine", help="local (default: one job after another) or ray (one task per job); the "
+                   "spec's engine_args are kept only where its engine is the one given")
     p.add_argument("--address", help="ray: the cluster to join (auto, ray://host:port); default a local instance")
     p.add_argument("--out", help="output folder (overrides the spec's out)")
     p.add_argument("--report", action="store_true", help="write OUT/report from every job's records")
@@ -27,9 +28,11 @@ def register(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = SweepConfig.from_yaml(args.spec)
-    changes = {k: v for k, v in (("engine", args.engine), ("out", args.out)) if v is not None}
+    changes = {"out": args.out} if args.out is not None else {}
+    if args.engine is not None:
+        changes["engine"], changes["engine_args"] = switch_engine(config.engine, config.engine_args, args.engine)
     if args.address is not None:
-        changes["engine_args"] = {**config.engine_args, "address": args.address}
+        changes["engine_args"] = {**changes.get("engine_args", config.engine_args), "address": args.address}
     config = dataclasses.replace(config, **changes)
     results = run_sweep(config, progress=not args.quiet)
     for r in results:
