@@ -31,9 +31,10 @@ Regime kinds (:data:`REGIME_KINDS`):
      has every seed's audit score the original and gold models on its own relearning subset;
   4. controls, which are not calibrated but copy an arm's setting: ``like: ARM`` takes the arm's
      lr, steps and options; ``lr_factor: k`` runs it at k x that lr (with ``stop_budget`` each run
-     still stops at the target, so a higher lr is compared at matched forgetting); ``noise_of: ARM`` (for ``adam-noise``) sets ``noise_std`` so that the
-     added noise moves the weights as far per step as ARM's zeroth-order steps did in the run of
-     the same seed: noise_std = rms_ZO x lr_ZO / lr (:func:`matched_noise_std`);
+     still stops at the target, so a higher lr is compared at matched forgetting); ``noise_of:
+     ARM`` (for ``adam-noise``) sets ``noise_std`` so that the added noise moves the weights as far
+     per step as ARM's zeroth-order steps did in the run of the same seed: noise_std = rms_ZO x
+     lr_ZO / lr (:func:`matched_noise_std`);
   5. paths: interpolation from the ``paths.from`` arm to each ``paths.to`` arm, same seed;
   6. the plane through the original and the two ``plane`` arms (first seed, each objective).
 
