@@ -66,3 +66,22 @@ def trained_micro(micro_world, micro_tokenizer):
                  FitConfig(max_steps=400, batch_size=16, lr=5e-3, warmup_steps=20, eval_every=50,
                            target_prob=0.95), progress=False)
     return model, micro_tokenizer, result
+
+
+class NanFromCall:
+    """Gradient ascent whose forget loss turns NaN from its ``n``-th call on (a diverging objective),
+    for tests that patch ``unlearn.train.make_objective`` with it."""
+
+    needs_reference = False
+
+    def __init__(self, n: int):
+        from unlearn.objectives import make_objective
+
+        self.inner, self.n, self.calls = make_objective("ga"), n, 0
+
+    def prepare(self, ref, batch):
+        return {}
+
+    def __call__(self, model, batch, prep):
+        self.calls += 1
+        return {"forget": self.inner(model, batch, prep)["forget"] * (float("nan") if self.calls >= self.n else 1.0)}

@@ -351,8 +351,7 @@ def test_calibrate_unlearn_and_sweep_on_the_micro_model(folders, tmp_path, capsy
 def test_a_probe_whose_loss_diverges_scores_nan(folders, monkeypatch):
     import unlearn.train as train
     from basin.calibrate import Prober
-    from conftest import MICRO_WORLD
-    from unlearn.objectives import make_objective
+    from conftest import MICRO_WORLD, NanFromCall
 
     world = {k: getattr(MICRO_WORLD, k) for k in ("n_people", "n_holdout", "n_countries", "seed")}
     config = CalibrationConfig(unlearn={"model": str(folders / "start"), "benchmark": "world:forget10",
@@ -362,20 +361,7 @@ def test_a_probe_whose_loss_diverges_scores_nan(folders, monkeypatch):
     clean, _ = prober.run("sgd", 1e-3, 3, 1000)
     assert all(math.isfinite(v) for v in clean.values()) and set(clean) == set(prober.keys)
 
-    class NanAtStep2:
-        needs_reference = False
-
-        def __init__(self):
-            self.inner, self.calls = make_objective("ga"), 0
-
-        def prepare(self, ref, batch):
-            return {}
-
-        def __call__(self, model, batch, prep):
-            self.calls += 1
-            return {"forget": self.inner(model, batch, prep)["forget"] * (math.nan if self.calls >= 2 else 1.0)}
-
-    monkeypatch.setattr(train, "make_objective", lambda name, **kw: NanAtStep2())
+    monkeypatch.setattr(train, "make_objective", lambda name, **kw: NanFromCall(2))
     scores, seconds = prober.run("sgd", 1e-3, 3, 1000)
     assert all(math.isnan(v) for v in scores.values()) and seconds > 0
 

@@ -152,23 +152,9 @@ def test_gradient_accumulation_matches_full_batch(trained_micro, patched_bench):
 def test_nan_loss_stops_with_the_step_and_keeps_the_checkpoint(trained_micro, patched_bench, tmp_path,
                                                                monkeypatch):
     import unlearn.train as train
-    from unlearn.objectives import make_objective
+    from conftest import NanFromCall
 
-    class NanFromStep6:
-        needs_reference = False
-
-        def __init__(self):
-            self.inner, self.calls = make_objective("ga"), 0
-
-        def prepare(self, ref, batch):
-            return {}
-
-        def __call__(self, model, batch, prep):
-            self.calls += 1
-            terms = self.inner(model, batch, prep)
-            return {"forget": terms["forget"] * (float("nan") if self.calls >= 6 else 1.0)}
-
-    monkeypatch.setattr(train, "make_objective", lambda name, **kw: NanFromStep6())
+    monkeypatch.setattr(train, "make_objective", lambda name, **kw: NanFromCall(6))
     with pytest.raises(BasinError, match=r"became nan at step 6.*last good checkpoint \(step 4\)"):
         _run(trained_micro, tmp_path / "nan", optimizer="sgd", lr=1e-3, steps=12)
     assert (tmp_path / "nan" / "checkpoint" / "model.safetensors").exists()
