@@ -6,7 +6,8 @@ A sweep is a list of independent *jobs*. One job unlearns one configuration into
 ``basin unlearn`` and ``basin audit``, so ``basin report OUT/runs/* OUT/audits/*`` (or
 :func:`analysis.load.load_records`) merges any number of sweeps. Jobs are idempotent: a finished
 run or audit is reused and an interrupted one resumes, so rerunning a sweep finishes what is
-missing and nothing else.
+missing and nothing else. Before any job runs, the engine refuses jobs whose models would not fit
+on the disk (:func:`check_space`; a SmolLM2-135M run keeps a 0.54 GB model).
 
 Engines (:data:`ENGINES`), none of them a scheduler of basin's own:
 
@@ -35,7 +36,9 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import itertools
+import math
 import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,9 +48,11 @@ from tqdm.auto import tqdm
 
 from audit.runner import AuditConfig, audit, check_audit
 from basin.calibrate import calibrated_fields, load_calibration
-from unlearn.build import world_model_path
+from unlearn import runs
+from unlearn.build import world_model_dir, world_model_path
 from unlearn.cache import check_writable, digest
 from unlearn.errors import BasinError, require
+from unlearn.models import dtype_key
 from unlearn.registry import from_fields, lookup
 from unlearn.optim import OPTIMIZERS
 from unlearn.train import UnlearnConfig, check_unlearn, unlearn
@@ -180,10 +185,67 @@ def run_job(job: Job, progress: bool = False) -> dict:
             "audited": audited, "seconds": round(time.perf_counter() - start, 1), "pid": os.getpid()}
 
 
+# ----------------------------------------------------------------------------- disk space
+
+def _parameters(model) -> int:
+    """The number of parameters of a checkpoint folder, read from its safetensors headers (0 when
+    ``model`` is not a folder on this machine yet: a hub name, an object, a model not built)."""
+    from safetensors import safe_open
+
+    if isinstance(model, str) and model.startswith("world:"):
+        model = world_model_dir(model)
+    if not isinstance(model, (str, Path)) or not Path(model).is_dir():
+        return 0
+    total = 0
+    for file in Path(model).glob("*.safetensors"):
+        with safe_open(str(file), "pt") as f:
+            for key in f.keys():
+                total += math.prod(f.get_slice(key).get_shape())
+    return total
+
+
+def check_space(jobs: list[Job], workers: int = 1) -> None:
+    """Refuse jobs whose unlearned models cannot fit on the disk of their run folders, before any
+    of them runs (rather than an I/O error hours in).
+
+    Each job that has not finished leaves its model (its start's parameters in its dtype); each of
+    the ``workers`` jobs running at a time also holds a checkpoint (the weights and the optimizer
+    state, up to three times the weights) beside the one it replaces: need = sum of the models +
+    6 x the largest x workers. Models whose size is not known here (hub names) count as 0, so the
+    check only refuses what certainly does not fit."""
+    todo = [j for j in jobs if not runs.is_finished(Path(j.run_dir))]
+    if not todo:
+        return
+    parameters: dict = {}   # start model -> its parameter count (read once)
+    each = []
+    for job in todo:
+        model = job.unlearn["model"]
+        if str(model) not in parameters:
+            parameters[str(model)] = _parameters(model)
+        width = 2 if dtype_key(job.unlearn.get("dtype", "float32")) == "bfloat16" else 4  # bytes
+        each.append(parameters[str(model)] * width)
+    need = sum(each) + 6 * max(each) * max(1, min(workers, len(todo)))
+    folder = Path(todo[0].run_dir)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise BasinError(
+            f"not enough disk space: the {len(todo)} runs still to do will write about {_size(need)} of "
+            f"models and checkpoints under {Path(todo[0].run_dir).parent} ({_size(max(each))} per model), and "
+            f"{_size(free)} is free there; free space on that disk or write the runs to a larger one "
+            f"(finished runs are kept, so the same command goes on where it stopped)")
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.1f} MB"
+
+
 # ----------------------------------------------------------------------------- engines
 
 def run_local(jobs: list[Job], progress: bool = True) -> list[dict]:
     """Each job in turn, in this process."""
+    check_space(jobs)
     return [run_job(job, progress=progress) for job in tqdm(jobs, desc="sweep", disable=not progress)]
 
 
@@ -204,6 +266,7 @@ def run_ray(jobs: list[Job], progress: bool = True, address: str | None = None, 
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  runtime_env={"env_vars": env}, **init_args)
     try:
+        check_space(jobs, workers=int(ray.cluster_resources().get("CPU", 1) // max(num_cpus, 1e-9)))
         task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=0)(run_job)
         pending = {task.remote(job): i for i, job in enumerate(jobs)}
         results: list = [None] * len(jobs)

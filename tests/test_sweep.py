@@ -113,3 +113,31 @@ def test_cli_sweep_writes_a_report(start_model, tmp_path, capsys):
     bad.write_text("out: x\ngrids: {}\n")
     assert main(["sweep", str(bad)]) == 2
     assert "unknown sweep field(s) grids" in capsys.readouterr().err
+
+
+def test_a_sweep_that_cannot_fit_on_the_disk_is_refused_before_any_run(start_model, tmp_path, monkeypatch,
+                                                                       trained_micro):
+    from collections import namedtuple
+
+    from basin import sweep as sweep_module
+
+    weights = 4 * sum(p.numel() for p in trained_micro[0].parameters())   # float32 bytes of one model
+    need = 4 * weights + 6 * weights      # four models to write + one running job's checkpoint swap
+    usage = namedtuple("usage", "total used free")
+    free = {"bytes": need - 1}
+    monkeypatch.setattr(sweep_module.shutil, "disk_usage", lambda path: usage(0, 0, free["bytes"]))
+    spec = _spec(start_model, tmp_path / "out", engine="local")
+    with pytest.raises(BasinError, match=r"not enough disk space: the 4 runs still to do .* free space"):
+        run_sweep(spec, progress=False)
+    assert not (tmp_path / "out" / "runs").exists()
+    jobs = plan_jobs(spec)
+    free["bytes"] = need
+    sweep_module.check_space(jobs)                          # exactly enough: accepted
+    free["bytes"] = need - weights                          # one run finished: one model less to write
+    finished = tmp_path / "out" / "runs" / jobs[0].name
+    (finished / "model").mkdir(parents=True)
+    (finished / "model" / "config.json").write_text("{}")
+    (finished / "manifest.json").write_text("{}")
+    sweep_module.check_space(jobs)
+    with pytest.raises(BasinError, match="the 3 runs still to do"):
+        sweep_module.check_space(jobs, workers=2)           # two running at once need a second swap
