@@ -209,22 +209,24 @@ def check_space(jobs: list[Job], workers: int = 1) -> None:
     of them runs (rather than an I/O error hours in).
 
     Each job that has not finished leaves its model (its start's parameters in its dtype); each of
-    the ``workers`` jobs running at a time also holds a checkpoint (the weights and the optimizer
-    state, up to three times the weights) beside the one it replaces: need = sum of the models +
-    6 x the largest x workers. Models whose size is not known here (hub names) count as 0, so the
-    check only refuses what certainly does not fit."""
+    the ``workers`` jobs running at a time that saves checkpoints (``save_every``) also holds one
+    (the weights and the optimizer state, up to three times the weights) beside the one it
+    replaces: need = sum of the models + 6 x the largest checkpointing model x workers. Models
+    whose size is not known here (hub names) count as 0."""
     todo = [j for j in jobs if not runs.is_finished(Path(j.run_dir))]
     if not todo:
         return
     parameters: dict = {}   # start model -> its parameter count (read once)
-    each = []
+    each, checkpointing = [], [0]
     for job in todo:
         model = job.unlearn["model"]
         if str(model) not in parameters:
             parameters[str(model)] = _parameters(model)
         width = 2 if dtype_key(job.unlearn.get("dtype", "float32")) == "bfloat16" else 4  # bytes
         each.append(parameters[str(model)] * width)
-    need = sum(each) + 6 * max(each) * max(1, min(workers, len(todo)))
+        if job.unlearn.get("save_every"):
+            checkpointing.append(each[-1])
+    need = sum(each) + 6 * max(checkpointing) * max(1, min(workers, len(todo)))
     folder = Path(todo[0].run_dir)
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent

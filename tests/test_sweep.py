@@ -127,10 +127,14 @@ def test_a_sweep_that_cannot_fit_on_the_disk_is_refused_before_any_run(start_mod
     free = {"bytes": need - 1}
     monkeypatch.setattr(sweep_module.shutil, "disk_usage", lambda path: usage(0, 0, free["bytes"]))
     spec = _spec(start_model, tmp_path / "out", engine="local")
+    spec.unlearn["save_every"] = 2                          # a checkpoint halfway: its swap needs room
     with pytest.raises(BasinError, match=r"not enough disk space: the 4 runs still to do .* free space"):
         run_sweep(spec, progress=False)
     assert not (tmp_path / "out" / "runs").exists()
     jobs = plan_jobs(spec)
+    spec.unlearn["save_every"] = 0                          # no checkpoints: only the models
+    free["bytes"] = 4 * weights
+    sweep_module.check_space(plan_jobs(spec))
     free["bytes"] = need
     sweep_module.check_space(jobs)                          # exactly enough: accepted
     free["bytes"] = need - weights                          # one run finished: one model less to write
