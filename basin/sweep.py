@@ -43,6 +43,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 import yaml
 from tqdm.auto import tqdm
 
@@ -52,7 +53,7 @@ from unlearn import runs
 from unlearn.build import world_model_dir, world_model_path
 from unlearn.cache import check_writable, digest
 from unlearn.errors import BasinError, require
-from unlearn.models import dtype_key
+from unlearn.models import DTYPES, dtype_key
 from unlearn.registry import from_fields, lookup
 from unlearn.optim import OPTIMIZERS
 from unlearn.train import UnlearnConfig, check_unlearn, unlearn
@@ -222,8 +223,8 @@ def check_space(jobs: list[Job], workers: int = 1) -> None:
         model = job.unlearn["model"]
         if str(model) not in parameters:
             parameters[str(model)] = _parameters(model)
-        width = 2 if dtype_key(job.unlearn.get("dtype", "float32")) == "bfloat16" else 4  # bytes
-        each.append(parameters[str(model)] * width)
+        weights = DTYPES.get(dtype_key(job.unlearn.get("dtype", "float32")), torch.float32)  # bf16-mixed: fp32
+        each.append(parameters[str(model)] * weights.itemsize)
         if job.unlearn.get("save_every"):
             checkpointing.append(each[-1])
     need = sum(each) + 6 * max(checkpointing) * max(1, min(workers, len(todo)))
