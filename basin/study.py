@@ -72,6 +72,7 @@ from audit.attacks import ATTACKS
 from audit.metrics import METRICS, evaluate
 from audit.runner import AuditConfig, audit_plane
 from basin.calibrate import CalibrationConfig, calibrate, load_calibration, make_target, seed_spread
+from basin.carry import check_carried
 from basin.sweep import Job, engine_of, switch_engine
 from unlearn.cache import check_writable, write_json_atomic, write_text_atomic
 from unlearn.build import BuildConfig, build, finetune_fit, model_dir, retain_split
@@ -375,6 +376,11 @@ def model_paths(regime, cache_dir=None) -> dict[str, tuple[str, str]]:
     return out
 
 
+def models_of(regime, cache_dir=None) -> list[str]:
+    """Every model folder (or hub name) a regime's runs start from or are measured against."""
+    return sorted({m for pair in model_paths(regime, cache_dir).values() for m in pair})
+
+
 def build_models(regime, cache_dir=None, progress: bool = True, log=print) -> None:
     if given_models(regime):
         return   # third-party models: loaded by each run and audit as they are
@@ -579,6 +585,7 @@ def run_tiers(regime: TiersRegime, folder: Path, cache_dir=None, progress: bool 
     """Stages 1-6 of the module docstring; returns ``{"settings": {cell: {arm: setting}}}``."""
     plan = plan_tiers(regime, folder, cache_dir)
     build_models(regime, cache_dir, progress=progress, log=log)
+    check_carried(folder.parent, models_of(regime, cache_dir))   # carried runs started from these bits
 
     def save_settings(cells: dict) -> dict:   # the report's calibration table, even if interrupted
         write_json_atomic(folder / "settings.json", {f"{o}/{t}": s for (o, t), s in cells.items()})
@@ -665,6 +672,7 @@ def map_jobs(regime: MapRegime, folder: Path, cache_dir=None) -> list[Job]:
 def run_map(regime: MapRegime, folder: Path, cache_dir=None, progress: bool = True, log=print) -> dict:
     jobs = map_jobs(regime, folder, cache_dir)
     build_models(regime, cache_dir, progress=progress, log=log)
+    check_carried(folder.parent, models_of(regime, cache_dir))
     log(f"quantization map: {len(jobs)} runs, each audited")
     engine_of(regime.engine, regime.engine_args)(jobs, progress=progress, **regime.engine_args)
     return {"jobs": len(jobs)}

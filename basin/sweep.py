@@ -176,14 +176,17 @@ def check_sweep(config: SweepConfig, jobs: list[Job]) -> None:
 def run_job(job: Job, progress: bool = False) -> dict:
     """Unlearn (or resume, or reuse) and audit one grid point; return what was done and its time."""
     start = time.perf_counter()
-    unlearn(UnlearnConfig.from_dict(job.unlearn), out=job.run_dir, progress=progress)
-    audited = False
-    if job.audit is not None and not (Path(job.audit_dir) / "manifest.json").exists():
+    config = UnlearnConfig.from_dict(job.unlearn)
+    to_audit = job.audit is not None and not (Path(job.audit_dir) / "manifest.json").exists()
+    if to_audit or not runs.is_finished(Path(job.run_dir)):
+        unlearn(config, out=job.run_dir, progress=progress)
+    else:   # nothing left to do, so the model is not loaded (its weights may be gone: basin.carry)
+        runs.check_run_folder(Path(job.run_dir), config)
+    if to_audit:
         audit(job.run_dir, original=job.original, retain=job.retain, config=AuditConfig(**job.audit),
               out=job.audit_dir, progress=progress)
-        audited = True
     return {"name": job.name, "run": job.run_dir, "audit": job.audit_dir if job.audit is not None else None,
-            "audited": audited, "seconds": round(time.perf_counter() - start, 1), "pid": os.getpid()}
+            "audited": to_audit, "seconds": round(time.perf_counter() - start, 1), "pid": os.getpid()}
 
 
 # ----------------------------------------------------------------------------- disk space

@@ -68,6 +68,16 @@ def trained_micro(micro_world, micro_tokenizer):
     return model, micro_tokenizer, result
 
 
+@pytest.fixture(scope="session")
+def start_model(trained_micro, tmp_path_factory) -> str:
+    """The trained micro model saved as a checkpoint folder (what a sweep or a study starts from)."""
+    model, tok, _ = trained_micro
+    folder = tmp_path_factory.mktemp("start") / "micro"
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
 class NanFromCall:
     """Gradient ascent whose forget loss turns NaN from its ``n``-th call on (a diverging objective),
     for tests that patch ``unlearn.train.make_objective`` with it."""

@@ -20,16 +20,8 @@ WORLD_ARGS = {"n_people": MICRO_WORLD.n_people, "n_holdout": MICRO_WORLD.n_holdo
               "n_countries": MICRO_WORLD.n_countries, "seed": MICRO_WORLD.seed}
 
 
-@pytest.fixture(scope="module")
-def start_model(trained_micro, tmp_path_factory):
-    model, tok, _ = trained_micro
-    folder = tmp_path_factory.mktemp("sweep") / "start"
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
-
-
-def _spec(start_model, out, **kw) -> SweepConfig:
+def sweep_spec(start_model, out, **kw) -> SweepConfig:
+    """Two optimizers x two seeds of the micro model, four NPO steps each, audited with 4-bit RTN."""
     return SweepConfig(**{
         "out": str(out),
         "unlearn": {"model": start_model, "benchmark": "world:forget10", "benchmark_args": WORLD_ARGS,
@@ -43,18 +35,18 @@ def _spec(start_model, out, **kw) -> SweepConfig:
 
 
 def test_plan_names_recipes_and_errors(start_model, tmp_path):
-    jobs = plan_jobs(_spec(start_model, tmp_path))
+    jobs = plan_jobs(sweep_spec(start_model, tmp_path))
     assert [j.name for j in jobs] == ["adam-s0", "adam-s1", "signadam-s0", "signadam-s1"]
     assert [j.unlearn["lr"] for j in jobs] == [1e-3, 1e-3, 3e-4, 3e-4]
     assert [j.audit["score_references"] for j in jobs] == [True, False, False, False]
     assert jobs[0].original == start_model and jobs[0].audit["benchmark_args"] == WORLD_ARGS
     assert job_name({"objective": "npo", "lr": 1e-4, "seed": 2}) == "npo-lr0.0001-s2"
     with pytest.raises(BasinError, match="did you mean 'ray'"):
-        _spec(start_model, tmp_path, engine="rey")
+        sweep_spec(start_model, tmp_path, engine="rey")
     with pytest.raises(BasinError, match="unknown config field"):
-        plan_jobs(_spec(start_model, tmp_path, grid={"optimiser": ["adam"]}))
+        plan_jobs(sweep_spec(start_model, tmp_path, grid={"optimiser": ["adam"]}))
     with pytest.raises(BasinError, match="did you mean 'adam'"):
-        plan_jobs(_spec(start_model, tmp_path, grid={"optimizer": ["adma"]}))
+        plan_jobs(sweep_spec(start_model, tmp_path, grid={"optimizer": ["adma"]}))
     assert not (tmp_path / "runs").exists()
 
 
@@ -70,17 +62,17 @@ def test_an_engine_given_on_the_command_line_keeps_the_files_options_only_for_th
 
 def test_local_and_ray_engines_give_the_same_runs(start_model, tmp_path):
     pytest.importorskip("ray")
-    local = run_sweep(_spec(start_model, tmp_path / "local"), progress=False)
+    local = run_sweep(sweep_spec(start_model, tmp_path / "local"), progress=False)
     assert [r["name"] for r in local] == ["adam-s0", "adam-s1", "signadam-s0", "signadam-s1"]
-    df = load_records(sweep_sources(_spec(start_model, tmp_path / "local")))
+    df = load_records(sweep_sources(sweep_spec(start_model, tmp_path / "local")))
     mine = df[df.role == "unlearned"]
     assert set(mine.optimizer) == {"adam", "signadam"} and set(mine.seed) == {0, 1}
     assert {"training", "none", "quantize"} <= set(df.attack)
     # a rerun reuses every finished run and audit
-    again = run_sweep(_spec(start_model, tmp_path / "local"), progress=False)
+    again = run_sweep(sweep_spec(start_model, tmp_path / "local"), progress=False)
     assert not any(r["audited"] for r in again)
 
-    spec = _spec(start_model, tmp_path / "ray", engine="ray", grid={"optimizer": ["adam", "signadam"], "seed": [1]},
+    spec = sweep_spec(start_model, tmp_path / "ray", engine="ray", grid={"optimizer": ["adam", "signadam"], "seed": [1]},
                  engine_args={"num_cpus": 1})
     remote = run_sweep(spec, progress=False)
     assert [r["name"] for r in remote] == ["adam-s1", "signadam-s1"]
@@ -98,7 +90,7 @@ def test_local_and_ray_engines_give_the_same_runs(start_model, tmp_path):
 def test_cli_sweep_writes_a_report(start_model, tmp_path, capsys):
     import yaml
 
-    spec = _spec(start_model, tmp_path / "cli", grid={"optimizer": ["adam"], "seed": [0]})
+    spec = sweep_spec(start_model, tmp_path / "cli", grid={"optimizer": ["adam"], "seed": [0]})
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump({k: v for k, v in spec.__dict__.items()}))
     assert main(["sweep", str(path), "--report", "--quiet"]) == 0
@@ -126,7 +118,7 @@ def test_a_sweep_that_cannot_fit_on_the_disk_is_refused_before_any_run(start_mod
     usage = namedtuple("usage", "total used free")
     free = {"bytes": need - 1}
     monkeypatch.setattr(sweep_module.shutil, "disk_usage", lambda path: usage(0, 0, free["bytes"]))
-    spec = _spec(start_model, tmp_path / "out", engine="local")
+    spec = sweep_spec(start_model, tmp_path / "out", engine="local")
     spec.unlearn["save_every"] = 2                          # a checkpoint halfway: its swap needs room
     with pytest.raises(BasinError, match=r"not enough disk space: the 4 runs still to do .* free space"):
         run_sweep(spec, progress=False)

@@ -6,7 +6,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from basin.study import StudyConfig, check_study, override_engine, run_study, write_study
+from basin.carry import pack, unpack
+from basin.study import StudyConfig, check_study, models_of, override_engine, run_study, write_study
 
 
 def register(sub) -> None:
@@ -20,7 +21,13 @@ def register(sub) -> None:
                    "engine_args are kept only where its engine is the one given)")
     p.add_argument("--out", help="report folder (overrides the file's out)")
     p.add_argument("--work", help="folder for runs, calibrations and audits (overrides the file's work)")
-    p.add_argument("--report-only", action="store_true", help="write the report from what has run; run nothing")
+    only = p.add_mutually_exclusive_group()
+    only.add_argument("--report-only", action="store_true", help="write the report from what has run; run nothing")
+    only.add_argument("--pack", metavar="ARCHIVE", help="write the work folder's finished runs, audits and "
+                      "calibrations without their weights to ARCHIVE (.tar.gz), to go on on another machine; "
+                      "run nothing")
+    only.add_argument("--unpack", metavar="ARCHIVE", help="put the runs of an archive written by --pack into "
+                      "the work folder (the next `basin study FILE` goes on from them); run nothing")
     p.add_argument("--no-report", action="store_true", help="run, but leave the report for later")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -32,6 +39,11 @@ def run(args: argparse.Namespace) -> int:
     if args.engine:
         override_engine(config, args.engine)
     check_study(config, regimes=args.regime)   # everything is refused before anything runs or is written
+    if args.pack or args.unpack:
+        models = [m for regime in config.regimes.values() for m in models_of(regime)]
+        done = pack(config.work, args.pack, models) if args.pack else unpack(args.unpack, config.work)
+        print(f"{'packed' if args.pack else 'unpacked'}: {done}")
+        return 0
     if not args.report_only:
         run_study(config, regimes=args.regime, objectives=args.objective, progress=not args.quiet)
     if not args.no_report:

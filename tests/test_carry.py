@@ -1,0 +1,110 @@
+"""basin.carry: a sweep's progress packed without weights on one machine goes on on another from
+the finished jobs (not loaded again), and never merges into other runs or other starting models."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from basin.carry import CARRIED, carried_files, check_carried, pack, unpack
+from basin.sweep import run_sweep
+from test_sweep import sweep_spec
+from unlearn.errors import BasinError
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture(scope="module")
+def two_machines(start_model, tmp_path_factory):
+    """A sweep of three jobs on machine A, the second stopped while it was audited and the third
+    before its audit began, packed."""
+    root = tmp_path_factory.mktemp("carry")
+    spec = sweep_spec(start_model, root / "a", grid={"optimizer": ["adam"], "seed": [0, 1, 2]})
+    run_sweep(spec, progress=False)
+    (root / "a" / "audits" / "adam-s1" / "manifest.json").unlink()   # adam-s1's audit never finished
+    shutil.rmtree(root / "a" / "audits" / "adam-s2")                  # adam-s2's never began
+    done = pack(root / "a", root / "progress.tar.gz", [start_model])
+    return root, spec, done
+
+
+def test_the_archive_holds_finished_jobs_records_without_weights(two_machines, start_model):
+    root, _, done = two_machines
+    with tarfile.open(root / "progress.tar.gz") as tar:
+        names = set(tar.getnames())
+        digests = json.load(tar.extractfile(CARRIED))
+    assert done["jobs"] == 1 and done["files"] == len(names) - 1
+    assert {"runs/adam-s0/config.json", "runs/adam-s0/records.jsonl", "runs/adam-s0/manifest.json",
+            "runs/adam-s0/model/config.json", "audits/adam-s0/records.jsonl", "audits/adam-s0/manifest.json"} <= names
+    assert not any(n.endswith(".safetensors") or "checkpoint" in n for n in names)
+    assert not any("adam-s1" in n or "adam-s2" in n for n in names)   # the unfinished jobs start anew
+    assert [str(p) for p in carried_files(root / "a")] == sorted(names - {CARRIED})
+    # the digest of the start model, computed independently
+    assert digests == {start_model: {"model.safetensors": _sha(Path(start_model) / "model.safetensors")}}
+
+
+def test_an_unpacked_sweep_goes_on_from_its_finished_jobs_without_their_weights(two_machines):
+    root, spec, _ = two_machines
+    unpack(root / "progress.tar.gz", root / "b")
+    assert not (root / "b" / "runs" / "adam-s0" / "model" / "model.safetensors").exists()
+    again = run_sweep(sweep_spec(spec.unlearn["model"], root / "b", grid=spec.grid), progress=False)
+    assert [(r["name"], r["audited"]) for r in again] == [("adam-s0", False), ("adam-s1", True), ("adam-s2", True)]
+    for name in ("adam-s0", "adam-s1", "adam-s2"):   # the same records as on machine A (adam-s0's carried, adam-s1's redone)
+        a = (root / "a" / "runs" / name / "records.jsonl").read_text().splitlines()
+        b = (root / "b" / "runs" / name / "records.jsonl").read_text().splitlines()
+        strip = lambda lines: [{k: v for k, v in json.loads(x).items() if k not in ("time", "wall")} for x in lines]  # noqa: E731
+        assert strip(a) == strip(b), name
+    assert _sha(root / "a" / "audits" / "adam-s0" / "records.jsonl") == _sha(root / "b" / "audits" / "adam-s0" / "records.jsonl")
+    # a changed config is still refused for a carried run, though its model is never loaded
+    changed = sweep_spec(spec.unlearn["model"], root / "b", grid=spec.grid, recipes={"adam": {"lr": 2e-3}})
+    with pytest.raises(BasinError, match="holds a run with a different config"):
+        run_sweep(changed, progress=False)
+
+
+def test_unpack_never_overwrites_what_is_there_and_refuses_foreign_archives(two_machines, tmp_path):
+    root, _, _ = two_machines
+    work = tmp_path / "w"
+    unpack(root / "progress.tar.gz", work)
+    assert unpack(root / "progress.tar.gz", work)["new"] == 0          # the same files again: nothing to do
+    records = work / "audits" / "adam-s0" / "records.jsonl"
+    records.write_text(records.read_text() + "\n")
+    before = sorted(p for p in work.rglob("*"))
+    with pytest.raises(BasinError, match="1 file\\(s\\) there hold something else"):
+        unpack(root / "progress.tar.gz", work)
+    assert sorted(p for p in work.rglob("*")) == before
+    # a member that climbs out of the work folder: refused, nothing written outside
+    evil = tmp_path / "evil.tar.gz"
+    with tarfile.open(evil, "w:gz") as tar:
+        info = tarfile.TarInfo("../outside.txt")
+        info.size = 2
+        tar.addfile(info, io.BytesIO(b"hi"))
+    with pytest.raises(BasinError, match="cannot read the archive"):
+        unpack(evil, tmp_path / "w2")
+    assert not (tmp_path / "outside.txt").exists()
+    with pytest.raises(BasinError, match="no archive at"):
+        unpack(tmp_path / "missing.tar.gz", work)
+
+
+def test_runs_carried_from_other_starting_weights_are_refused(two_machines, start_model, tmp_path):
+    root, _, _ = two_machines
+    work = tmp_path / "w"
+    unpack(root / "progress.tar.gz", work)
+    check_carried(work, [start_model])                                  # the same bits: go on
+    other = tmp_path / "other"
+    other.mkdir()
+    weights = bytearray((Path(start_model) / "model.safetensors").read_bytes())
+    weights[-1] ^= 1                                                   # one bit of one weight
+    (other / "model.safetensors").write_bytes(bytes(weights))
+    carried = json.loads((work / CARRIED).read_text())
+    carried[str(other)] = carried[start_model]
+    (work / CARRIED).write_text(json.dumps(carried))
+    with pytest.raises(BasinError, match="runs from two starting points"):
+        check_carried(work, [start_model, str(other)])
+    check_carried(tmp_path / "nothing-carried", [str(other)])          # no archive unpacked: no check
