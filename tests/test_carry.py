@@ -108,3 +108,23 @@ def test_runs_carried_from_other_starting_weights_are_refused(two_machines, star
     with pytest.raises(BasinError, match="runs from two starting points"):
         check_carried(work, [start_model, str(other)])
     check_carried(tmp_path / "nothing-carried", [str(other)])          # no archive unpacked: no check
+
+
+def test_the_study_command_packs_and_unpacks_its_work_folder(two_machines, tmp_path, capsys):
+    from basin.cli import main
+    from test_study import SMOKE
+
+    root, _, _ = two_machines
+    study = tmp_path / "smoke.yaml"
+    study.write_text(SMOKE)
+    work = tmp_path / "work" / "mini"
+    shutil.copytree(root / "a", work)                       # a regime's work folder (what the sweep wrote)
+    assert main(["study", str(study), "--work", str(tmp_path / "work"), "--pack", str(tmp_path / "p.tar.gz")]) == 0
+    assert "'jobs': 1" in capsys.readouterr().out
+    assert main(["study", str(study), "--work", str(tmp_path / "there"), "--unpack", str(tmp_path / "p.tar.gz")]) == 0
+    assert (tmp_path / "there" / "mini" / "audits" / "adam-s0" / "manifest.json").exists()
+    assert not (tmp_path / "there" / "mini" / "runs" / "adam-s1").exists()
+    assert main(["study", str(study), "--work", str(tmp_path / "none"), "--pack", str(tmp_path / "q.tar.gz")]) == 2
+    assert "nothing to pack: the work folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):                         # one of --report-only, --pack, --unpack
+        main(["study", str(study), "--report-only", "--pack", str(tmp_path / "r.tar.gz")])
