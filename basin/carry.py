@@ -68,7 +68,8 @@ def unfinished(work: Path) -> set[Path]:
         rel = manifest.parent.relative_to(work)
         if "runs" in rel.parts and (manifest.parent / "model").is_dir():
             audit = _swap(rel, "runs", "audits")
-            if work.joinpath(*audit.parts[:_last(audit, "audits") + 1]).is_dir() and not (work / audit / "manifest.json").exists():
+            audited = work.joinpath(*audit.parts[:_last(audit, "audits") + 1]).is_dir()
+            if audited and not (work / audit / "manifest.json").exists():
                 left.update((rel, audit))
     return left
 
