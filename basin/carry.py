@@ -9,7 +9,8 @@ small (configs, records, manifests, calibrations); the weights are not (a SmolLM
   and its audit, if it has one, finished), every calibration, path and plane record, and no
   weights (``*.safetensors``, ``*.bin``, ``*.pt``, ``*.pth``) and no ``checkpoint/``; an unfinished
   run or audit is left out and starts anew where the archive is unpacked. Beside them,
-  ``carried-models.json`` holds the SHA-256 of every model the runs started from;
+  ``carried-models.json`` holds the SHA-256 of every model the runs started from and the
+  environment that built them (:func:`unlearn.runs.environment`: versions, CPU kernels);
 - :func:`unpack` puts an archive's files into a work folder, refusing before it writes anything if
   a file there already holds something else;
 - :func:`check_carried` (called by the study once its models are built) refuses to go on when a
@@ -109,7 +110,8 @@ def pack(work, archive, models: list[str]) -> dict:
         with tarfile.open(tmp, "w:gz") as tar:
             for rel in files:
                 tar.add(work / rel, arcname=str(rel), recursive=False)
-            blob = (json.dumps(digests, indent=2, sort_keys=True) + "\n").encode()
+            carried = {"models": digests, "environment": runs.environment()}
+            blob = (json.dumps(carried, indent=2, sort_keys=True) + "\n").encode()
             info = tarfile.TarInfo(CARRIED)
             info.size, info.mode = len(blob), 0o644
             tar.addfile(info, io.BytesIO(blob))
@@ -158,17 +160,22 @@ def _existing(path: Path) -> Path:
 
 def check_carried(work, models: list[str]) -> None:
     """Refuse to go on when a model built here differs from the one the carried runs started from
-    (the digests :func:`pack` wrote into ``work/carried-models.json``). No file: nothing carried."""
+    (the digests :func:`pack` wrote into ``work/carried-models.json``), naming what differs between
+    the two machines' environments (versions, CPU kernels). No file: nothing carried."""
     saved = Path(work) / CARRIED
     if not saved.exists():
         return
-    digests = json.loads(saved.read_text())
+    carried = json.loads(saved.read_text())
     for model in models:
-        for name, expected in digests.get(str(model), {}).items():
+        for name, expected in carried["models"].get(str(model), {}).items():
             here = sha256_file(Path(model) / name) if (Path(model) / name).exists() else "missing"
-            if here != expected:
-                raise BasinError(
-                    f"the runs carried into {work} started from {model}/{name} with SHA-256 {expected[:12]}..., "
-                    f"and the one built here is {here[:12]}...: runs from two starting points would be "
-                    "compared as one experiment; build the models where the runs were made (same library "
-                    "versions and hardware), or start this study in an empty --work")
+            if here == expected:
+                continue
+            now = runs.environment()
+            differs = [f"{k} {v} there, {now.get(k)} here" for k, v in sorted(carried["environment"].items())
+                       if k not in ("git", "basin", "threads", "device") and now.get(k) != v]
+            raise BasinError(
+                f"the runs carried into {work} started from {model}/{name} with SHA-256 {expected[:12]}..., "
+                f"and the one built here is {here[:12]}... ({'; '.join(differs) or 'the same versions and kernels'}): "
+                "runs from two starting points would be compared as one experiment; build the models where "
+                "the runs were made, or start this study in an empty --work")

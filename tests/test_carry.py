@@ -11,6 +11,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import torch
 
 from basin.carry import CARRIED, carried_files, check_carried, pack, unpack
 from basin.sweep import run_sweep
@@ -47,7 +48,8 @@ def test_the_archive_holds_finished_jobs_records_without_weights(two_machines, s
     assert not any("adam-s1" in n or "adam-s2" in n for n in names)   # the unfinished jobs start anew
     assert [str(p) for p in carried_files(root / "a")] == sorted(names - {CARRIED})
     # the digest of the start model, computed independently
-    assert digests == {start_model: {"model.safetensors": _sha(Path(start_model) / "model.safetensors")}}
+    assert digests["models"] == {start_model: {"model.safetensors": _sha(Path(start_model) / "model.safetensors")}}
+    assert digests["environment"]["torch"] == torch.__version__ and digests["environment"]["cpu_capability"]
 
 
 def test_an_unpacked_sweep_goes_on_from_its_finished_jobs_without_their_weights(two_machines):
@@ -104,9 +106,14 @@ def test_runs_carried_from_other_starting_weights_are_refused(two_machines, star
     weights[-1] ^= 1                                                   # one bit of one weight
     (other / "model.safetensors").write_bytes(bytes(weights))
     carried = json.loads((work / CARRIED).read_text())
-    carried[str(other)] = carried[start_model]
+    carried["models"][str(other)] = carried["models"][start_model]
     (work / CARRIED).write_text(json.dumps(carried))
-    with pytest.raises(BasinError, match="runs from two starting points"):
+    with pytest.raises(BasinError, match="runs from two starting points") as err:
+        check_carried(work, [start_model, str(other)])
+    assert "the same versions and kernels" in str(err.value)
+    carried["environment"]["cpu_capability"] = "AVX512"                # built on another processor
+    (work / CARRIED).write_text(json.dumps(carried))
+    with pytest.raises(BasinError, match="cpu_capability AVX512 there, .* here"):
         check_carried(work, [start_model, str(other)])
     check_carried(tmp_path / "nothing-carried", [str(other)])          # no archive unpacked: no check
 
