@@ -47,7 +47,9 @@ Files: ``WORK/<regime>/`` (``work``, default ``runs/study``) holds ``calibration
 (:func:`write_study`) goes to ``out`` with the records it was built from (``--report-only``
 rewrites it from whatever has run; a cell none of whose runs is under ``work``, as on a fresh
 checkout, is rebuilt from the records its committed report holds, so every committed version is
-judged again by today's claim table and conditions).
+judged again by today's claim table and conditions). ``basin study FILE --pack ARCHIVE`` and
+``--unpack ARCHIVE`` (:mod:`basin.carry`) carry the finished runs' records, without weights, to
+another machine, where the same command goes on.
 """
 
 from __future__ import annotations
