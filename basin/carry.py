@@ -7,8 +7,9 @@ small (configs, records, manifests, calibrations); the weights are not (a SmolLM
 
 - :func:`pack` writes one ``.tar.gz`` of a work folder with every *complete* job (its run finished
   and its audit, if it has one, finished), every calibration, path and plane record, and no
-  weights (``*.safetensors``, ``*.bin``, ``*.pt``, ``*.pth``) and no ``checkpoint/``; an unfinished
-  run or audit is left out and starts anew where the archive is unpacked. Beside them,
+  weights (``*.safetensors``, ``*.bin``, ``*.pt``, ``*.pth``), no tokenizers and no
+  ``checkpoint/``; an unfinished run or audit is left out and starts anew where the archive is
+  unpacked. Beside them,
   ``carried-models.json`` holds the SHA-256 of every model the runs started from and the
   environment that built them (:func:`unlearn.runs.environment`: versions, CPU kernels);
 - :func:`unpack` puts an archive's files into a work folder, refusing before it writes anything if
@@ -77,13 +78,16 @@ def unfinished(work: Path) -> set[Path]:
 
 def carried_files(work: Path) -> list[Path]:
     """The files of ``work`` that :func:`pack` takes, relative to ``work``, sorted: every file but
-    weights, checkpoints, temporary folders and the :func:`unfinished` folders."""
+    weights, checkpoints, temporary folders, the :func:`unfinished` folders and, of a run's saved
+    model, all but its ``config.json`` (which marks the run finished; the tokenizer is the start
+    model's, and without the weights nothing would load it)."""
     work = Path(work)
     left = [folder.parts for folder in unfinished(work)]
     kept = []
     for path in sorted(p for p in work.rglob("*") if p.is_file()):
         rel = path.relative_to(work)
         if (path.suffix in WEIGHTS or runs.CKPT in rel.parts or rel.name == CARRIED
+                or rel.parent.name == "model" and rel.name != "config.json"   # a run's tokenizer: 0.5 MB each
                 or any(part.startswith((".tmp-", ".unpack-")) for part in rel.parts)
                 or any(rel.parts[:len(parts)] == parts for parts in left)):
             continue

@@ -44,7 +44,7 @@ def test_the_archive_holds_finished_jobs_records_without_weights(two_machines, s
     assert done["jobs"] == 1 and done["files"] == len(names) - 1
     assert {"runs/adam-s0/config.json", "runs/adam-s0/records.jsonl", "runs/adam-s0/manifest.json",
             "runs/adam-s0/model/config.json", "audits/adam-s0/records.jsonl", "audits/adam-s0/manifest.json"} <= names
-    assert not any(n.endswith(".safetensors") or "checkpoint" in n for n in names)
+    assert not any(n.endswith(".safetensors") or "checkpoint" in n or "tokenizer" in n for n in names)
     assert not any("adam-s1" in n or "adam-s2" in n for n in names)   # the unfinished jobs start anew
     assert [str(p) for p in carried_files(root / "a")] == sorted(names - {CARRIED})
     # the digest of the start model, computed independently
