@@ -9,9 +9,9 @@ small (configs, records, manifests, calibrations); the weights are not (a SmolLM
   and its audit, if it has one, finished), every calibration, path and plane record, and no
   weights (``*.safetensors``, ``*.bin``, ``*.pt``, ``*.pth``), no tokenizers and no
   ``checkpoint/``; an unfinished run or audit is left out and starts anew where the archive is
-  unpacked. Beside them,
-  ``carried-models.json`` holds the SHA-256 of every model the runs started from and the
-  environment that built them (:func:`unlearn.runs.environment`: versions, CPU kernels);
+  unpacked. Beside them, ``carried-models.json`` holds the SHA-256 of every model the runs
+  started from and the packing machine's environment (:func:`unlearn.runs.environment`:
+  versions, CPU kernels);
 - :func:`unpack` puts an archive's files into a work folder, refusing before it writes anything if
   a file there already holds something else;
 - :func:`check_carried` (called by the study once its models are built) refuses to go on when a
