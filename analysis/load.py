@@ -52,6 +52,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.names import learn, learn_tiers
+from unlearn.cache import atomic_file
 from unlearn.errors import BasinError
 from unlearn.records import REQUIRED, recipe_of
 
@@ -444,17 +445,11 @@ def save_frame(df: pd.DataFrame, path: str | os.PathLike) -> Path:
     path = Path(path)
     if path.suffix not in (".parquet", ".csv"):
         raise BasinError(f"{path}: save as .parquet or .csv")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_file(path) as tmp:
         if path.suffix == ".parquet":
             df.to_parquet(tmp, index=False)
         else:
             df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

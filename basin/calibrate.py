@@ -55,7 +55,6 @@ import copy
 import dataclasses
 import json
 import math
-import os
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -74,7 +73,7 @@ from unlearn.errors import BasinError, LossDiverged, require
 from unlearn.loading import load_model
 from unlearn.models import resolve_device, resolve_dtype
 from unlearn.optim import OPTIMIZERS
-from unlearn.records import append_records, read_records
+from unlearn.records import append_records, read_records, write_records
 from unlearn.registry import from_fields, lookup
 from unlearn.train import TRAIN_DTYPES, UnlearnConfig, unlearn
 
@@ -496,7 +495,7 @@ def calibrate(config: CalibrationConfig | dict, progress: bool = True, log: Call
     out.mkdir(parents=True, exist_ok=True)
     if not saved.exists():
         write_json_atomic(saved, config.plain())
-    _rewrite_records(out / "records.jsonl", kept + fresh_refs)
+    write_records(out / "records.jsonl", kept + fresh_refs)
     log(f"target: {config.metric} on forget = {target.value:.4f} +- {target.tolerance:.4f} ({target.spec}; "
         f"original {target.original:.4f}" + (f", gold {target.gold:.4f})" if target.gold is not None else ")"))
 
@@ -618,17 +617,6 @@ class _Probes:
             self.log(f"  {name} {phase} lr {lr:.4g} steps {steps}: {self.config.metric} {probe.forget:.4f}, "
                      f"retain {RETAIN_LOSS[0]} {probe.retain:.4f} ({seconds:.1f} s)")
         return probe
-
-
-def _rewrite_records(path: Path, records: list[dict]) -> None:
-    """Replace ``path`` by ``records`` atomically (a torn probe dropped, references added)."""
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)
-    if records:
-        append_records(tmp, records)
-    else:
-        tmp.write_text("")
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- using a calibration

@@ -28,14 +28,13 @@ from __future__ import annotations
 import filecmp
 import io
 import json
-import os
 import shutil
 import tarfile
 import tempfile
 from pathlib import Path
 
 from unlearn import runs
-from unlearn.cache import check_writable
+from unlearn.cache import atomic_file, check_writable
 from unlearn.errors import BasinError
 from unlearn.hub import sha256_file
 
@@ -68,7 +67,7 @@ def unfinished(work: Path) -> set[Path]:
                 left.add(_swap(rel, old, new))
     for manifest in work.rglob("manifest.json"):   # a finished run of an audited sweep whose audit never began
         rel = manifest.parent.relative_to(work)
-        if "runs" in rel.parts and (manifest.parent / "model").is_dir():
+        if "runs" in rel.parts and runs.is_finished(manifest.parent):
             audit = _swap(rel, "runs", "audits")
             audited = work.joinpath(*audit.parts[:_last(audit, "audits") + 1]).is_dir()
             if audited and not (work / audit / "manifest.json").exists():
@@ -107,23 +106,14 @@ def pack(work, archive, models: list[str]) -> dict:
     digests = {str(m): {f.name: sha256_file(f) for f in sorted(Path(m).glob("*.safetensors"))}
                for m in models if Path(m).is_dir()}
     jobs = [f.parent for f in files if f.name == "config.json" and "runs" in f.parts and "model" not in f.parts]
-    archive.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=archive.parent, prefix=f".{archive.name}.")
-    os.close(fd)
-    try:
-        with tarfile.open(tmp, "w:gz") as tar:
-            for rel in files:
-                tar.add(work / rel, arcname=str(rel), recursive=False)
-            carried = {"models": digests, "environment": runs.environment()}
-            blob = (json.dumps(carried, indent=2, sort_keys=True) + "\n").encode()
-            info = tarfile.TarInfo(CARRIED)
-            info.size, info.mode = len(blob), 0o644
-            tar.addfile(info, io.BytesIO(blob))
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, archive)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(archive) as tmp, tarfile.open(tmp, "w:gz") as tar:
+        for rel in files:
+            tar.add(work / rel, arcname=str(rel), recursive=False)
+        carried = {"models": digests, "environment": runs.environment()}
+        blob = (json.dumps(carried, indent=2, sort_keys=True) + "\n").encode()
+        info = tarfile.TarInfo(CARRIED)
+        info.size, info.mode = len(blob), 0o644
+        tar.addfile(info, io.BytesIO(blob))
     return {"archive": str(archive), "files": len(files), "jobs": len(jobs), "models": len(digests),
             "bytes": archive.stat().st_size}
 

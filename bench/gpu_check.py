@@ -596,10 +596,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _write(path: Path, results: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(results, indent=1, default=str))
-    os.replace(tmp, path)
+    from unlearn.cache import write_text_atomic
+    write_text_atomic(path, json.dumps(results, indent=1, default=str))
 
 
 if __name__ == "__main__":

@@ -113,3 +113,21 @@ def test_cli_ls_and_unknown_command(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["lss"])
     assert exc.value.code == 2
+
+
+def test_an_interrupted_atomic_write_leaves_the_old_file_whole(tmp_path):
+    from unlearn.cache import atomic_file
+    from unlearn.records import append_records, read_records, write_records
+    rows = [dict(model="m", attack="none", setting="0", metric="loss", value=v, split="forget", seed=0)
+            for v in (1.5, 2.5, 3.5)]
+    path = tmp_path / "records.jsonl"
+    assert append_records(path, rows) == 3
+    before = path.read_bytes()
+    with pytest.raises(RuntimeError, match="interrupted"):
+        with atomic_file(path) as tmp:
+            tmp.write_text('{"model": "m", "val')          # a torn line that must never be seen
+            raise RuntimeError("interrupted")
+    assert path.read_bytes() == before and sorted(tmp_path.iterdir()) == [path]   # no temporary left
+    assert write_records(path, rows[:2]) == 2               # a resumed run keeps what its checkpoint saw
+    assert [r["value"] for r in read_records(path)] == [1.5, 2.5]
+    assert write_records(path, []) == 0 and path.read_text() == "" and sorted(tmp_path.iterdir()) == [path]

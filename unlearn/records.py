@@ -31,6 +31,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Mapping
 
+from unlearn.cache import atomic_file
+
 REQUIRED = ("model", "attack", "setting", "metric", "value", "split", "seed")
 CONTROL_SUFFIX = "-snapback"
 # config fields that do not change what a run computes (the seed is the replicate, not the recipe)
@@ -88,6 +90,14 @@ def append_records(path: str | os.PathLike, records: Iterable[dict]) -> int:
         f.flush()
         os.fsync(f.fileno())
     return len(lines)
+
+
+def write_records(path: str | os.PathLike, records: Iterable[dict]) -> int:
+    """Replace the JSONL file ``path`` by ``records``, atomically (:func:`append_records` into a
+    temporary file, then a rename): a resumed run or calibration drops what came after its
+    checkpoint without a moment where the file is torn."""
+    with atomic_file(Path(path)) as tmp:
+        return append_records(tmp, records)
 
 
 def read_records(path: str | os.PathLike) -> list[dict]:

@@ -109,17 +109,6 @@ def log_records(out: Path | None, records: list[dict]) -> list[dict]:
     return records
 
 
-def rewrite_records(out: Path, records: list[dict]) -> None:
-    """Replace records.jsonl by ``records``, atomically (a resumed run drops what came after its
-    checkpoint)."""
-    tmp = out / "records.jsonl.tmp"
-    tmp.unlink(missing_ok=True)
-    append_records(tmp, records)
-    if not records:
-        tmp.write_text("")
-    os.replace(tmp, out / "records.jsonl")
-
-
 # ----------------------------------------------------------------------------- checkpoints
 
 def save_checkpoint(out: Path, model, optimizer, step: int, n_records: int) -> None:

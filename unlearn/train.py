@@ -63,7 +63,7 @@ from unlearn.objectives import OBJECTIVES, make_objective
 from unlearn.optim import OPTIMIZERS, make_optimizer
 from unlearn.optim.aliases import build_plan
 from unlearn.parallel import DataParallel, check_data_parallel, data_parallel_step
-from unlearn.records import read_records
+from unlearn.records import read_records, write_records
 from unlearn.registry import from_fields, lookup
 from unlearn.runs import OBJECT_MODEL
 from unlearn.scoring import answer_stats
@@ -382,7 +382,7 @@ def unlearn(config: UnlearnConfig | dict | None = None, model=None, tokenizer=No
     if out is not None and runs.has_checkpoint(out):
         first, n_records = runs.load_checkpoint(out, model, optimizer)
         records = read_records(out / "records.jsonl")[:n_records]
-        runs.rewrite_records(out, records)
+        write_records(out / "records.jsonl", records)
     elif out is not None and main:
         (out / "records.jsonl").unlink(missing_ok=True)
     if first == 0 and config.eval_every and main:
