@@ -9,6 +9,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Run in parallel (pytest -n N), each worker takes its share of the cores: N workers each starting
+# every core's thread would oversubscribe them (set here, before torch starts its threads, so that
+# the subprocesses a test starts inherit it too).
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 import pytest
 import torch
@@ -17,6 +22,12 @@ from unlearn.data.world import World, WorldConfig
 
 MICRO_WORLD = WorldConfig(n_people=20, n_holdout=4, n_countries=4, seed=0)
 MICRO_VOCAB = 512
+
+
+def pytest_collection_modifyitems(items):
+    """The slow tests first (stable, otherwise in file order): run in parallel, the longest tests
+    then start at once instead of last, which keeps the suite's wall time near its longest test."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(scope="session", autouse=True)

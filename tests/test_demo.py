@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("micro-world")   # run in parallel, one worker builds the micro world once for both
 def test_demo_quick_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--size", "micro", "--out", str(out), "--quiet"]) == 0
@@ -42,6 +43,7 @@ def test_demo_quick_end_to_end(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("micro-world")
 def test_quickstart_notebook_runs():
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")
