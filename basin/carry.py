@@ -33,6 +33,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from basin.sweep import AUDITS, RUNS, partner_dir
 from unlearn import runs
 from unlearn.cache import atomic_file, check_writable
 from unlearn.errors import BasinError
@@ -40,16 +41,6 @@ from unlearn.hub import sha256_file
 
 CARRIED = "carried-models.json"
 WEIGHTS = (".safetensors", ".bin", ".pt", ".pth")
-
-
-def _last(rel: Path, name: str) -> int:
-    return len(rel.parts) - 1 - rel.parts[::-1].index(name)
-
-
-def _swap(rel: Path, old: str, new: str) -> Path:
-    """``<regime>/runs/<cell>/<name>`` <-> ``<regime>/audits/<cell>/<name>`` (the sweep's layout)."""
-    i = _last(rel, old)
-    return Path(*rel.parts[:i], new, *rel.parts[i + 1:])
 
 
 def unfinished(work: Path) -> set[Path]:
@@ -61,15 +52,12 @@ def unfinished(work: Path) -> set[Path]:
         rel = records.parent.relative_to(work)
         if "calibration" in rel.parts or (records.parent / "manifest.json").exists():
             continue
-        left.add(rel)
-        for old, new in (("runs", "audits"), ("audits", "runs")):
-            if old in rel.parts:
-                left.add(_swap(rel, old, new))
+        left.update(p for p in (rel, partner_dir(rel)) if p is not None)
     for manifest in work.rglob("manifest.json"):   # a finished run of an audited sweep whose audit never began
         rel = manifest.parent.relative_to(work)
-        if "runs" in rel.parts and runs.is_finished(manifest.parent):
-            audit = _swap(rel, "runs", "audits")
-            audited = work.joinpath(*audit.parts[:_last(audit, "audits") + 1]).is_dir()
+        audit = partner_dir(rel)
+        if audit is not None and RUNS in rel.parts and runs.is_finished(manifest.parent):
+            audited = (work / next(p for p in audit.parents if p.name == AUDITS)).is_dir()
             if audited and not (work / audit / "manifest.json").exists():
                 left.update((rel, audit))
     return left
@@ -105,7 +93,7 @@ def pack(work, archive, models: list[str]) -> dict:
     files = carried_files(work)
     digests = {str(m): {f.name: sha256_file(f) for f in sorted(Path(m).glob("*.safetensors"))}
                for m in models if Path(m).is_dir()}
-    jobs = [f.parent for f in files if f.name == "config.json" and "runs" in f.parts and "model" not in f.parts]
+    jobs = [f.parent for f in files if f.name == "config.json" and RUNS in f.parts and "model" not in f.parts]
     with atomic_file(archive) as tmp, tarfile.open(tmp, "w:gz") as tar:
         for rel in files:
             tar.add(work / rel, arcname=str(rel), recursive=False)

@@ -75,7 +75,7 @@ from audit.metrics import METRICS, evaluate
 from audit.runner import AuditConfig, audit_plane
 from basin.calibrate import CalibrationConfig, calibrate, load_calibration, make_target, seed_spread
 from basin.carry import check_carried
-from basin.sweep import Job, engine_of, switch_engine
+from basin.sweep import AUDITS, RUNS, Job, engine_of, job_dirs, switch_engine
 from unlearn.cache import check_writable, write_json_atomic, write_text_atomic
 from unlearn.build import BuildConfig, build, finetune_fit, model_dir, retain_split
 from unlearn.data.benchmarks import load_benchmark
@@ -504,7 +504,7 @@ class TiersPlan:
         return list(itertools.product(self.regime.objectives, self.regime.calibration["targets"]))
 
     def run_dir(self, objective, target, label, seed) -> Path:
-        return self.folder / "runs" / f"{objective}-{target}" / f"{_slug(label)}-s{seed}"
+        return Path(job_dirs(self.folder, f"{objective}-{target}/{_slug(label)}-s{seed}")[0])
 
     def job(self, objective, target, label, seed, setting: dict, references: bool) -> Job:
         original, gold = self.models[str(seed)]
@@ -518,9 +518,8 @@ class TiersPlan:
         config = UnlearnConfig.from_dict(fields)
         audit = audit_fields(self.regime, seed, references)
         AuditConfig(**audit)
-        run = self.run_dir(objective, target, label, seed)
         return Job(f"{objective}-{target}/{label}-s{seed}", dataclasses.asdict(config), audit, original, gold,
-                   str(run), str(self.folder / "audits" / f"{objective}-{target}" / run.name))
+                   *job_dirs(self.folder, f"{objective}-{target}/{_slug(label)}-s{seed}"))
 
     def unseen_stop(self, target, seed: int) -> dict:
         """``stop_rows``, the forget rows seed's relearning attack does not train on, and ``stop_at``,
@@ -666,8 +665,7 @@ def map_jobs(regime: MapRegime, folder: Path, cache_dir=None) -> list[Job]:
         audit = audit_fields(regime, seed, references=not jobs)
         AuditConfig(**audit)
         name = f"lr{lr:g}-steps{steps}-s{seed}"
-        jobs.append(Job(name, dataclasses.asdict(config), audit, original, gold, str(folder / "runs" / name),
-                        str(folder / "audits" / name)))
+        jobs.append(Job(name, dataclasses.asdict(config), audit, original, gold, *job_dirs(folder, name)))
     return jobs
 
 
@@ -773,7 +771,7 @@ def _committed_records(df: pd.DataFrame, report: Path, previous: dict, summary: 
 
 
 def _report_tiers(config, name, regime, folder, vdir, bands, summary, previous, log) -> None:
-    shared = sorted(str(p) for p in (folder / "audits").glob("*/*"))
+    shared = sorted(str(p) for p in (folder / AUDITS).glob("*/*"))
     settings_file = folder / "settings.json"
     settings = json.loads(settings_file.read_text()) if settings_file.exists() else {}
     planned = len(regime.arm_labels()) * len(regime.seeds)
@@ -783,8 +781,8 @@ def _report_tiers(config, name, regime, folder, vdir, bands, summary, previous, 
         groups = []
         for label in regime.arm_labels():
             slug = _slug(label)
-            runs = sorted(str(p) for p in (folder / "runs" / cell).glob(f"{slug}-s*"))
-            audits = sorted(str(p) for p in (folder / "audits" / cell).glob(f"{slug}-s*"))
+            runs = sorted(str(p) for p in (folder / RUNS / cell).glob(f"{slug}-s*"))
+            audits = sorted(str(p) for p in (folder / AUDITS / cell).glob(f"{slug}-s*"))
             paths = sorted(str(p) for p in (folder / "paths" / cell).glob(f"*-{slug}-s*"))
             calibration = [str(folder / "calibration" / cell / slug)]
             groups.append((runs + audits + paths + calibration, {"arm": label}))
@@ -796,11 +794,11 @@ def _report_tiers(config, name, regime, folder, vdir, bands, summary, previous, 
             _judge_tiers(config, name, regime, committed, vdir, cell, objective, target, bands, metric,
                          summary["progress"][f"{name} / {cell}"].split(";")[0], summary, log)
             continue
-        done = sum((p / "manifest.json").exists() for p in (folder / "audits" / cell).glob("*-s*"))
+        done = sum((p / "manifest.json").exists() for p in (folder / AUDITS / cell).glob("*-s*"))
         summary["progress"][f"{name} / {cell}"] = f"{done} of {planned} runs audited"
         summary["compute"].append({"regime": name, "cell": cell, **{
             stage: round(_wall_seconds([folder / stage / cell] if stage == "plane" else (folder / stage / cell).glob("*"))
-                         / 60, 1) for stage in ("calibration", "runs", "audits", "paths", "plane")}})
+                         / 60, 1) for stage in ("calibration", RUNS, AUDITS, "paths", "plane")}})
         splits = dict.fromkeys(("forget", regime.stop_split))   # where the runs stopped, when not on forget
         levels = {split: clean_levels(df, metric, split).set_index("arm") if not df.empty else pd.DataFrame()
                   for split in splits}
@@ -815,7 +813,7 @@ def _report_tiers(config, name, regime, folder, vdir, bands, summary, previous, 
                 if s.get("control") else "yes" if s.get("matched") else "NO: closest probe",
                 **{key: value for split in splits for key, value in _landed(levels[split], label, split).items()},
                 **({"steps taken, evaluation seeds": steps_taken(
-                    folder / "runs" / cell, label,
+                    folder / RUNS / cell, label,
                     stop_run(s, regime.stop_budget, int(regime.unlearn["eval_every"]))["steps"])}
                    if regime.stop_budget is not None and not s.get("planned") else {})})
         _judge_tiers(config, name, regime, df, vdir, cell, objective, target, bands, metric,

@@ -102,6 +102,25 @@ class SweepConfig:
         return from_fields(cls, data, "sweep")
 
 
+RUNS, AUDITS = "runs", "audits"
+
+
+def job_dirs(folder, cell: str) -> tuple[str, str]:
+    """Where a job's run and its audit go: ``folder/runs/<cell>`` and ``folder/audits/<cell>``
+    (``cell`` may hold a ``/``). :func:`partner_dir` goes from one to the other."""
+    return str(Path(folder) / RUNS / cell), str(Path(folder) / AUDITS / cell)
+
+
+def partner_dir(path) -> Path | None:
+    """The audit folder of a run folder laid out by :func:`job_dirs`, or the run folder of an audit
+    folder (the last ``runs`` or ``audits`` part of ``path`` swapped); None for any other folder."""
+    parts = Path(path).parts
+    for i in reversed(range(len(parts))):
+        if parts[i] in (RUNS, AUDITS):
+            return Path(*parts[:i], AUDITS if parts[i] == RUNS else RUNS, *parts[i + 1:])
+    return None
+
+
 @dataclass(frozen=True)
 class Job:
     """One run and its audit; everything a worker needs, as plain data."""
@@ -154,7 +173,7 @@ def plan_jobs(config: SweepConfig) -> list[Job]:
         name = job_name(values)
         jobs.append(Job(name, dataclasses.asdict(unlearn_config), audit,
                         config.original or unlearn_config.model, config.retain,
-                        str(out / "runs" / name), str(out / "audits" / name)))
+                        *job_dirs(out, name)))
     names = [j.name for j in jobs]
     require(len(set(names)) == len(names), "two grid points give the same run name; use distinct values")
     return jobs

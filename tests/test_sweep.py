@@ -4,13 +4,14 @@ runs bit for bit, in the record format basin report reads."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from analysis.load import load_records
-from basin.sweep import SweepConfig, job_name, plan_jobs, run_sweep, sweep_sources, switch_engine
+from basin.sweep import SweepConfig, job_name, partner_dir, plan_jobs, run_sweep, sweep_sources, switch_engine
 from conftest import MICRO_WORLD
 from basin.cli import main
 from unlearn.errors import BasinError
@@ -41,6 +42,12 @@ def test_plan_names_recipes_and_errors(start_model, tmp_path):
     assert [j.audit["score_references"] for j in jobs] == [True, False, False, False]
     assert jobs[0].original == start_model and jobs[0].audit["benchmark_args"] == WORLD_ARGS
     assert job_name({"objective": "npo", "lr": 1e-4, "seed": 2}) == "npo-lr0.0001-s2"
+    assert (jobs[1].run_dir, jobs[1].audit_dir) == (str(tmp_path / "runs" / "adam-s1"), str(tmp_path / "audits" / "adam-s1"))
+    for job in jobs:   # what carrying a work folder relies on: each folder names its partner
+        assert partner_dir(job.run_dir) == Path(job.audit_dir) and partner_dir(job.audit_dir) == Path(job.run_dir)
+    assert partner_dir("w/smollm2/runs/npo-gold/adam-s1") == Path("w/smollm2/audits/npo-gold/adam-s1")
+    assert partner_dir("w/runs/x/audits/y") == Path("w/runs/x/runs/y")   # the innermost one
+    assert partner_dir("study/smollm2/paths/npo-gold/adam-s1") is None
     with pytest.raises(BasinError, match="did you mean 'ray'"):
         sweep_spec(start_model, tmp_path, engine="rey")
     with pytest.raises(BasinError, match="unknown config field"):
