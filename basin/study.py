@@ -503,8 +503,12 @@ class TiersPlan:
     def cells(self) -> list[tuple[str, str]]:
         return list(itertools.product(self.regime.objectives, self.regime.calibration["targets"]))
 
+    def dirs(self, objective, target, label, seed) -> tuple[str, str]:
+        """The run and audit folders of one arm's seed in one cell (:func:`basin.sweep.job_dirs`)."""
+        return job_dirs(self.folder, f"{objective}-{target}/{_slug(label)}-s{seed}")
+
     def run_dir(self, objective, target, label, seed) -> Path:
-        return Path(job_dirs(self.folder, f"{objective}-{target}/{_slug(label)}-s{seed}")[0])
+        return Path(self.dirs(objective, target, label, seed)[0])
 
     def job(self, objective, target, label, seed, setting: dict, references: bool) -> Job:
         original, gold = self.models[str(seed)]
@@ -519,7 +523,7 @@ class TiersPlan:
         audit = audit_fields(self.regime, seed, references)
         AuditConfig(**audit)
         return Job(f"{objective}-{target}/{label}-s{seed}", dataclasses.asdict(config), audit, original, gold,
-                   *job_dirs(self.folder, f"{objective}-{target}/{_slug(label)}-s{seed}"))
+                   *self.dirs(objective, target, label, seed))
 
     def unseen_stop(self, target, seed: int) -> dict:
         """``stop_rows``, the forget rows seed's relearning attack does not train on, and ``stop_at``,

@@ -16,6 +16,7 @@ import yaml
 from analysis.verdicts import PAPER_CLAIMS
 from basin.study import (StudyConfig, TiersRegime, check_study, control_setting, matched_noise_std, override_engine,
                          model_seeds, plan_tiers)
+from basin.sweep import partner_dir
 from unlearn.errors import BasinError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,6 +162,8 @@ def test_the_plan_pairs_each_seed_with_its_own_models_and_attack_seed(tmp_path):
     assert len({j.retain for j in jobs}) == len(regime.seeds)
     for seed, job in zip(regime.seeds, jobs):
         assert job.unlearn["seed"] == seed and job.audit["seed"] == seed and job.unlearn["model"] == job.original
+        assert job.run_dir == str(tmp_path / "runs" / "npo-gold" / f"adam-s{seed}")
+        assert partner_dir(job.run_dir) == Path(job.audit_dir)          # what carrying the work folder relies on
     cal = next(iter(plan.calibrations.values()))
     assert cal.original not in {j.original for j in jobs}               # the calibration's own model
     path = plan.path_job("npo", "gold", "hybrid", 3, setting)
