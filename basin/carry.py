@@ -33,7 +33,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from basin.sweep import AUDITS, RUNS, partner_dir
+from basin.sweep import RUNS, partner_dir
 from unlearn import runs
 from unlearn.cache import atomic_file, check_writable
 from unlearn.errors import BasinError
@@ -56,8 +56,11 @@ def unfinished(work: Path) -> set[Path]:
     for manifest in work.rglob("manifest.json"):   # a finished run of an audited sweep whose audit never began
         rel = manifest.parent.relative_to(work)
         audit = partner_dir(rel)
-        if audit is not None and RUNS in rel.parts and runs.is_finished(manifest.parent):
-            audited = (work / next(p for p in audit.parents if p.name == AUDITS)).is_dir()
+        if audit is None:
+            continue
+        i = next(k for k, (a, b) in enumerate(zip(rel.parts, audit.parts)) if a != b)   # the swapped part
+        if rel.parts[i] == RUNS and runs.is_finished(manifest.parent):
+            audited = work.joinpath(*audit.parts[:i + 1]).is_dir()
             if audited and not (work / audit / "manifest.json").exists():
                 left.update((rel, audit))
     return left
