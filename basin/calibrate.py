@@ -87,6 +87,7 @@ NEUTRAL_FIELDS = PROBE_OVERRIDDEN + ("device",)
 CALIBRATED_FIELDS = ("lr", "steps", "epochs", "optimizer_args")   # what a calibration sets
 NAMED_TARGETS = {"gold": 1.0, "halfway": 0.5}
 OPTIMIZER_KEYS = {"optimizer_args": "optimizer_args", "start": "start", "lr_range": "lr_range"}
+CALIBRATIONS = "calibration"   # the folder of a study's work folder that holds its calibrations
 
 
 # ----------------------------------------------------------------------------- the search

@@ -33,6 +33,7 @@ import tarfile
 import tempfile
 from pathlib import Path
 
+from basin.calibrate import CALIBRATIONS
 from basin.sweep import RUNS, partner_dir
 from unlearn import runs
 from unlearn.cache import atomic_file, check_writable
@@ -50,7 +51,7 @@ def unfinished(work: Path) -> set[Path]:
     work, left = Path(work), set()
     for records in work.rglob("records.jsonl"):
         rel = records.parent.relative_to(work)
-        if "calibration" in rel.parts or (records.parent / "manifest.json").exists():
+        if CALIBRATIONS in rel.parts or (records.parent / "manifest.json").exists():
             continue
         left.update(p for p in (rel, partner_dir(rel)) if p is not None)
     for manifest in work.rglob("manifest.json"):   # a finished run of an audited sweep whose audit never began

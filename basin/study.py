@@ -73,7 +73,7 @@ from analysis.verdicts import PAPER_CLAIMS, Bands, Claim, claims_for
 from audit.attacks import ATTACKS
 from audit.metrics import METRICS, evaluate
 from audit.runner import AuditConfig, audit_plane
-from basin.calibrate import CalibrationConfig, calibrate, load_calibration, make_target, seed_spread
+from basin.calibrate import CALIBRATIONS, CalibrationConfig, calibrate, load_calibration, make_target, seed_spread
 from basin.carry import check_carried
 from basin.sweep import AUDITS, RUNS, Job, engine_of, job_dirs, switch_engine
 from unlearn.cache import check_writable, write_json_atomic, write_text_atomic
@@ -89,6 +89,9 @@ from unlearn.records import read_records
 from unlearn.registry import from_fields, lookup
 from unlearn.train import UnlearnConfig
 
+# a regime's work folder: runs/ and audits/ (the sweep's job_dirs), calibration/ (CALIBRATIONS),
+# paths/ (interpolations between arms) and plane/ (the plane through three models), each by cell
+PATHS, PLANE = "paths", "plane"
 CORRECTIONS = {"holm": "Holm's step-down correction over the claims of one table"}
 CLAIMS = {c.name: c for c in PAPER_CLAIMS}
 MODEL_KEYS = {"size": "a scratch model size (micro, tiny, small)", "base": "a pretrained model to fine-tune",
@@ -405,7 +408,7 @@ def calibration_configs(regime: TiersRegime, folder: Path, models: dict) -> dict
         steps = unlearn_fields.pop("steps")
         entry = {k: arm[k] for k in ("optimizer_args", "start") if k in arm}
         out[objective, target, label] = CalibrationConfig(
-            out=str(folder / "calibration" / f"{objective}-{target}" / _slug(label)), unlearn=unlearn_fields,
+            out=str(folder / CALIBRATIONS / f"{objective}-{target}" / _slug(label)), unlearn=unlearn_fields,
             optimizers={arm["optimizer"]: entry}, target=str(target), steps=(steps,),
             evaluation_seeds=tuple(regime.seeds), original=original, retain=gold, **cal)
     return out
@@ -561,7 +564,7 @@ class TiersPlan:
         AuditConfig(**audit)
         name = f"{_slug(self.regime.paths['from'])}-{_slug(label)}-s{seed}"
         return dataclasses.replace(base, name=f"{objective}-{target}/path-{name}", audit=audit,
-                                   audit_dir=str(self.folder / "paths" / f"{objective}-{target}" / name))
+                                   audit_dir=str(self.folder / PATHS / f"{objective}-{target}" / name))
 
 
 def cell_settings(plan: TiersPlan, objective: str, target: str) -> dict[str, dict]:
@@ -643,7 +646,7 @@ def run_tiers(regime: TiersRegime, folder: Path, cache_dir=None, progress: bool 
     if regime.plane:
         target, seed = regime.calibration["targets"][0], regime.seeds[0]
         for objective in regime.objectives:
-            out = folder / "plane" / f"{objective}-{target}"
+            out = folder / PLANE / f"{objective}-{target}"
             if (out / "manifest.json").exists() or (out / "records.jsonl").exists():
                 continue
             a, b = (str(plan.run_dir(objective, target, label, seed)) for label in regime.plane)
@@ -787,10 +790,10 @@ def _report_tiers(config, name, regime, folder, vdir, bands, summary, previous, 
             slug = _slug(label)
             runs = sorted(str(p) for p in (folder / RUNS / cell).glob(f"{slug}-s*"))
             audits = sorted(str(p) for p in (folder / AUDITS / cell).glob(f"{slug}-s*"))
-            paths = sorted(str(p) for p in (folder / "paths" / cell).glob(f"*-{slug}-s*"))
-            calibration = [str(folder / "calibration" / cell / slug)]
+            paths = sorted(str(p) for p in (folder / PATHS / cell).glob(f"*-{slug}-s*"))
+            calibration = [str(folder / CALIBRATIONS / cell / slug)]
             groups.append((runs + audits + paths + calibration, {"arm": label}))
-        groups.append(([str(folder / "plane" / cell)], {}))
+        groups.append(([str(folder / PLANE / cell)], {}))
         df = load_arms(groups, shared)
         committed = _committed_records(df, vdir / f"{name}-{cell}", previous, summary, f"{name} / {cell}", log,
                                        regime=name, cell=cell, objective=objective, target=target)
@@ -801,8 +804,8 @@ def _report_tiers(config, name, regime, folder, vdir, bands, summary, previous, 
         done = sum((p / "manifest.json").exists() for p in (folder / AUDITS / cell).glob("*-s*"))
         summary["progress"][f"{name} / {cell}"] = f"{done} of {planned} runs audited"
         summary["compute"].append({"regime": name, "cell": cell, **{
-            stage: round(_wall_seconds([folder / stage / cell] if stage == "plane" else (folder / stage / cell).glob("*"))
-                         / 60, 1) for stage in ("calibration", RUNS, AUDITS, "paths", "plane")}})
+            stage: round(_wall_seconds([folder / stage / cell] if stage == PLANE else (folder / stage / cell).glob("*"))
+                         / 60, 1) for stage in (CALIBRATIONS, RUNS, AUDITS, PATHS, PLANE)}})
         splits = dict.fromkeys(("forget", regime.stop_split))   # where the runs stopped, when not on forget
         levels = {split: clean_levels(df, metric, split).set_index("arm") if not df.empty else pd.DataFrame()
                   for split in splits}
