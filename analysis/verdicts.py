@@ -39,8 +39,9 @@ What a verdict compares (DESIGN section 9, "sound comparisons"):
    permutation test (sign flips of d for paired or one-sample data, all relabelings for two
    samples) with its smallest attainable p: 1/2^n one-sided for n pairs (0.125 at n = 3), and
    1/C(n_a + n_b, n_a) for two samples (0.05 at 3 vs 3), so with three seeds an exact test can
-   never reach p < 0.05 paired and only just reaches it unpaired. A zero-width interval (every
-   seed the same) gives no verdict.
+   never reach p < 0.05 paired and only just reaches it unpaired. Past 65,536 patterns (17 or more
+   pairs) seeded random patterns stand in for the enumeration. It is reported, not used by the
+   verdict. A zero-width interval (every seed the same) gives no verdict.
 5. **Multiplicity.** :func:`evaluate_claims` applies Holm's step-down correction to the p-values
    of all claims tested in one report: sorted p_(1) <= ... <= p_(k), adjusted
    p~_(i) = max_{j <= i} min(1, (k - j + 1) p_(j)).
@@ -397,39 +398,58 @@ def tost_p(diff: float, se: float, dof: float, band: float) -> float:
 
 
 def permutation(a: Sequence[float], b: Sequence[float] | None, direction: str,
-                paired: bool) -> tuple[float, float, str]:
-    """Exact permutation test of mean(a) - mean(b) (``b`` None: of mean(a), against 0).
+                paired: bool, draws: int = 100_000, seed: int = 0) -> tuple[float, float, str]:
+    """Permutation test of mean(a) - mean(b) (``b`` None: of mean(a), against 0).
 
-    Paired (``a`` holds the differences, ``b`` None): all 2^n sign flips; two samples: all
-    C(n_a + n_b, n_a) relabelings. Returns (one-sided p in the claimed ``direction``, the smallest
-    p the test can give, a description); NaN when there are more than :data:`EXACT_LIMIT`.
+    Paired (``a`` holds the differences, ``b`` None): sign flips; two samples: relabelings of the
+    pooled values. Up to :data:`EXACT_LIMIT` patterns, all are enumerated (exact); beyond, ``draws``
+    random patterns from ``numpy.random.default_rng(seed)`` stand in for them, with the p-value
+    (hits + 1) / (draws + 1), which never understates the exact p in expectation (Phipson & Smyth
+    2010, "Permutation p-values should never be zero"). Returns (one-sided p in the claimed
+    ``direction``, the smallest p the test can give, a description).
     """
     a = np.asarray(a, float)
-    if b is None:
-        n = a.size
-        if 2 ** n > EXACT_LIMIT:
-            return math.nan, math.nan, "exact sign-flip permutation: too many seeds to enumerate"
-        signs = np.array(list(product((1.0, -1.0), repeat=n)))
-        stats_ = signs @ a / n
-        observed = float(a.mean())
-        what = f"exact sign-flip permutation ({'paired, ' if paired else ''}n={n})"
+    pooled = a if b is None else np.concatenate([a, np.asarray(b, float)])
+    n_a = a.size
+    count = 2 ** n_a if b is None else math.comb(pooled.size, n_a)
+    kind = (f"sign-flip permutation ({'paired, ' if paired else ''}n={n_a})" if b is None
+            else f"two-sample permutation ({n_a} vs {pooled.size - n_a})")
+    observed = float(a.mean()) if b is None else float(a.mean() - pooled[n_a:].mean())
+    if count <= EXACT_LIMIT:
+        stats_ = _all_patterns(pooled, n_a, b is None)
+        what, extra = f"exact {kind}", 0
     else:
-        b = np.asarray(b, float)
-        pooled = np.concatenate([a, b])
-        n_all, n_a = pooled.size, a.size
-        if math.comb(n_all, n_a) > EXACT_LIMIT:
-            return math.nan, math.nan, "exact two-sample permutation: too many seeds to enumerate"
-        total = pooled.sum()
-        stats_ = np.array([pooled[list(idx)].sum() / n_a - (total - pooled[list(idx)].sum()) / (n_all - n_a)
-                           for idx in combinations(range(n_all), n_a)])
-        observed = float(a.mean() - b.mean())
-        what = f"exact two-sample permutation ({n_a} vs {b.size})"
+        stats_ = _random_patterns(pooled, n_a, b is None, draws, np.random.default_rng(seed))
+        what, extra = f"{kind}, {draws} random patterns of {count:.3g} (seed {seed})", 1
     tol = 1e-12 * max(1.0, float(np.abs(stats_).max()))
-    hits = stats_ <= observed + tol if direction == "less" else stats_ >= observed - tol
-    p = float(hits.mean())
-    p_min = 1.0 / stats_.size
+    hits = int((stats_ <= observed + tol).sum() if direction == "less" else (stats_ >= observed - tol).sum())
+    p = (hits + extra) / (stats_.size + extra)
+    p_min = 1.0 / (stats_.size + extra)
     return p, p_min, (f"{what}: one-sided p = {p:.3g}; smallest attainable p = {p_min:.3g}"
                       + (" (cannot reach 0.05)" if p_min > 0.05 else ""))
+
+
+def _all_patterns(pooled: np.ndarray, n_a: int, signs: bool) -> np.ndarray:
+    """The statistic under every sign flip (``signs``) or every split of ``pooled`` into n_a and the rest."""
+    if signs:
+        return np.array(list(product((1.0, -1.0), repeat=n_a))) @ pooled / n_a
+    total, n_b = pooled.sum(), pooled.size - n_a
+    return np.array([pooled[list(idx)].sum() / n_a - (total - pooled[list(idx)].sum()) / n_b
+                     for idx in combinations(range(pooled.size), n_a)])
+
+
+def _random_patterns(pooled: np.ndarray, n_a: int, signs: bool, draws: int, rng: np.random.Generator,
+                     chunk: int = 10_000) -> np.ndarray:
+    """The statistic under ``draws`` uniformly random sign flips or relabelings, drawn in chunks."""
+    total, n_b, out = pooled.sum(), pooled.size - n_a, []
+    for start in range(0, draws, chunk):
+        size = min(chunk, draws - start)
+        if signs:
+            out.append(rng.choice((1.0, -1.0), size=(size, n_a)) @ pooled / n_a)
+        else:
+            first = rng.permuted(np.broadcast_to(pooled, (size, pooled.size)), axis=1)[:, :n_a].sum(axis=1)
+            out.append(first / n_a - (total - first) / n_b)
+    return np.concatenate(out)
 
 
 def holm(p_values: Sequence[float]) -> list[float]:
@@ -816,7 +836,7 @@ def _assess(df: pd.DataFrame, claim: Claim, bands: Bands) -> Verdict:
     if claim.kind == "equivalence":  # the permutation tests above test "no difference", not equivalence
         v.test = v.test.replace(" t", " TOST")
         v.perm_p = math.nan
-        v.perm_text = (f"no exact permutation counterpart of TOST computed (a permutation test of these seeds "
+        v.perm_text = (f"no permutation counterpart of TOST computed (a permutation test of these seeds "
                        f"cannot go below p = {v.perm_p_min:.3g})")
     v.diff, v.dof = t["diff"], t["dof"]
     if t["se"] == 0:  # zero spread, see welch / one_sample

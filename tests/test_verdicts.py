@@ -267,6 +267,32 @@ def test_paired_difference_where_seeds_pair_the_runs():
     assert "smallest attainable" in row["permutation"] and "0.05" in row["permutation"]
 
 
+def test_permutation_beyond_enumeration_draws_random_patterns(monkeypatch):
+    """Past EXACT_LIMIT the sign-flip and two-sample tests draw random patterns (seeded) and agree
+    with scipy's exact test within Monte Carlo error; (hits + 1) / (draws + 1) never reaches 0."""
+    from analysis import verdicts
+    rng = np.random.default_rng(3)
+    d = rng.normal(-0.3, 1.0, size=12)
+    x, y = rng.normal(0.4, 1.0, size=7), rng.normal(0.0, 1.0, size=7)
+    ref_paired = stats.permutation_test((d,), np.mean, permutation_type="samples", alternative="less",
+                                        n_resamples=np.inf).pvalue
+    ref_two = stats.permutation_test((x, y), lambda u, v: np.mean(u) - np.mean(v), permutation_type="independent",
+                                     alternative="greater", n_resamples=np.inf).pvalue
+    exact = verdicts.permutation(d, None, "less", True)
+    assert exact[0] == pytest.approx(ref_paired, rel=1e-9) and exact[1] == 2.0 ** -12 and "exact" in exact[2]
+    assert verdicts.permutation(x, y, "greater", False)[0] == pytest.approx(ref_two, rel=1e-9)
+    monkeypatch.setattr(verdicts, "EXACT_LIMIT", 16)   # force the random branch on the same data
+    drawn = verdicts.permutation(d, None, "less", True, draws=40_000, seed=1)
+    assert abs(drawn[0] - ref_paired) < 4 * math.sqrt(ref_paired * (1 - ref_paired) / 40_000) + 1 / 40_001
+    assert drawn[1] == pytest.approx(1 / 40_001) and "40000 random patterns" in drawn[2]
+    assert drawn == verdicts.permutation(d, None, "less", True, draws=40_000, seed=1)   # same seed, same bits
+    assert drawn[0] != verdicts.permutation(d, None, "less", True, draws=40_000, seed=2)[0]
+    two = verdicts.permutation(x, y, "greater", False, draws=40_000, seed=1)
+    assert abs(two[0] - ref_two) < 4 * math.sqrt(ref_two * (1 - ref_two) / 40_000) + 1 / 40_001
+    # every difference on the claimed side: no random pattern reaches it, so p is the floor, not 0
+    assert verdicts.permutation(np.full(30, -1.0), None, "less", True, draws=1000)[0] == pytest.approx(1 / 1001)
+
+
 def test_permutation_floor_is_met_when_groups_separate():
     v = evaluate(load_records(_values_frame([0.1, 0.2, 0.3], [0.5, 0.6, 0.7], b_seeds=[3, 4, 5])), CLEAN_CLAIM)
     assert v.perm_p == pytest.approx(0.05) and v.verdict == "reproduced"
