@@ -420,7 +420,8 @@ def permutation(a: Sequence[float], b: Sequence[float] | None, direction: str,
         what, extra = f"exact {kind}", 0
     else:
         stats_ = _random_patterns(pooled, n_a, b is None, draws, np.random.default_rng(seed))
-        what, extra = f"{kind}, {draws} random patterns of {count:.3g} (seed {seed})", 1
+        of = f"{count:.3g}" if count < 1e300 else "more than 1e300"   # a float cannot hold a larger count
+        what, extra = f"{kind}, {draws} random patterns of {of} (seed {seed})", 1
     tol = 1e-12 * max(1.0, float(np.abs(stats_).max()))
     hits = int((stats_ <= observed + tol).sum() if direction == "less" else (stats_ >= observed - tol).sum())
     p = (hits + extra) / (stats_.size + extra)
