@@ -255,9 +255,15 @@ def _fq_reading(fq: dict) -> str:
 def _actions(worst: pd.DataFrame) -> list[str]:
     out = []
     for attack, g in worst.groupby("attack", sort=False):
+        name = ATTACK_NAMES.get(attack, attack).capitalize()
+        notes = "; ".join(dict.fromkeys(n for n in g["note"] if isinstance(n, str) and n))
         g = g[g["recovery"].notna()]
+        if g.empty and notes and "record" not in notes:   # references present, the ratio undefined
+            out.append(f"{name}: recovery is undefined at every setting tested ({notes}); judge it by "
+                       "where the attacked model sits between the attacked references (recovery_gold).")
+            continue
         if g.empty:
-            out.append(f"{ATTACK_NAMES.get(attack, attack).capitalize()}: recovery could not be measured "
+            out.append(f"{name}: recovery could not be measured "
                        "(see caveats); add the original and retain-only references to this audit.")
             continue
         r = g.loc[g["recovery"].idxmax()]
@@ -269,7 +275,7 @@ def _actions(worst: pd.DataFrame) -> list[str]:
             out.append(f"Partial leak when someone can {access} (worst: {_pct(r['recovery'])} at "
                        f"{r['setting']}); consider a more robust optimizer tier or objective.")
         else:
-            out.append(f"{ATTACK_NAMES.get(attack, attack).capitalize()}: no material recovery at the "
+            out.append(f"{name}: no material recovery at the "
                        f"settings tested (worst {_pct(r['recovery'])} at {r['setting']}).")
     return out
 

@@ -272,7 +272,11 @@ def recovery_per_seed(df: pd.DataFrame, *, unit: Sequence[str] = UNIT_KEYS,
     Guards: a ratio is NaN when the reference it needs is missing or its denominator is within
     ``min_gap`` of 0 (the attacked original is no different from the clean unlearned model, or
     from the attacked gold model: there is no knowledge to recover, so the ratio is undefined); the
-    ``note`` column says which. When the attacked ceiling-floor gap |o_attack - r_attack| is below
+    ``note`` column says which. ``recovery`` is also NaN when the attacked original holds less than
+    ``ill_conditioned`` times the clean gap more than the clean unlearned model (a model that never
+    forgot, or an attack that took the original down to the unlearned model's level): its
+    denominator is then noise, and a 0.03 rise over a 0.005 denominator would read as "600% came
+    back". When the attacked ceiling-floor gap |o_attack - r_attack| is below
     ``ill_conditioned`` times the clean gap |o_clean - r_clean|, the attack by itself erased most of
     the original's knowledge; the ratios are then noisy and ``note`` says so.
 
@@ -356,16 +360,22 @@ def _recovery_row(r, min_gap: float, ill_conditioned: float) -> tuple[float, flo
     if not np.isfinite(r.r_attack):
         notes.append("no retain-only record under this attack and setting (no gold floor)")
     rec = safe_ratio(r.u_attack - r.u_clean, r.o_attack - r.u_clean, min_gap)
+    clean_gap = r.o_clean - r.r_clean
+    left = safe_ratio(r.o_attack - r.u_clean, clean_gap, min_gap)  # what the attack leaves to recover
     if np.isfinite(r.o_attack) and np.isfinite(r.u_clean) and abs(r.o_attack - r.u_clean) <= min_gap:
         notes.append("attacked original equals the clean unlearned model: nothing to recover, "
                      "recovery undefined")
+    elif np.isfinite(left) and left < ill_conditioned:
+        rec = math.nan
+        notes.append(f"the attacked original (the ceiling) knows less than {ill_conditioned:g} of the clean gap more than "
+                     "the clean unlearned model: too little left to recover for the recovery ratio "
+                     "(recovery_gold and brought_back still apply)")
     gold = safe_ratio(r.u_attack - r.r_attack, r.o_attack - r.r_attack, min_gap)
     gap = r.o_attack - r.r_attack
     if np.isfinite(gap) and abs(gap) <= min_gap:
         notes.append("attacked original equals the attacked gold model: the attack erased the "
                      "knowledge itself, recovery_gold undefined")
-    residual = safe_ratio(r.u_clean - r.r_clean, r.o_clean - r.r_clean, min_gap)
-    clean_gap = r.o_clean - r.r_clean
+    residual = safe_ratio(r.u_clean - r.r_clean, clean_gap, min_gap)
     gold_gain = float(np.maximum(0.0, safe_ratio(r.r_attack - r.r_clean, clean_gap, min_gap)))  # NaN stays NaN
     brought = safe_ratio(r.u_attack - r.u_clean, clean_gap, min_gap) - gold_gain
     if (np.isfinite(gap) and np.isfinite(clean_gap) and abs(gap) > min_gap

@@ -808,8 +808,10 @@ def _assess(df: pd.DataFrame, claim: Claim, bands: Bands) -> Verdict:
     v.beside = _beside(df, claim, arms, split, v.settings)
     what = _what(claim, split, v.settings)
     if va.size == 0 or (vb is not None and vb.size == 0):
-        lacking = [arm.who for arm, s in zip(arms, (va, vb)) if s is not None and s.size == 0]
-        v.reason = f"no usable records of {what} for {' and '.join(lacking)}" + _needs(claim)
+        lacking = [arm for arm, s in zip(arms, (va, vb)) if s is not None and s.size == 0]
+        who, why = " and ".join(arm.who for arm in lacking), _undefined(df, claim, lacking, split, v.settings)
+        v.reason = (f"{what} is undefined on every seed of {who}: {why}" if why
+                    else f"no usable records of {what} for {who}" + _needs(claim))
         return v
     if va.size < claim.min_seeds or (vb is not None and vb.size < claim.min_seeds):
         v.reason = (f"too few seeds for an interval ({claim.a}: {va.size}"
@@ -878,6 +880,15 @@ def _what(claim: Claim, split: str, settings) -> str:
     if claim.attack != "none":
         text += f" under {claim.attack}" + (f" at {'+'.join(settings)}" if settings else "")
     return text
+
+
+def _undefined(df: pd.DataFrame, claim: Claim, arms: Sequence[_Arm], split: str, settings) -> str:
+    """Why a ratio is undefined where its records exist (the notes of recovery_per_seed), or ""."""
+    if claim.quantity not in ("recovery", "recovery_gold", "brought_back") or any(arm.reference for arm in arms):
+        return ""
+    notes = [n for arm in arms for n in _recovery(df, arm, claim, split, settings)["note"] if isinstance(n, str) and n]
+    notes = list(dict.fromkeys(notes))
+    return "; ".join(notes) if notes and not any("record" in n for n in notes) else ""
 
 
 def _needs(claim: Claim) -> str:

@@ -230,6 +230,28 @@ def test_recovery_is_nan_with_a_reason_when_the_denominator_vanishes():
     assert per["recovery"].isna().all() and all("no original-model record" in n for n in per["note"])
 
 
+def test_recovery_is_undefined_where_the_attack_leaves_too_little_to_recover():
+    # the attacked original (0.25) sits 0.15 / 0.8 of the clean gap above seed 0's clean level
+    # (0.1) but only 0.05 / 0.8 = 0.0625 above seed 1's (0.2): below 0.1 of the gap, seed 1's
+    # ratio (0.5 - 0.2) / (0.25 - 0.2) = 6 would read as "600% came back" out of a 0.05 denominator
+    records = _recovery_records(o_attack=0.25)
+    per = tables.recovery_per_seed(load_records(records))
+    assert per["recovery"].iloc[0] == pytest.approx(0.35 / 0.15)
+    assert np.isnan(per["recovery"].iloc[1]) and "too little left to recover" in per["note"].iloc[1]
+    assert "too little left" not in per["note"].iloc[0]
+    # the positions against the gold model and what the attack brought back are still measured
+    assert per["recovery_gold"].iloc[1] == pytest.approx((0.5 - 0.2) / (0.25 - 0.2))
+    assert per["brought_back"].iloc[1] == pytest.approx(0.3 / 0.8 - 0.125)
+    # the threshold is the caller's, and the rule does not depend on the metric's direction
+    loose = tables.recovery_per_seed(load_records(records), ill_conditioned=0.05)
+    assert loose["recovery"].iloc[1] == pytest.approx(6.0)
+    flipped = [{**r, "value": -2 * r["value"] + 1, "metric": "nll"} for r in records]
+    np.testing.assert_allclose(tables.recovery_per_seed(load_records(flipped))["recovery"], per["recovery"])
+    # the summary over seeds keeps the defined seed and says why the other is left out
+    row = tables.recovery_table(load_records(records)).iloc[0]
+    assert row["recovery_n"] == 1 and "too little left to recover" in row["note"]
+
+
 def test_recovery_flags_an_attack_that_erased_the_ceiling():
     per = tables.recovery_per_seed(load_records(_recovery_records(o_attack=0.25)))
     assert all("erased most of the original's knowledge" in n for n in per["note"])
@@ -328,3 +350,19 @@ def test_audit_card_names_worst_settings_in_plain_words():
     assert page.startswith('<section class="card">') and "<table" in page
     one_seed = load_records(synthetic_records(("adam",), (0,), basins=False))
     assert "Only one seed" in audit_card(one_seed, optimizer="adam")
+
+
+def test_audit_card_does_not_turn_a_model_that_never_forgot_into_a_percentage():
+    # the unlearned model kept 0.79 of the original's 0.9 (clean gap 0.8 to the gold model's 0.1);
+    # quantization leaves the original at 0.8: a 0.01 denominator, where a 0.02 rise would be "200%"
+    rows = [rec(model=role, role=role, value=clean) for role, clean in (("original", 0.9), ("retain", 0.1))]
+    rows += [rec(model=role, role=role, attack="quantize", setting="rtn-4bit", value=v)
+             for role, v in (("original", 0.8), ("retain", 0.1))]
+    for seed in (0, 1):
+        rows += [rec(model=f"u{seed}", optimizer="adam", seed=seed, value=0.79),
+                 rec(model=f"u{seed}", optimizer="adam", seed=seed, attack="quantize", setting="rtn-4bit",
+                     value=0.81)]
+    text = audit_card(load_records(rows), optimizer="adam")
+    assert "Quantization: recovery is undefined at every setting tested" in text
+    assert "too little left to recover" in text and "200%" not in text
+    assert "add the original and retain-only references" not in text

@@ -501,3 +501,17 @@ def test_training_evaluations_do_not_add_a_recipe():
     rows += [{**r, "attack": "training", "setting": "step=60", "recipe": "lr=0.001 steps=60 cfg=0"} for r in rows]
     v = evaluate(load_records(rows), CLEAN_CLAIM)
     assert v.verdict == "reproduced" and v.recipe_a == ""
+
+
+def test_a_ratio_undefined_on_every_seed_says_why_not_that_records_are_missing():
+    # 4-bit leaves the original at 0.10, 0.05 above the arms' clean 0.05: every recovery ratio is
+    # undefined; the references are all there, so "add references" would send the reader astray
+    arms = with_(with_(GOOD, "adam", attacked={Q: [0.09, 0.095, 0.085]}), "hybrid", attacked={Q: [0.06, 0.065, 0.066]})
+    v = evaluate(frame(arms, original={"attacked": {Q: 0.10}}), QUANT_CLAIM)
+    assert v.verdict == "inconclusive"
+    assert v.reason.startswith("recovery of 'prob' on 'forget' under quantize at rtn-4bit is undefined on every seed")
+    assert "too little left to recover" in v.reason and "needs the" not in v.reason
+    # without the original under the attack, the records are missing and the reason says what to add
+    bare = frame(arms)
+    bare = bare[~((bare["role"] == "original") & (bare["attack"] == "quantize"))]
+    assert "needs the clean unlearned model, and the original" in evaluate(bare, QUANT_CLAIM).reason
