@@ -346,7 +346,9 @@ def _recovery_section(df: pd.DataFrame, table: Callable[[pd.DataFrame, str], str
     per_seed = [m for m in FORGET_METRICS if metrics is None or m in metrics]   # as ``rec``
     link_seed = table(recovery_per_seed(df, metrics=per_seed), "recovery_per_seed" + big)
     body = ["<p><b>recovery</b> = (attacked − clean) / (attacked original − clean), per seed, then mean "
-            "[95% CI]: 0 = nothing came back, 1 = as much as the original keeps under the same attack. "
+            "[95% CI]: 0 = nothing came back, 1 = as much as the original keeps under the same attack; "
+            "undefined for a seed whose attacked original knows less than a tenth of the clean "
+            "original-gold gap more than its clean model (too little left to recover for a ratio). "
             "<b>vs gold</b> = (attacked − attacked retain-only) / (attacked original − attacked "
             "retain-only): at or below 0 = no more than a model that never saw the forget data. "
             f'<a href="{link}">All numbers (CSV)</a> · '
