@@ -351,14 +351,19 @@ def safe_ratio(num: float, den: float, min_gap: float) -> float:
     return float(num / den)
 
 
+# the notes of recovery_per_seed that say a record is missing (the rest say why a ratio is undefined)
+MISSING_NOTES = ("no clean (attack none) record for this unlearned seed",
+                 "no original-model record under this attack and setting (no ceiling)",
+                 "no retain-only record under this attack and setting (no gold floor)")
+
+
+def lacks_records(notes: str) -> bool:
+    """Whether a recovery note (or several joined by "; ") says a record is missing."""
+    return any(m in notes for m in MISSING_NOTES)
+
+
 def _recovery_row(r, min_gap: float, ill_conditioned: float) -> tuple[float, float, float, float, str]:
-    notes = []
-    if not np.isfinite(r.u_clean):
-        notes.append("no clean (attack none) record for this unlearned seed")
-    if not np.isfinite(r.o_attack):
-        notes.append("no original-model record under this attack and setting (no ceiling)")
-    if not np.isfinite(r.r_attack):
-        notes.append("no retain-only record under this attack and setting (no gold floor)")
+    notes = [m for m, v in zip(MISSING_NOTES, (r.u_clean, r.o_attack, r.r_attack)) if not np.isfinite(v)]
     rec = safe_ratio(r.u_attack - r.u_clean, r.o_attack - r.u_clean, min_gap)
     clean_gap = r.o_clean - r.r_clean
     left = safe_ratio(r.o_attack - r.u_clean, clean_gap, min_gap)  # what the attack leaves to recover
@@ -367,9 +372,9 @@ def _recovery_row(r, min_gap: float, ill_conditioned: float) -> tuple[float, flo
                      "recovery undefined")
     elif np.isfinite(left) and left < ill_conditioned:
         rec = math.nan
-        notes.append(f"the attacked original (the ceiling) knows less than {ill_conditioned:g} of the clean gap more than "
-                     "the clean unlearned model: too little left to recover for the recovery ratio "
-                     "(recovery_gold and brought_back still apply)")
+        notes.append(f"the attacked original (the ceiling) knows less than {ill_conditioned:g} of the clean "
+                     "gap more than the clean unlearned model: too little left to recover for the recovery "
+                     "ratio (recovery_gold and brought_back still apply)")
     gold = safe_ratio(r.u_attack - r.r_attack, r.o_attack - r.r_attack, min_gap)
     gap = r.o_attack - r.r_attack
     if np.isfinite(gap) and abs(gap) <= min_gap:

@@ -67,7 +67,8 @@ import pandas as pd
 from scipy import stats
 
 from analysis.names import DESCENDING_ATTACKS
-from analysis.tables import PATH_ATTACKS, REFERENCES, TRAJECTORY, latest_step, model_rows, recovery_per_seed
+from analysis.tables import (PATH_ATTACKS, REFERENCES, TRAJECTORY, lacks_records, latest_step, model_rows,
+                             recovery_per_seed)
 from unlearn.records import is_control
 
 REPRODUCED = "reproduced"
@@ -886,9 +887,9 @@ def _undefined(df: pd.DataFrame, claim: Claim, arms: Sequence[_Arm], split: str,
     """Why a ratio is undefined where its records exist (the notes of recovery_per_seed), or ""."""
     if claim.quantity not in ("recovery", "recovery_gold", "brought_back") or any(arm.reference for arm in arms):
         return ""
-    notes = [n for arm in arms for n in _recovery(df, arm, claim, split, settings)["note"] if isinstance(n, str) and n]
-    notes = list(dict.fromkeys(notes))
-    return "; ".join(notes) if notes and not any("record" in n for n in notes) else ""
+    notes = "; ".join(dict.fromkeys(n for arm in arms for n in _recovery(df, arm, claim, split, settings)["note"]
+                                    if isinstance(n, str) and n))
+    return "" if lacks_records(notes) else notes
 
 
 def _needs(claim: Claim) -> str:
