@@ -33,7 +33,7 @@ from audit.attacks.interpolate import distance, loss_barrier, plane
 from audit.metrics import METRICS, describe_metrics, evaluate, reference_stats
 from audit.metrics.lmeval import run_lmeval
 from audit.metrics.muse import score_muse
-from unlearn.cache import check_writable, write_json_atomic
+from unlearn.cache import check_writable, portable, write_json_atomic
 from unlearn.data.benchmarks import Benchmark, load_benchmark
 from unlearn.data.format import (calibration_ids, chat_template_hint, encode_rows, format_spec, prompt_format,
                                  recorded_format)
@@ -363,7 +363,7 @@ def audit(model, tokenizer=None, *, original=None, retain=None, config: AuditCon
         if role != "unlearned":
             row_base.update({"model": role, "optimizer": None, "objective": None, "tier": None, "lr": None,
                              "recipe": None,
-                             "reference": str(sources[role]) if isinstance(sources[role], (str, Path)) else role})
+                             "reference": portable(sources[role]) if isinstance(sources[role], (str, Path)) else role})
         new = _audit_one(m, tok, bench, attack, role, refs, config, retain_stats, row_base, done, endpoints)
         if out is not None and new:
             append_records(out / "records.jsonl", new)

@@ -243,3 +243,26 @@ def test_build_and_unlearn_configs_take_and_record_the_format(micro_world, micro
     plain_run = unlearn(out=tmp_path / "plain", **kwargs)
     prob = lambda r: [x["value"] for x in r.records if x["metric"] == "prob" and x["split"] == "retain"][0]  # noqa: E731
     assert prob(result) < prob(plain_run)   # step 0: the model was trained in plain, not phi
+
+
+def test_card_names_references_under_the_home_folder_without_the_machine(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from analysis.card import audit_card
+    from analysis.load import load_records
+    from unlearn.cache import portable
+
+    home = tmp_path / "alice"
+    monkeypatch.setattr(Path, "home", classmethod(lambda cls: home))
+    cached = f"{home}/.cache/basin/models/tiny-full-0123"
+    assert portable(cached) == "~/.cache/basin/models/tiny-full-0123"
+    assert portable(Path(cached)) == "~/.cache/basin/models/tiny-full-0123"
+    assert portable(f"{home}x/model") == f"{home}x/model"            # a sibling folder is not under home
+    assert portable("open-unlearning/tofu_Llama-3.2-1B-Instruct_full") == "open-unlearning/tofu_Llama-3.2-1B-Instruct_full"
+    # records written before references were recorded portably name one model twice; the card once
+    rows = _records(0.5, "")
+    rows += [{**r, "reference": "~/.cache/basin/models/tiny-full-0123", "seed": 1}
+             for r in rows if r["role"] == "original"]
+    rows = [{**r, "reference": cached} if r["role"] == "original" and r["seed"] == 0 else r for r in rows]
+    card = audit_card(load_records(rows))
+    assert "original (ceiling) = ~/.cache/basin/models/tiny-full-0123;" in card and str(home) not in card

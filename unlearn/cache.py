@@ -26,6 +26,16 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(cache_dir).expanduser()
 
 
+def portable(path: str | os.PathLike) -> str:
+    """``path`` as it may be published: under the user's home folder it starts with ``~`` (a report
+    or record that names a checkpoint, such as the basin cache's reference models, does not carry
+    the machine's user name or home); anything else, a hub id included, is returned as given."""
+    text, home = str(path), str(Path.home())
+    if home not in ("", "/") and (text == home or text.startswith(home.rstrip("/") + "/")):
+        return "~" + text[len(home.rstrip("/")):]
+    return text
+
+
 def ensure_writable(folder: Path) -> Path:
     """Create ``folder`` if needed and check that files can be written in it."""
     try:
