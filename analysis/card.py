@@ -19,7 +19,6 @@ from analysis.names import optimizer_tier
 from analysis.plots import ATTACK_NAMES, METRIC_LABELS, SPLIT_LABELS
 from analysis.tables import (format_ci, knowledge_sign, lacks_records, latest_step, mean_ci, model_rows,
                              per_seed, recovery_table)
-from unlearn.cache import portable
 from unlearn.records import is_control
 
 # what an attacker needs to do, per attack, in words
@@ -190,7 +189,7 @@ def _setup(data: pd.DataFrame, metric: str) -> tuple[list[str], list[str]]:
     formats = _column_values(data, "prompt_format")
     lines.append(f"prompt format: {', '.join(formats)}" if formats else
                  "prompt format: not recorded (records written before basin recorded it were scored in plain)")
-    refs = {role: list(dict.fromkeys(portable(r) for r in _column_values(data, "reference", role))) or
+    refs = {role: _column_values(data, "reference", role) or
             (["given"] if (data["role"] == role).any() else []) for role in ("original", "retain")}
     lines.append("references: " + "; ".join(
         f"{label} = {', '.join(refs[role]) if refs[role] else 'none given'}"

@@ -52,7 +52,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.names import learn, learn_tiers
-from unlearn.cache import atomic_file
+from unlearn.cache import atomic_file, portable
 from unlearn.errors import BasinError
 from unlearn.records import REQUIRED, recipe_of
 
@@ -378,6 +378,8 @@ def normalise_frame(df: pd.DataFrame) -> pd.DataFrame:
     df["label"] = [series_label(r, o, m) for r, o, m in zip(df["role"], df["optimizer"], df["model"])]
     if "tier" in df.columns:   # the tier each optimizer's records carry (a study arm such as ``qadam-2bit``)
         learn_tiers(zip(df["optimizer"], df["tier"]))
+    if "reference" in df.columns:   # written before references were recorded under ~ (unlearn.cache.portable)
+        df["reference"] = [portable(v) if isinstance(v, str) and v else v for v in df["reference"]]
     extra = [c for c in df.columns if c not in COLUMNS]
     return df[list(COLUMNS) + extra].reset_index(drop=True)
 

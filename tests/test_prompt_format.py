@@ -259,10 +259,12 @@ def test_card_names_references_under_the_home_folder_without_the_machine(monkeyp
     assert portable(Path(cached)) == "~/.cache/basin/models/tiny-full-0123"
     assert portable(f"{home}x/model") == f"{home}x/model"            # a sibling folder is not under home
     assert portable("open-unlearning/tofu_Llama-3.2-1B-Instruct_full") == "open-unlearning/tofu_Llama-3.2-1B-Instruct_full"
-    # records written before references were recorded portably name one model twice; the card once
+    # records written before references were recorded under ~ are read as if they had been
     rows = _records(0.5, "")
     rows += [{**r, "reference": "~/.cache/basin/models/tiny-full-0123", "seed": 1}
              for r in rows if r["role"] == "original"]
     rows = [{**r, "reference": cached} if r["role"] == "original" and r["seed"] == 0 else r for r in rows]
-    card = audit_card(load_records(rows))
+    df = load_records(rows)
+    assert set(df.loc[df["role"] == "original", "reference"]) == {"~/.cache/basin/models/tiny-full-0123"}
+    card = audit_card(df)
     assert "original (ceiling) = ~/.cache/basin/models/tiny-full-0123;" in card and str(home) not in card
