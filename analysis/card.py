@@ -17,8 +17,8 @@ import pandas as pd
 
 from analysis.names import optimizer_tier
 from analysis.plots import ATTACK_NAMES, METRIC_LABELS, SPLIT_LABELS
-from analysis.tables import (format_ci, knowledge_sign, lacks_records, latest_step, mean_ci, model_rows,
-                             per_seed, recovery_table)
+from analysis.tables import (format_ci, join_notes, knowledge_sign, lacks_records, latest_step, mean_ci,
+                             model_rows, per_seed, recovery_table)
 from unlearn.records import is_control
 
 # what an attacker needs to do, per attack, in words
@@ -256,7 +256,7 @@ def _actions(worst: pd.DataFrame) -> list[str]:
     out = []
     for attack, g in worst.groupby("attack", sort=False):
         name = ATTACK_NAMES.get(attack, attack).capitalize()
-        notes = "; ".join(dict.fromkeys(n for n in g["note"] if isinstance(n, str) and n))
+        notes = join_notes(g["note"])
         g = g[g["recovery"].notna()]
         if g.empty and notes and not lacks_records(notes):   # references present, the ratio undefined
             out.append(f"{name}: recovery is undefined at every setting tested ({notes}); judge it by "

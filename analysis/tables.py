@@ -357,6 +357,11 @@ MISSING_NOTES = ("no clean (attack none) record for this unlearned seed",
                  "no retain-only record under this attack and setting (no gold floor)")
 
 
+def join_notes(notes: Iterable) -> str:
+    """The distinct non-empty notes, in order, joined by "; "."""
+    return "; ".join(dict.fromkeys(n for n in notes if isinstance(n, str) and n))
+
+
 def lacks_records(notes: str) -> bool:
     """Whether a recovery note (or several joined by "; ") says a record is missing."""
     return any(m in notes for m in MISSING_NOTES)
@@ -409,5 +414,5 @@ def recovery_table(df: pd.DataFrame, *, unit: Sequence[str] = UNIT_KEYS, **kwarg
                      "delta": float(g["delta"].mean()), "u_clean": float(g["u_clean"].mean()),
                      "u_attack": float(g["u_attack"].mean()), "o_attack": float(g["o_attack"].mean()),
                      "r_attack": float(g["r_attack"].mean()), "n_seeds": int(g["seed"].nunique()),
-                     "note": "; ".join(dict.fromkeys(n for n in g["note"] if n))})
+                     "note": join_notes(g["note"])})
     return pd.DataFrame(rows)

@@ -67,8 +67,8 @@ import pandas as pd
 from scipy import stats
 
 from analysis.names import DESCENDING_ATTACKS
-from analysis.tables import (PATH_ATTACKS, REFERENCES, TRAJECTORY, lacks_records, latest_step, model_rows,
-                             recovery_per_seed)
+from analysis.tables import (PATH_ATTACKS, REFERENCES, TRAJECTORY, join_notes, lacks_records, latest_step,
+                             model_rows, recovery_per_seed)
 from unlearn.records import is_control
 
 REPRODUCED = "reproduced"
@@ -887,8 +887,7 @@ def _undefined(df: pd.DataFrame, claim: Claim, arms: Sequence[_Arm], split: str,
     """Why a ratio is undefined where its records exist (the notes of recovery_per_seed), or ""."""
     if claim.quantity not in ("recovery", "recovery_gold", "brought_back") or any(arm.reference for arm in arms):
         return ""
-    notes = "; ".join(dict.fromkeys(n for arm in arms for n in _recovery(df, arm, claim, split, settings)["note"]
-                                    if isinstance(n, str) and n))
+    notes = join_notes(n for arm in arms for n in _recovery(df, arm, claim, split, settings)["note"])
     return "" if lacks_records(notes) else notes
 
 
