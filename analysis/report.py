@@ -201,20 +201,25 @@ def _verdicts_html(vt: pd.DataFrame) -> str:
                      for q, m, s, at, st in zip(vt["quantity"], vt["metric"], vt["split"], vt["attack"], vt["settings"])],
         "test (n)": [f"{t} ({na}" + (f"/{nb})" if isinstance(b, str) and b else ")") if t else f"({na}/{nb})"
                      for t, na, nb, b in zip(vt["test"], vt["n_a"], vt["n_b"], vt["b"])],
-        "mean A / B": [f"{fmt_num(ma)} / {fmt_num(mb)}" for ma, mb in zip(vt["mean_a"], vt["mean_b"])],
+        "mean A / B": [_slashed(ma, mb) for ma, mb in zip(vt["mean_a"], vt["mean_b"])],
         "A − B [95% CI]": [f"{fmt_num(d)} [{fmt_num(lo)}, {fmt_num(hi)}]" if np.isfinite(d) else ""
                            for d, lo, hi in zip(vt["diff"], vt["ci_low"], vt["ci_high"])],
         "p (Holm)": [f"{fmt_num(p)} ({fmt_num(ph)})" if np.isfinite(p) else ""
                      for p, ph in zip(vt["p_value"], vt["p_holm"])],
         "recovery / recovery_gold / margin, A | B": [
-            " | ".join(f"{fmt_num(r)} / {fmt_num(g)} / {fmt_num(m)}" for r, g, m in ((ra, ga, ma), (rb, gb, mb)))
-            if np.isfinite(ga) or np.isfinite(gb) else ""
+            " | ".join(filter(None, (_slashed(ra, ga, ma), _slashed(rb, gb, mb))))
             for ra, rb, ga, gb, ma, mb in zip(vt["recovery_a"], vt["recovery_b"], vt["recovery_gold_a"],
                                               vt["recovery_gold_b"], vt["margin_a"], vt["margin_b"])],
         "why": vt["reason"],
         "conditions checked": [_conditions_html(c) for c in vt["conditions"]],
     })
     return html_table(rows, raw_html_cols=("verdict", "conditions checked"), nowrap_cols=("A − B [95% CI]",))
+
+
+def _slashed(*values) -> str:
+    """Numbers joined by " / ", a dash for a missing one; blank when all are missing."""
+    shown = [fmt_num(v) for v in values]
+    return " / ".join(v or "–" for v in shown) if any(shown) else ""
 
 
 def _conditions_html(text) -> str:

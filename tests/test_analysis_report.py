@@ -203,6 +203,10 @@ def test_report_says_synthetic_and_shows_verdicts(report):
     assert folded and all(body.count("<li>") == int(head.split()[-2 if "failed" in head else 1]) for head, body in folded)
     assert all(("<b>FAILED" in body) == ("failed" in head) for head, body in folded)
     assert "marked synthetic" in page
+    # a quantity a claim does not measure (margin, for a claim on probability) shows as a dash,
+    # never as an empty slot after a slash
+    assert "/  |" not in verdicts and not re.search(r"/ </td>", verdicts)
+    assert re.search(r"<td>-?\d\.\d{3} / -?\d\.\d{3} / – \| -?\d\.\d{3} / ", verdicts)
     from analysis.verdicts import PAPER_CLAIMS
 
     assert page.count('class="verdict v-') == len(PAPER_CLAIMS)
