@@ -289,6 +289,7 @@ def plot_claim_forest(rows: pd.DataFrame, title: str = "") -> Figure:
             tick.set_fontweight("bold" if header else "normal")
         ax.set_ylim(y - 0.5, -0.7)
         ax.grid(axis="x", alpha=0.3)
+        ax.tick_params(axis="x", top=True, labeltop=True)   # the scale at the top too: the plot is tall
         ax.set_xlabel("A − B, or one arm less the claim's threshold (fraction of the clean original-gold gap)")
         handles = [Line2D([], [], color=c, marker="o", markersize=3.5, label=v)
                    for v, c in VERDICT_COLOURS.items()]

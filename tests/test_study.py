@@ -678,6 +678,9 @@ def test_the_first_page_draws_every_gap_claim_as_a_forest_plot(tmp_path):
     drawn = [(tuple(line.get_xdata()), line.get_ydata()[0]) for line in ax.lines if len(line.get_xdata()) == 2
              and line.get_ydata()[0] == line.get_ydata()[1]]
     assert drawn == [((-0.04, -0.01), 1), ((-0.08, -0.02), 2), ((0.3, 0.5), 4)]
+    # the x scale is labelled at the top as well as the bottom: a reader of the tall plot sees it at once
+    ticks = ax.xaxis.get_major_ticks()
+    assert any(t.label2.get_visible() for t in ticks) and any(t.label1.get_visible() for t in ticks)
 
     html = write_index(tmp_path, versions).read_text()
     assert (tmp_path / "figures" / "claims-relearn.png").exists() and (tmp_path / "figures" / "claims-relearn.svg").exists()
